@@ -47,13 +47,45 @@ type Route struct {
 	Method   string // GET, POST, PUT, PATCH, DELETE
 	Template string // "/contacts/{contactId}": the metric label
 	Policy   Policy
-	// TTL is the default cache lifetime for Read and Query routes (config may override).
+	// TTL is the default cache lifetime for Read and Query routes (config may override),
+	// zero for the others. The built-in table uses:
+	//   - 10m for queries (read-only POSTs such as /contacts/search);
+	//   - 10m for configuration-like families that change rarely and mostly by hand:
+	//     custom fields and values, location tags, templates and permissions, pipelines,
+	//     lost reasons, users, calendars (not their events), locations, object schemas,
+	//     associations; 1h for /locations/{locationId}/timezones;
+	//   - 60s for other reads of one entity (Entity set: /contacts/{contactId}/notes);
+	//   - 30s for other lists (/contacts/, /conversations/search, /calendars/events).
+	// Writes through the sidecar drop what they change at once, so the TTL mostly
+	// bounds staleness after changes made elsewhere (the GHL UI, workflows, other apps).
 	TTL time.Duration
-	// Resource is the family used for invalidation, e.g. "contacts", "opportunities".
+	// Resource is the invalidation family, normally the first path segment ("contacts",
+	// "opportunities", "conversations", "locations"). Exceptions (reviewed in
+	// routes/internal/openapi/rules.go): /locations/{locationId}/<sub> is
+	// "locations.<sub>" (e.g. "locations.customValues", "locations.tags"), except
+	// customFields, which shares "custom-fields" with /custom-fields/; appointments and
+	// free slots are "calendars.events"; pipelines are "opportunities.pipelines";
+	// custom object records are "objects.records"; task search is "contacts", because
+	// tasks are written under /contacts/{contactId}/tasks.
 	Resource string
-	// Entity is the path parameter that names the entity the route reads or writes
-	// (e.g. "contactId"), or "" when it has none (lists, searches, creates).
+	// Entity is the path parameter right after the family's prefix, naming the entity the
+	// route reads or writes: "contactId" for /contacts/{contactId} and for its
+	// sub-resources (/contacts/{contactId}/notes/{id}: a note write changes that
+	// contact), or "" when it has none (lists, searches, creates, /contacts/business/{id}).
 	Entity string
+	// TagPatterns are the invalidation tags a cached answer of this route carries, and
+	// InvalidatePatterns the tags a successful write drops; "{name}" stands for the
+	// value of path parameter name. See Tags and Invalidates for the scheme.
+	TagPatterns, InvalidatePatterns []string
+
+	params   []paramPos // path parameters in path order
+	segments int        // number of path segments, trailing slash ignored
+}
+
+// paramPos is a path parameter of a template and the index of its segment.
+type paramPos struct {
+	index int
+	name  string
 }
 
 // Param is one path parameter of a match.
