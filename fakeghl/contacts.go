@@ -1,0 +1,412 @@
+package fakeghl
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// addStateful installs the routes that keep state, over the generated answers.
+func (s *Server) addStateful() {
+	for _, h := range []struct {
+		method, template string
+		handle           handler
+	}{
+		{"POST", "/contacts/", createContact},
+		{"GET", "/contacts/", listContacts},
+		{"POST", "/contacts/search", searchContacts},
+		{"POST", "/contacts/upsert", upsertContact},
+		{"GET", "/contacts/{contactId}", getContact},
+		{"PUT", "/contacts/{contactId}", updateContact},
+		{"DELETE", "/contacts/{contactId}", deleteContact},
+		{"POST", "/contacts/{contactId}/tags", addTags},
+		{"DELETE", "/contacts/{contactId}/tags", removeTags},
+
+		{"POST", "/opportunities/", createOpportunity},
+		{"GET", "/opportunities/search", searchOpportunities},
+		{"POST", "/opportunities/search", querySearchOpportunities},
+		{"GET", "/opportunities/{id}", getOpportunity},
+		{"PUT", "/opportunities/{id}", updateOpportunity},
+		{"DELETE", "/opportunities/{id}", deleteOpportunity},
+		{"PUT", "/opportunities/{id}/status", updateOpportunityStatus},
+
+		{"POST", "/conversations/", createConversation},
+		{"GET", "/conversations/search", searchConversations},
+		{"GET", "/conversations/{conversationId}", getConversation},
+		{"PUT", "/conversations/{conversationId}", updateConversation},
+		{"DELETE", "/conversations/{conversationId}", deleteConversation},
+	} {
+		s.routes.add(h.method, h.template).handle = h.handle
+	}
+}
+
+const duplicateMessage = "This location does not allow duplicated contacts."
+
+// duplicate finds another contact in loc with the same email (any case) or phone.
+func duplicate(c *collection, loc string, fields map[string]any, self *record) (*record, string) {
+	email, _ := fields["email"].(string)
+	phone, _ := fields["phone"].(string)
+	if email == "" && phone == "" {
+		return nil, ""
+	}
+	for _, r := range c.list {
+		if r == self || r.loc != loc {
+			continue
+		}
+		if e, _ := r.fields["email"].(string); email != "" && strings.EqualFold(e, email) {
+			return r, "email"
+		}
+		if p, _ := r.fields["phone"].(string); phone != "" && p == phone {
+			return r, "phone"
+		}
+	}
+	return nil, ""
+}
+
+func duplicateReply(r *record, field string) reply {
+	b, _ := json.Marshal(map[string]any{
+		"statusCode": http.StatusBadRequest,
+		"message":    duplicateMessage,
+		"meta":       map[string]string{"contactId": r.id, "matchingField": field},
+	})
+	return reply{status: http.StatusBadRequest, body: b}
+}
+
+// newRecord builds an entity from a create body. Call with st.mu held.
+func (q *request) newRecord(loc string, body map[string]any, addedKey, updatedKey string) *record {
+	r := &record{id: q.st.store.newID(q.seed), loc: loc, added: q.now, fields: make(map[string]any, len(body)+4)}
+	for k, v := range body {
+		r.fields[k] = v
+	}
+	r.fields["id"] = r.id
+	r.fields["locationId"] = loc
+	r.fields[addedKey] = stamp(q.now)
+	r.fields[updatedKey] = stamp(q.now)
+	return r
+}
+
+func createContact(q *request) reply {
+	body, raw, bad := q.body()
+	if bad != nil {
+		return *bad
+	}
+	loc, bad := q.location(body)
+	if bad != nil {
+		return *bad
+	}
+	st := q.st.store
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if dup, field := duplicate(st.contacts, loc, body, nil); dup != nil {
+		return duplicateReply(dup, field)
+	}
+	r := q.newContact(loc, body)
+	q.logWrite(r.id, raw, http.StatusCreated, "contacts")
+	return wrap(http.StatusCreated, "contact", r.enc, "")
+}
+
+func (q *request) newContact(loc string, body map[string]any) *record {
+	r := q.newRecord(loc, body, "dateAdded", "dateUpdated")
+	if _, ok := r.fields["tags"]; !ok {
+		r.fields["tags"] = []any{}
+	}
+	r.encode()
+	q.st.store.contacts.add(r)
+	return r
+}
+
+func getContact(q *request) reply {
+	st := q.st.store
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	r, bad := q.find(st.contacts, "Contact not found")
+	if bad != nil {
+		return *bad
+	}
+	return wrap(http.StatusOK, "contact", r.enc, "")
+}
+
+func updateContact(q *request) reply {
+	body, raw, bad := q.body()
+	if bad != nil {
+		return *bad
+	}
+	st := q.st.store
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r, bad := q.find(st.contacts, "Contact not found")
+	if bad != nil {
+		return *bad
+	}
+	if dup, field := duplicate(st.contacts, r.loc, body, r); dup != nil {
+		q.logWrite(r.id, raw, http.StatusBadRequest, "")
+		return duplicateReply(dup, field)
+	}
+	r.merge(body, q.now, "dateUpdated")
+	q.logWrite(r.id, raw, http.StatusOK, "")
+	return wrap(http.StatusOK, "contact", r.enc, `,"succeded":true`)
+}
+
+func upsertContact(q *request) reply {
+	body, raw, bad := q.body()
+	if bad != nil {
+		return *bad
+	}
+	loc, bad := q.location(body)
+	if bad != nil {
+		return *bad
+	}
+	st := q.st.store
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	trace := `,"traceId":"` + q.st.store.newID(q.seed) + `"`
+	if r, _ := duplicate(st.contacts, loc, body, nil); r != nil {
+		r.merge(body, q.now, "dateUpdated")
+		q.logWrite(r.id, raw, http.StatusOK, "")
+		return wrap(http.StatusOK, "contact", r.enc, `,"new":false`+trace)
+	}
+	r := q.newContact(loc, body)
+	q.logWrite(r.id, raw, http.StatusOK, "contacts")
+	return wrap(http.StatusOK, "contact", r.enc, `,"new":true`+trace)
+}
+
+func deleteContact(q *request) reply {
+	return q.deleteFrom(q.st.store.contacts, "Contact not found")
+}
+
+func (q *request) deleteFrom(c *collection, notFound string) reply {
+	st := q.st.store
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r, bad := q.find(c, notFound)
+	if bad != nil {
+		return *bad
+	}
+	c.remove(r)
+	q.logWrite(r.id, nil, http.StatusOK, "")
+	return reply{status: http.StatusOK, body: []byte(`{"succeded":true}`)}
+}
+
+func addTags(q *request) reply    { return q.changeTags(true) }
+func removeTags(q *request) reply { return q.changeTags(false) }
+
+func (q *request) changeTags(add bool) reply {
+	body, raw, bad := q.body()
+	if bad != nil {
+		return *bad
+	}
+	st := q.st.store
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r, bad := q.find(st.contacts, "Contact not found")
+	if bad != nil {
+		return *bad
+	}
+	tags := strs(r.fields["tags"])
+	for _, t := range strs(body["tags"]) {
+		i := slices.Index(tags, t)
+		switch {
+		case add && i < 0:
+			tags = append(tags, t)
+		case !add && i >= 0:
+			tags = slices.Delete(tags, i, i+1)
+		}
+	}
+	list := make([]any, len(tags))
+	for i, t := range tags {
+		list[i] = t
+	}
+	r.fields["tags"] = list
+	r.fields["dateUpdated"] = stamp(q.now)
+	r.encode()
+	status := http.StatusOK
+	if add {
+		status = http.StatusCreated
+	}
+	q.logWrite(r.id, raw, status, "")
+	b, _ := json.Marshal(map[string]any{"tags": list})
+	return reply{status: status, body: b}
+}
+
+// strs reads a JSON string or array of strings.
+func strs(v any) []string {
+	switch x := v.(type) {
+	case string:
+		return []string{x}
+	case []any:
+		out := make([]string, 0, len(x))
+		for _, e := range x {
+			if s, ok := e.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// matchesQuery is GHL's free-text contact query: a case-insensitive substring of a name,
+// email, phone or company.
+func matchesQuery(r *record, query string) bool {
+	if query == "" {
+		return true
+	}
+	query = strings.ToLower(query)
+	for _, k := range []string{"firstName", "lastName", "name", "contactName", "email", "phone", "companyName"} {
+		if v, _ := r.fields[k].(string); v != "" && strings.Contains(strings.ToLower(v), query) {
+			return true
+		}
+	}
+	return false
+}
+
+// listContacts is the deprecated GET /contacts/: startAfterId paging with an absolute
+// meta.nextPageUrl.
+func listContacts(q *request) reply {
+	loc, bad := q.location(nil)
+	if bad != nil {
+		return *bad
+	}
+	qs := q.r.URL.Query()
+	limit := intArg(qs.Get("limit"), 20, 100)
+	query := qs.Get("query")
+	st := q.st.store
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	p := paginate(st.contacts.list, func(r *record) bool { return r.loc == loc && matchesQuery(r, query) },
+		qs.Get("startAfterId"), 0, limit)
+
+	b := append([]byte(`{"contacts":`), nil...)
+	b = appendList(b, p.items, nil)
+	b = append(b, `,"meta":{"total":`...)
+	b = strconv.AppendInt(b, int64(p.total), 10)
+	b = append(b, `,"currentPage":`...)
+	b = strconv.AppendInt(b, int64(p.start/limit+1), 10)
+	if p.start >= limit {
+		b = append(b, `,"prevPage":`...)
+		b = strconv.AppendInt(b, int64(p.start/limit), 10)
+	} else {
+		b = append(b, `,"prevPage":null`...)
+	}
+	if p.more {
+		last := p.items[len(p.items)-1]
+		v := url.Values{"locationId": {loc}, "limit": {strconv.Itoa(limit)},
+			"startAfter": {millis(last.added)}, "startAfterId": {last.id}}
+		if query != "" {
+			v.Set("query", query)
+		}
+		next, _ := json.Marshal(q.base + "/contacts/?" + v.Encode())
+		b = append(b, `,"nextPageUrl":`...)
+		b = append(b, next...)
+		b = append(b, `,"startAfterId":"`+last.id+`","startAfter":`+millis(last.added)...)
+		b = append(b, `,"nextPage":`...)
+		b = strconv.AppendInt(b, int64(p.start/limit+2), 10)
+	} else {
+		b = append(b, `,"nextPageUrl":null,"startAfterId":null,"startAfter":null,"nextPage":null`...)
+	}
+	b = append(b, "}}"...)
+	return reply{status: http.StatusOK, body: b}
+}
+
+// searchContacts is POST /contacts/search: query, filters (field/operator/value, and
+// nested groups), pageLimit with page or searchAfter paging, total.
+func searchContacts(q *request) reply {
+	body, _, bad := q.body()
+	if bad != nil {
+		return *bad
+	}
+	loc, bad := q.location(body)
+	if bad != nil {
+		return *bad
+	}
+	limit := intArg(body["pageLimit"], 20, 500)
+	pageNo := intArg(body["page"], 1, 1<<30)
+	query, _ := body["query"].(string)
+	var after string
+	if sa, ok := body["searchAfter"].([]any); ok && len(sa) == 2 {
+		after, _ = sa[1].(string)
+	}
+	f := filter{Group: "AND", Filters: nil}
+	if raw, err := json.Marshal(body["filters"]); err == nil {
+		_ = json.Unmarshal(raw, &f.Filters)
+	}
+	st := q.st.store
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	p := paginate(st.contacts.list, func(r *record) bool {
+		return r.loc == loc && matchesQuery(r, query) && f.match(r)
+	}, after, (pageNo-1)*limit, limit)
+	b := append([]byte(`{"contacts":`), nil...)
+	b = appendList(b, p.items, func(b []byte, r *record) []byte {
+		b = append(b, `,"searchAfter":[`...)
+		b = append(b, millis(r.added)...)
+		b = append(b, `,"`...)
+		b = append(b, r.id...)
+		return append(b, `"]`...)
+	})
+	b = append(b, `,"total":`...)
+	b = strconv.AppendInt(b, int64(p.total), 10)
+	b = append(b, '}')
+	return reply{status: http.StatusOK, body: b}
+}
+
+// filter is one condition of a contact search, or a group of them.
+type filter struct {
+	Group    string   `json:"group"`
+	Filters  []filter `json:"filters"`
+	Field    string   `json:"field"`
+	Operator string   `json:"operator"`
+	Value    any      `json:"value"`
+}
+
+func (f filter) match(r *record) bool {
+	if f.Field == "" {
+		or := strings.EqualFold(f.Group, "OR")
+		for _, c := range f.Filters {
+			if c.match(r) == or {
+				return or
+			}
+		}
+		return !or || len(f.Filters) == 0
+	}
+	v, present := r.fields[f.Field]
+	switch f.Operator {
+	case "exists":
+		return present && v != nil && v != ""
+	case "not_exists":
+		return !present || v == nil || v == ""
+	case "not_eq", "not_contains":
+		return !f.test(v)
+	}
+	return f.test(v)
+}
+
+// test is eq/contains: for tags any of the wanted tags is present; strings compare
+// case-insensitively, contains as a substring.
+func (f filter) test(v any) bool {
+	want := strs(f.Value)
+	if len(want) == 0 && f.Value != nil {
+		want = []string{strings.Trim(string(mustJSON(f.Value)), `"`)}
+	}
+	have := strs(v)
+	if len(have) == 0 && v != nil {
+		have = []string{strings.Trim(string(mustJSON(v)), `"`)}
+	}
+	contains := strings.Contains(f.Operator, "contains")
+	for _, w := range want {
+		for _, h := range have {
+			if strings.EqualFold(h, w) || contains && strings.Contains(strings.ToLower(h), strings.ToLower(w)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func mustJSON(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
