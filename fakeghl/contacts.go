@@ -89,11 +89,7 @@ func (q *request) newRecord(loc string, body map[string]any, addedKey, updatedKe
 }
 
 func createContact(q *request) reply {
-	body, raw, bad := q.body()
-	if bad != nil {
-		return *bad
-	}
-	loc, bad := q.location(body)
+	body, raw, loc, bad := q.bodyAt()
 	if bad != nil {
 		return *bad
 	}
@@ -151,11 +147,7 @@ func updateContact(q *request) reply {
 }
 
 func upsertContact(q *request) reply {
-	body, raw, bad := q.body()
-	if bad != nil {
-		return *bad
-	}
-	loc, bad := q.location(body)
+	body, raw, loc, bad := q.bodyAt()
 	if bad != nil {
 		return *bad
 	}
@@ -281,44 +273,22 @@ func listContacts(q *request) reply {
 
 	b := append([]byte(`{"contacts":`), nil...)
 	b = appendList(b, p.items, nil)
-	b = append(b, `,"meta":{"total":`...)
-	b = strconv.AppendInt(b, int64(p.total), 10)
-	b = append(b, `,"currentPage":`...)
-	b = strconv.AppendInt(b, int64(p.start/limit+1), 10)
-	if p.start >= limit {
-		b = append(b, `,"prevPage":`...)
-		b = strconv.AppendInt(b, int64(p.start/limit), 10)
-	} else {
-		b = append(b, `,"prevPage":null`...)
-	}
-	if p.more {
-		last := p.items[len(p.items)-1]
-		v := url.Values{"locationId": {loc}, "limit": {strconv.Itoa(limit)},
-			"startAfter": {millis(last.added)}, "startAfterId": {last.id}}
+	b = append(b, ',')
+	b = appendMeta(b, p, limit, q.base, "/contacts/", func(*record) url.Values {
+		v := url.Values{"locationId": {loc}, "limit": {strconv.Itoa(limit)}}
 		if query != "" {
 			v.Set("query", query)
 		}
-		next, _ := json.Marshal(q.base + "/contacts/?" + v.Encode())
-		b = append(b, `,"nextPageUrl":`...)
-		b = append(b, next...)
-		b = append(b, `,"startAfterId":"`+last.id+`","startAfter":`+millis(last.added)...)
-		b = append(b, `,"nextPage":`...)
-		b = strconv.AppendInt(b, int64(p.start/limit+2), 10)
-	} else {
-		b = append(b, `,"nextPageUrl":null,"startAfterId":null,"startAfter":null,"nextPage":null`...)
-	}
-	b = append(b, "}}"...)
+		return v
+	})
+	b = append(b, '}')
 	return reply{status: http.StatusOK, body: b}
 }
 
 // searchContacts is POST /contacts/search: query, filters (field/operator/value, and
 // nested groups), pageLimit with page or searchAfter paging, total.
 func searchContacts(q *request) reply {
-	body, _, bad := q.body()
-	if bad != nil {
-		return *bad
-	}
-	loc, bad := q.location(body)
+	body, _, loc, bad := q.bodyAt()
 	if bad != nil {
 		return *bad
 	}

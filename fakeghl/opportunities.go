@@ -1,7 +1,6 @@
 package fakeghl
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -9,11 +8,7 @@ import (
 )
 
 func createOpportunity(q *request) reply {
-	body, raw, bad := q.body()
-	if bad != nil {
-		return *bad
-	}
-	loc, bad := q.location(body)
+	body, raw, loc, bad := q.bodyAt()
 	if bad != nil {
 		return *bad
 	}
@@ -122,40 +117,23 @@ func searchOpportunities(q *request) reply {
 		qs.Get("startAfterId"), (pageNo-1)*limit, limit)
 	b := append([]byte(`{"opportunities":`), nil...)
 	b = appendList(b, p.items, nil)
-	b = append(b, `,"meta":{"total":`...)
-	b = strconv.AppendInt(b, int64(p.total), 10)
-	b = append(b, `,"currentPage":`...)
-	b = strconv.AppendInt(b, int64(p.start/limit+1), 10)
-	if p.more {
-		last := p.items[len(p.items)-1]
+	b = append(b, ',')
+	b = appendMeta(b, p, limit, q.base, "/opportunities/search", func(*record) url.Values {
 		v := url.Values{}
 		for k, vs := range qs {
 			v[k] = vs
 		}
 		v.Set("location_id", loc)
-		v.Set("startAfter", millis(last.added))
-		v.Set("startAfterId", last.id)
 		v.Del("page")
-		next, _ := json.Marshal(q.base + "/opportunities/search?" + v.Encode())
-		b = append(b, `,"nextPageUrl":`...)
-		b = append(b, next...)
-		b = append(b, `,"startAfterId":"`+last.id+`","startAfter":`+millis(last.added)...)
-		b = append(b, `,"nextPage":`...)
-		b = strconv.AppendInt(b, int64(p.start/limit+2), 10)
-	} else {
-		b = append(b, `,"nextPageUrl":null,"nextPage":null`...)
-	}
-	b = append(b, `},"aggregations":{}}`...)
+		return v
+	})
+	b = append(b, `,"aggregations":{}}`...)
 	return reply{status: http.StatusOK, body: b}
 }
 
 // querySearchOpportunities is POST /opportunities/search: locationId, query, limit, page.
 func querySearchOpportunities(q *request) reply {
-	body, _, bad := q.body()
-	if bad != nil {
-		return *bad
-	}
-	loc, bad := q.location(body)
+	body, _, loc, bad := q.bodyAt()
 	if bad != nil {
 		return *bad
 	}
@@ -175,11 +153,7 @@ func querySearchOpportunities(q *request) reply {
 }
 
 func createConversation(q *request) reply {
-	body, raw, bad := q.body()
-	if bad != nil {
-		return *bad
-	}
-	loc, bad := q.location(body)
+	body, raw, loc, bad := q.bodyAt()
 	if bad != nil {
 		return *bad
 	}

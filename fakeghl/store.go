@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"sync"
@@ -140,6 +141,45 @@ func (q *request) body() (map[string]any, []byte, *reply) {
 		}
 	}
 	return m, raw, nil
+}
+
+// bodyAt reads the body and the location the request works on.
+func (q *request) bodyAt() (map[string]any, []byte, string, *reply) {
+	body, raw, bad := q.body()
+	if bad != nil {
+		return nil, nil, "", bad
+	}
+	loc, bad := q.location(body)
+	return body, raw, loc, bad
+}
+
+// appendMeta appends GHL's startAfterId paging meta; next builds the query of the absolute
+// nextPageUrl to the page after last.
+func appendMeta(b []byte, p page, limit int, base, path string, next func(last *record) url.Values) []byte {
+	b = append(b, `"meta":{"total":`...)
+	b = strconv.AppendInt(b, int64(p.total), 10)
+	b = append(b, `,"currentPage":`...)
+	b = strconv.AppendInt(b, int64(p.start/limit+1), 10)
+	if p.start >= limit {
+		b = append(b, `,"prevPage":`...)
+		b = strconv.AppendInt(b, int64(p.start/limit), 10)
+	} else {
+		b = append(b, `,"prevPage":null`...)
+	}
+	if !p.more {
+		return append(b, `,"nextPageUrl":null,"startAfterId":null,"startAfter":null,"nextPage":null}`...)
+	}
+	last := p.items[len(p.items)-1]
+	v := next(last)
+	v.Set("startAfter", millis(last.added))
+	v.Set("startAfterId", last.id)
+	link, _ := json.Marshal(base + path + "?" + v.Encode())
+	b = append(b, `,"nextPageUrl":`...)
+	b = append(b, link...)
+	b = append(b, `,"startAfterId":"`+last.id+`","startAfter":`+millis(last.added)...)
+	b = append(b, `,"nextPage":`...)
+	b = strconv.AppendInt(b, int64(p.start/limit+2), 10)
+	return append(b, '}')
 }
 
 // logWrite records a write applied to entity id; created names the resource when the
