@@ -1,0 +1,389 @@
+// Package config is ghlproxy's one typed configuration: the Config struct, its defaults,
+// loading (flags over GHLPROXY_* environment variables over a YAML file over defaults),
+// validation with one-line errors that name the key, and the redacted effective
+// configuration that `ghlproxy config` prints.
+//
+// The field comments below are the user documentation: the first sentence of each is the
+// flag's help text, and the README's configuration table is generated from them.
+// A field's key is its yaml tag, joined with dots under its section ("ratelimit.rate").
+package config
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration of one sidecar process.
+type Config struct {
+	// Proxy listener address: GHL traffic and the /_ghlproxy/ endpoints.
+	Listen string `yaml:"listen"`
+	// Ops listener address: /metrics, /healthz and /readyz.
+	OpsListen string `yaml:"ops_listen"`
+	// Base URL of the GHL API, an absolute http(s) URL; point it at the stand-in that
+	// "ghlproxy fakeghl" runs to try the sidecar without an account.
+	Upstream string `yaml:"upstream"`
+
+	// How the sidecar talks to upstream.
+	Transport Transport `yaml:"transport"`
+	// Size bounds on bodies.
+	Limits Limits `yaml:"limits"`
+	// The shared store; empty means an embedded in-memory store (one replica only).
+	Redis Redis `yaml:"redis"`
+	// The token bucket all replicas share, one per GHL rate-limit scope.
+	RateLimit RateLimit `yaml:"ratelimit"`
+	// Folding of identical requests.
+	Dedupe Dedupe `yaml:"dedupe"`
+	// Grouping of writes.
+	Batch Batch `yaml:"batch"`
+	// The read and query cache.
+	Cache Cache `yaml:"cache"`
+	// The warming loop.
+	Warm Warm `yaml:"warm"`
+	// The /_ghlproxy/ admin endpoints.
+	Admin Admin `yaml:"admin"`
+	// Credential hashing.
+	Identity Identity `yaml:"identity"`
+	// Logging.
+	Log Log `yaml:"log"`
+	// Graceful shutdown.
+	Shutdown Shutdown `yaml:"shutdown"`
+}
+
+// Transport holds the upstream HTTP client's settings. They live under "transport." because
+// the key "upstream" itself is the URL.
+type Transport struct {
+	// Longest time to open a TCP connection to upstream.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// Longest time for the TLS handshake with upstream.
+	TLSTimeout time.Duration `yaml:"tls_timeout"`
+	// Longest wait for upstream's response headers after the request was sent.
+	HeaderTimeout time.Duration `yaml:"header_timeout"`
+	// Longest time for one whole upstream call, body included; must be at least
+	// transport.header_timeout.
+	Timeout time.Duration `yaml:"timeout"`
+	// Idle keep-alive connections kept to upstream; writes of one group go out concurrently
+	// over them, so keep this above batch.max.
+	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
+	// Upstream calls slower than this are counted in ghlproxy_slow_upstream_total and logged
+	// at warn level; 0 turns that off. It sits here, beside the other upstream timings,
+	// rather than under log.
+	SlowThreshold time.Duration `yaml:"slow_threshold"`
+}
+
+// Limits bounds what the sidecar buffers.
+type Limits struct {
+	// Largest request body accepted from the app (integer bytes or "10MiB"); larger requests
+	// get a sidecar-made 413 before anything goes upstream.
+	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
+	// Largest upstream response the sidecar buffers (to cache, fold or replay it); a larger
+	// one is streamed through uncached.
+	MaxResponseBytes ByteSize `yaml:"max_response_bytes"`
+}
+
+// Redis selects the store every replica shares. Set redis.url for one server, or
+// redis.addrs for Redis Cluster (or Sentinel, with redis.master_name); leave all empty for
+// the embedded in-memory store, which only a single replica can use.
+type Redis struct {
+	// Address of one Redis server: redis://[user:password@]host:port[/db], or rediss:// for
+	// TLS. A password in it is redacted when the configuration is printed.
+	URL string `yaml:"url"`
+	// Redis Cluster node addresses (host:port), or the Sentinel addresses when
+	// redis.master_name is set. A comma-separated list in flags and environment variables.
+	Addrs []string `yaml:"addrs"`
+	// Sentinel master name: with it redis.addrs are Sentinels, not cluster nodes.
+	MasterName string `yaml:"master_name"`
+	// Password for redis.addrs (or for redis.url, overriding one written in it).
+	Password string `yaml:"password" secret:"true"`
+	// Longest wait for one Redis command; past it that request goes on without Redis
+	// (local bucket, local fold, cache miss) and the sidecar reports itself degraded.
+	// It bounds the latency Redis can add to a request.
+	Timeout time.Duration `yaml:"timeout"`
+	// Connections per replica; 0 means the client's default (10 per CPU).
+	PoolSize int `yaml:"pool_size"`
+}
+
+// RateLimit is the shared token bucket, one per GHL rate-limit scope (location or company).
+type RateLimit struct {
+	// Tokens added per ratelimit.per: the sustained request rate of one scope.
+	Rate int `yaml:"rate"`
+	// The period ratelimit.rate is counted over.
+	Per time.Duration `yaml:"per"`
+	// Bucket size, how many requests may go at once after a quiet spell; 0 (the default)
+	// picks the largest that keeps GHL's default limit of 100 requests per 10s safe. Even
+	// from a cold start, a full bucket of B plus the refill over 10s must stay within 100,
+	// so B <= 100 - 10s*rate/per; with 280 per 1m that is 100 - 46.7 = 53.3, and the default
+	// takes min(50, that), leaving a few tokens for GHL's window not being aligned with
+	// ours, but at least batch.max (a group takes its tokens in one grant). A value over
+	// the safe one is allowed but reported as a start-up warning.
+	Burst int `yaml:"burst"`
+	// Longest a request queues for a token before it gets a sidecar-made 429 with
+	// Retry-After; nothing has gone upstream by then. 0 never queues.
+	MaxWait time.Duration `yaml:"max_wait"`
+	// Tokens warming must leave in the bucket: warming only spends tokens above this, so
+	// interactive traffic always finds some.
+	WarmReserve int `yaml:"warm_reserve"`
+	// Requests of GHL's daily limit kept for interactive traffic: warming stops for the day
+	// once X-RateLimit-Daily-Remaining falls below this.
+	DailyReserve int `yaml:"daily_reserve"`
+}
+
+// Dedupe folds identical requests (same credential, Version, method, path, query and body).
+type Dedupe struct {
+	// Identical requests within this window fold into one upstream call; a finished call's
+	// answer is replayed to identical requests for this long, which makes client retries of
+	// writes safe. 0 folds only concurrent requests.
+	Window time.Duration `yaml:"window"`
+	// Methods that fold. Default all of GET, POST, PUT, PATCH, DELETE; /oauth/ never folds.
+	// A comma-separated list in flags and environment variables.
+	Methods []string `yaml:"methods"`
+	// Per-route fold windows overriding dedupe.window: a list of {route, window}. In flags
+	// and environment variables, a YAML or JSON list.
+	Routes []DedupeRoute `yaml:"routes"`
+}
+
+// DedupeRoute overrides the fold window of one route.
+type DedupeRoute struct {
+	// Route template as in the route table, e.g. "/contacts/{contactId}", optionally
+	// preceded by a method and a space ("POST /contacts/") to apply to that method only.
+	// Case matters: this is why routes are a list and not a map (viper lowercases map keys).
+	Route string `yaml:"route"`
+	// Fold window of that route; 0 folds only concurrent requests.
+	Window time.Duration `yaml:"window"`
+}
+
+// Batch groups writes of one scope behind one rate-limit grant.
+type Batch struct {
+	// Smallest group worth waiting for: a group goes out when it has batch.min writes or
+	// batch.linger has passed, whichever is first.
+	Min int `yaml:"min"`
+	// Largest group; must not exceed ratelimit.burst, because a group takes all its
+	// tokens in one grant.
+	Max int `yaml:"max"`
+	// Longest a write waits for its group to fill.
+	Linger time.Duration `yaml:"linger"`
+	// Merge consecutive partial updates of one entity within a group into one call when the
+	// result is provably the same.
+	Merge bool `yaml:"merge"`
+	// Send groups of writes that GHL has a bulk endpoint for (e.g. tag updates) as one bulk
+	// call.
+	Bulk bool `yaml:"bulk"`
+}
+
+// Cache is the read and query cache, shared through Redis with an in-process layer in front.
+type Cache struct {
+	// TTL for every cached route; 0 uses each route's default from the route table.
+	DefaultTTL time.Duration `yaml:"default_ttl"`
+	// How long past its TTL an entry may still be served while one background refresh runs.
+	StaleWhileRevalidate time.Duration `yaml:"stale_while_revalidate"`
+	// How long past its TTL an entry may be served instead of an upstream error or timeout.
+	StaleIfError time.Duration `yaml:"stale_if_error"`
+	// TTL for 404 answers of reads; 0 does not cache them.
+	NegativeTTL time.Duration `yaml:"negative_ttl"`
+	// Size of the in-process layer in front of Redis (integer bytes or "64MiB"); 0 turns it
+	// off.
+	MemoryBytes ByteSize `yaml:"memory_bytes"`
+	// How replicas drop in-process entries another replica's write made wrong: "pubsub"
+	// (Redis publish/subscribe) or "none" (entries live until their TTL).
+	Coherence string `yaml:"coherence"`
+	// Per-route cache policy: a list of {route, ttl, stale_while_revalidate,
+	// stale_if_error, policy}. In flags and environment variables, a YAML or JSON list.
+	Routes []CacheRoute `yaml:"routes"`
+}
+
+// CacheRoute overrides the cache policy of one route.
+type CacheRoute struct {
+	// Route template as in the route table, e.g. "/contacts/{contactId}", optionally
+	// preceded by a method and a space ("POST /contacts/search"). Case matters.
+	Route string `yaml:"route"`
+	// TTL of that route's answers; 0 keeps the route table's (or cache.default_ttl).
+	TTL time.Duration `yaml:"ttl"`
+	// Stale-while-revalidate window of that route; when absent, cache.stale_while_revalidate.
+	StaleWhileRevalidate time.Duration `yaml:"stale_while_revalidate"`
+	// Stale-if-error window of that route; when absent, cache.stale_if_error.
+	StaleIfError time.Duration `yaml:"stale_if_error"`
+	// Overrides the route table's policy: "read" or "query" (cache it), "write", or "pass"
+	// (never cache or fold it); empty keeps the table's.
+	Policy string `yaml:"policy"`
+}
+
+// Warm keeps chosen reads cached by fetching them on a schedule, spending only tokens above
+// ratelimit.warm_reserve.
+type Warm struct {
+	// Time between warming runs; 0 turns warming off.
+	Interval time.Duration `yaml:"interval"`
+	// Up to this much random delay before each run, so replicas do not warm in step; at
+	// most warm.interval.
+	Jitter time.Duration `yaml:"jitter"`
+	// Pages followed per list request (via its next-page link) in one run.
+	MaxPages int `yaml:"max_pages"`
+	// What to warm: a list of {name, token_env | token_file, version, requests}. Tokens are
+	// never written in the configuration: a "token" key is rejected. In flags and
+	// environment variables, a YAML or JSON list.
+	Targets []WarmTarget `yaml:"targets"`
+}
+
+// WarmTarget is one credential and the reads to keep warm with it.
+type WarmTarget struct {
+	// Name in logs, metrics and /_ghlproxy/warm; unique.
+	Name string `yaml:"name"`
+	// Environment variable holding the token (its name, not the token).
+	TokenEnv string `yaml:"token_env"`
+	// File holding the token, e.g. a mounted Kubernetes secret; surrounding white space is
+	// ignored. Set token_env or token_file, not both.
+	TokenFile string `yaml:"token_file"`
+	// Version header sent with the requests; default "2021-07-28".
+	Version string `yaml:"version"`
+	// The requests, each {method, path, body}: method GET (default) or POST (read-only
+	// query routes), path with its query string, body the JSON text of a POST.
+	Requests []WarmRequest `yaml:"requests"`
+}
+
+// WarmRequest is one read to warm.
+type WarmRequest struct {
+	// GET (default) or POST.
+	Method string `yaml:"method"`
+	// Path and query, e.g. "/contacts/?locationId=abc&limit=100".
+	Path string `yaml:"path"`
+	// JSON body of a POST, as a string (keep it a string: a YAML mapping here is rejected,
+	// because configuration keys are case-insensitive and JSON field names are not).
+	Body string `yaml:"body"`
+}
+
+// Token returns the target's token, read from its environment variable (through
+// lookupEnv, e.g. os.LookupEnv) or its file.
+func (t WarmTarget) Token(lookupEnv func(string) (string, bool)) (string, error) {
+	var tok string
+	switch {
+	case t.TokenEnv != "":
+		v, ok := lookupEnv(t.TokenEnv)
+		if !ok {
+			return "", fmt.Errorf("warm target %q: environment variable %s is not set", t.Name, t.TokenEnv)
+		}
+		tok = v
+	case t.TokenFile != "":
+		b, err := os.ReadFile(t.TokenFile)
+		if err != nil {
+			return "", fmt.Errorf("warm target %q: %w", t.Name, err)
+		}
+		tok = string(b)
+	}
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return "", fmt.Errorf("warm target %q: empty token", t.Name)
+	}
+	return tok, nil
+}
+
+// Admin guards the mutating /_ghlproxy/ endpoints (cache purge, warm now).
+type Admin struct {
+	// Bearer token the mutating /_ghlproxy/ endpoints require; empty allows loopback
+	// callers only.
+	Token string `yaml:"token" secret:"true"`
+}
+
+// Identity keys the credential hashes that name cache and fold entries.
+type Identity struct {
+	// Key of the credential hashes in cache and fold keys; must be the same on every
+	// replica that shares one Redis, or they share nothing. Empty uses a built-in key.
+	Secret string `yaml:"secret" secret:"true"`
+}
+
+// Log configures the process log.
+type Log struct {
+	// Lowest level logged: debug, info, warn or error.
+	Level string `yaml:"level"`
+	// text (coloured on a terminal) or json (for production).
+	Format string `yaml:"format"`
+}
+
+// Shutdown configures graceful termination.
+type Shutdown struct {
+	// On SIGTERM, how long in-flight requests and queued writes get to finish; keep it below
+	// the pod's terminationGracePeriodSeconds.
+	Grace time.Duration `yaml:"grace"`
+}
+
+// GHL's default rate limit, which the default burst keeps safe.
+const (
+	ghlDefaultLimit    = 100
+	ghlDefaultInterval = 10 * time.Second
+	maxDefaultBurst    = 50
+)
+
+// SafeBurst is the default ratelimit.burst for a rate: the largest bucket that, full at the
+// start of a 10s window and refilled during it, stays within GHL's default 100 requests per
+// 10s, capped at 50 and at least 1.
+func SafeBurst(rate int, per time.Duration) int {
+	if per <= 0 {
+		return 1
+	}
+	b := int(math.Floor(ghlDefaultLimit - refill(rate, per)))
+	return max(1, min(maxDefaultBurst, b))
+}
+
+// refill is how many tokens rate/per adds during one GHL default window.
+func refill(rate int, per time.Duration) float64 {
+	return float64(rate) * float64(ghlDefaultInterval) / float64(per)
+}
+
+// Default returns the defaults. ratelimit.burst is 0 here (chosen from the rate); Load
+// replaces it with SafeBurst's value.
+func Default() *Config {
+	return &Config{
+		Listen:    ":8080",
+		OpsListen: ":9090",
+		Upstream:  "https://services.leadconnectorhq.com",
+		Transport: Transport{
+			DialTimeout:         5 * time.Second,
+			TLSTimeout:          5 * time.Second,
+			HeaderTimeout:       30 * time.Second,
+			Timeout:             60 * time.Second,
+			MaxIdleConnsPerHost: 100,
+			SlowThreshold:       100 * time.Millisecond,
+		},
+		Limits: Limits{
+			MaxBodyBytes:     10 * MiB,
+			MaxResponseBytes: 32 * MiB,
+		},
+		Redis: Redis{
+			Timeout: 50 * time.Millisecond,
+		},
+		RateLimit: RateLimit{
+			Rate:         280,
+			Per:          time.Minute,
+			MaxWait:      20 * time.Second,
+			WarmReserve:  10,
+			DailyReserve: 5000,
+		},
+		Dedupe: Dedupe{
+			Window:  30 * time.Second,
+			Methods: []string{"GET", "POST", "PUT", "PATCH", "DELETE"},
+		},
+		Batch: Batch{
+			Min:    3,
+			Max:    5,
+			Linger: 25 * time.Millisecond,
+			Merge:  true,
+		},
+		Cache: Cache{
+			StaleWhileRevalidate: 30 * time.Second,
+			StaleIfError:         5 * time.Minute,
+			MemoryBytes:          64 * MiB,
+			Coherence:            "pubsub",
+		},
+		Warm: Warm{
+			Jitter:   10 * time.Second,
+			MaxPages: 5,
+		},
+		Log: Log{
+			Level:  "info",
+			Format: "text",
+		},
+		Shutdown: Shutdown{
+			Grace: 25 * time.Second,
+		},
+	}
+}
