@@ -184,3 +184,25 @@ func TestParsePolicy(t *testing.T) {
 		t.Error("ParsePolicy(cache): no error")
 	}
 }
+
+func TestMatchAllocs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation counts")
+	}
+	tbl := routes.New()
+	tests := []struct {
+		method, path string
+		max          float64
+	}{
+		{"POST", "/contacts/search", 0},
+		{"GET", "/contacts/", 0},
+		{"GET", "/nope/nope", 0},
+		{"GET", "/contacts/c1", 1},
+		{"PUT", "/contacts/c1/tasks/t1/completed", 1},
+	}
+	for _, tc := range tests {
+		if n := testing.AllocsPerRun(100, func() { tbl.Match(tc.method, tc.path) }); n > tc.max {
+			t.Errorf("%s %s: %v allocs, want at most %v", tc.method, tc.path, n, tc.max)
+		}
+	}
+}
