@@ -21,6 +21,7 @@ const (
 	CauseFoldFailed          = "fold-failed"
 	CauseShuttingDown        = "shutting-down"
 	CauseForbidden           = "forbidden"
+	CauseUnauthorized        = "missing-authorization"
 	CauseNotFound            = "not-found"
 	CauseInternal            = "internal"
 )

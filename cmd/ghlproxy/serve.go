@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/ghlproxy/ghlproxy/config"
+	"github.com/ghlproxy/ghlproxy/logging"
+	"github.com/ghlproxy/ghlproxy/sidecar"
+)
+
+// loadConfig parses flags and loads the configuration from flags, environment and file.
+func loadConfig(name string, args []string, stderr io.Writer) (*config.Config, *pflag.FlagSet, error) {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, fs, err
+		}
+		return nil, fs, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	cfg, err := config.Load(fs, os.Environ())
+	return cfg, fs, err
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, _, err := loadConfig("serve", args, stderr)
+	if errors.Is(err, pflag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log, err := logging.New(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
+	s, err := sidecar.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	pl, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		s.Close()
+		return fmt.Errorf("listen: %w", err)
+	}
+	ol, err := net.Listen("tcp", cfg.OpsListen)
+	if err != nil {
+		pl.Close()
+		s.Close()
+		return fmt.Errorf("ops_listen: %w", err)
+	}
+	return s.Serve(ctx, pl, ol)
+}
+
+func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("config", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	validate := fs.String("validate", "", "check this YAML file and exit: prints nothing and exits 0 when it is valid")
+	config.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *validate != "" {
+		if err := config.ValidateFile(*validate); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: valid\n", *validate)
+		return nil
+	}
+	cfg, err := config.Load(fs, os.Environ())
+	if err != nil {
+		return err
+	}
+	out, err := cfg.Redacted().YAML()
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
+	return err
+}

@@ -1,0 +1,270 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/routes"
+	"github.com/ghlproxy/ghlproxy/upstream"
+)
+
+// Headers the sidecar reads from clients and never forwards.
+const (
+	headerNoFold  = "X-Ghlproxy-No-Fold"
+	headerQueueMs = "X-Ghlproxy-Queue-Ms"
+)
+
+// hopHeaders are hop-by-hop (RFC 9110 §7.6.1): they describe one connection, not the
+// message, so they are never forwarded in either direction nor kept in the cache.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// errBodyTooLarge is what readBody reports for a body over the limit.
+var errBodyTooLarge = errors.New("request body too large")
+
+// readBody reads the whole request body, bounded: the fold and the cache key need all of it
+// before anything goes upstream. It answers 413 or 400 itself and reports false then.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, x *exchange) ([]byte, bool) {
+	if _, err := parseQuery(r.URL.RawQuery); err != nil {
+		x.status = http.StatusBadRequest
+		ghlerror.Write(w, http.StatusBadRequest, ghlerror.CauseMalformed, "malformed query string: "+err.Error())
+		return nil, false
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, true
+	}
+	if r.ContentLength > h.cfg.MaxBodyBytes {
+		h.tooLarge(w, x)
+		return nil, false
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			h.tooLarge(w, x)
+			return nil, false
+		}
+		x.status = http.StatusBadRequest
+		ghlerror.Write(w, http.StatusBadRequest, ghlerror.CauseMalformed, "could not read request body: "+err.Error())
+		return nil, false
+	}
+	if isJSONContent(r.Header.Get("Content-Type")) && len(b) > 0 && !isJSON(b) {
+		// GHL would reject it too, but answering here keeps a malformed body from costing
+		// a token and from being folded with anything.
+		x.status = http.StatusBadRequest
+		ghlerror.Write(w, http.StatusBadRequest, ghlerror.CauseMalformed, "request body is not valid JSON")
+		return nil, false
+	}
+	return b, true
+}
+
+func (h *Handler) tooLarge(w http.ResponseWriter, x *exchange) {
+	x.status = http.StatusRequestEntityTooLarge
+	ghlerror.Write(w, http.StatusRequestEntityTooLarge, ghlerror.CauseBodyTooLarge,
+		"request body exceeds "+strconv.FormatInt(h.cfg.MaxBodyBytes, 10)+" bytes")
+}
+
+// roundTrip makes one buffered upstream call for r with body, and reports it to the
+// metrics and the limiter. The call is bounded by UpstreamTimeout and by ctx.
+func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.UpstreamTimeout)
+	defer cancel()
+	out, err := http.NewRequestWithContext(ctx, r.Method, h.upstreamURL(r), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	copyHeader(out.Header, r.Header)
+	out.Header.Del(headerNoFold)
+	// Let the transport negotiate compression so the body we keep is plain (see
+	// upstream.NewTransport).
+	out.Header.Del("Accept-Encoding")
+	if len(body) == 0 {
+		out.Body, out.ContentLength = http.NoBody, 0
+	}
+	start := time.Now()
+	resp, err := h.cfg.Transport.RoundTrip(out)
+	h.observeUpstream(x, resp, err, time.Since(start))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, h.cfg.MaxResponseBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > h.cfg.MaxResponseBytes {
+		return nil, errResponseTooLarge
+	}
+	hdr := make(http.Header, len(resp.Header))
+	copyHeader(hdr, resp.Header)
+	// The body is now plain and complete: its length is ours to state.
+	hdr.Del("Content-Length")
+	hdr.Del("Content-Encoding")
+	return &upstream.Response{Status: resp.StatusCode, Header: hdr, Body: b, Date: time.Now()}, nil
+}
+
+var errResponseTooLarge = errors.New("upstream response exceeds the buffering limit")
+
+func (h *Handler) observeUpstream(x *exchange, resp *http.Response, err error, d time.Duration) {
+	m := h.cfg.Metrics
+	code := 0
+	if resp != nil {
+		code = resp.StatusCode
+	}
+	m.Upstream.WithLabelValues(x.label, methodLabel(x), codeLabel(code)).Inc()
+	m.UpstreamDuration.WithLabelValues(x.label).Observe(d.Seconds())
+	if d > h.cfg.SlowThreshold {
+		m.SlowUpstream.Inc()
+		h.cfg.Log.Info("slow upstream call", "route", x.label, "status", code, "duration", d.Round(time.Millisecond))
+	}
+	if err != nil || resp == nil {
+		return
+	}
+	if code == http.StatusTooManyRequests {
+		m.Upstream429.Inc()
+	}
+	if v := resp.Header.Get("X-RateLimit-Remaining"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			m.UpstreamRemain.WithLabelValues("burst").Set(float64(n))
+		}
+	}
+	if v := resp.Header.Get("X-RateLimit-Daily-Remaining"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			m.UpstreamRemain.WithLabelValues("daily").Set(float64(n))
+		}
+	}
+	if h.cfg.Limiter != nil && x.cred != nil {
+		h.cfg.Limiter.Observe(x.cred.ScopeKey, code, resp.Header)
+	}
+}
+
+func (h *Handler) upstreamURL(r *http.Request) string {
+	var sb strings.Builder
+	sb.WriteString(h.upOrigin)
+	sb.WriteString(strings.TrimRight(h.cfg.Upstream.EscapedPath(), "/"))
+	sb.WriteString(r.URL.EscapedPath())
+	if r.URL.RawQuery != "" {
+		sb.WriteByte('?')
+		sb.WriteString(r.URL.RawQuery)
+	}
+	return sb.String()
+}
+
+// copyHeader copies end-to-end headers: everything but the hop-by-hop ones and those the
+// Connection header names.
+func copyHeader(dst, src http.Header) {
+	var named []string
+	for _, v := range src["Connection"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				named = append(named, http.CanonicalHeaderKey(f))
+			}
+		}
+	}
+next:
+	for k, vs := range src {
+		for _, hk := range hopHeaders {
+			if k == hk {
+				continue next
+			}
+		}
+		for _, n := range named {
+			if k == n {
+				continue next
+			}
+		}
+		dst[k] = append(dst[k][:0:0], vs...)
+	}
+}
+
+// newStreamProxy is the pass-through path: httputil.ReverseProxy streaming both ways, with
+// the sidecar's error shape. It adds no X-Forwarded-* headers: the sidecar is the app's own
+// hop, and GHL has no use for loopback addresses.
+func (h *Handler) newStreamProxy() http.Handler {
+	target := h.cfg.Upstream
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Header.Del(headerNoFold)
+			if x, ok := pr.In.Context().Value(exchangeKey{}).(*exchange); ok {
+				x.upstreamStart = time.Now()
+			}
+		},
+		Transport:     h.cfg.Transport,
+		FlushInterval: -1, // GHL answers are small JSON; flush as bytes arrive
+		BufferPool:    bufferPool{},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if x, ok := r.Context().Value(exchangeKey{}).(*exchange); ok && x.policy != routes.Pass {
+				h.observeUpstream(x, nil, err, time.Since(x.upstreamStart))
+			}
+			status, cause, msg := upstreamError(err)
+			ghlerror.Write(w, status, cause, msg)
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			// The limiter learns from pass-through answers too: GHL counts them.
+			if x, ok := resp.Request.Context().Value(exchangeKey{}).(*exchange); ok && x.policy != routes.Pass {
+				h.observeUpstream(x, resp, nil, time.Since(x.upstreamStart))
+			}
+			return nil
+		},
+	}
+}
+
+// exchangeKey carries the exchange of a streamed request into the ReverseProxy hooks.
+type exchangeKey struct{}
+
+// streamThrough sends r through the streaming proxy with x attached for the hooks.
+func (h *Handler) streamThrough(w http.ResponseWriter, r *http.Request, x *exchange) {
+	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x))
+	h.stream.ServeHTTP(x.recorder(w), r)
+}
+
+// upstreamError maps a failed upstream call to the status a client should see.
+func upstreamError(err error) (int, string, string) {
+	switch {
+	case errors.Is(err, errResponseTooLarge):
+		return http.StatusBadGateway, ghlerror.CauseUpstreamTooLarge, "GHL's answer is larger than the sidecar buffers (limits.max_response_bytes)"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), isTimeout(err):
+		return http.StatusGatewayTimeout, ghlerror.CauseUpstreamTimeout, "GHL did not answer in time"
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads this, but the log and metrics do.
+		return 499, ghlerror.CauseUpstreamUnreachable, "client closed the request"
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), isDNS(err):
+		return http.StatusBadGateway, ghlerror.CauseUpstreamUnreachable, "GHL is unreachable: " + shortErr(err)
+	}
+	return http.StatusBadGateway, ghlerror.CauseUpstreamUnreachable, "upstream call failed: " + shortErr(err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isDNS(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de)
+}
+
+// shortErr keeps the innermost cause: URLs in wrapped errors may carry query strings.
+func shortErr(err error) string {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err.Error()
+		}
+		err = u
+	}
+}

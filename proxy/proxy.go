@@ -1,0 +1,521 @@
+// Package proxy is the request pipeline of the sidecar. Every request on the proxy listener
+// goes through Handler.ServeHTTP, which reads top to bottom as DESIGN.md describes it:
+//
+//  1. classify: route template and policy from the route table, credential and scope;
+//  2. reads and read-only searches: cache, then a fold of identical misses, then the rate
+//     limiter, then upstream, then store;
+//  3. writes: a fold that replays identical writes within the window, then the batcher
+//     (which takes one rate-limit grant per group), then upstream, then invalidation;
+//  4. everything else (unknown routes) is streamed through, rate limited; /oauth/ is
+//     streamed through untouched.
+//
+// Every stage is optional: a nil Cache, Fold, Limiter or Batcher turns that stage off, which
+// is how the stages are tested one at a time.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ghlproxy/ghlproxy/batcher"
+	"github.com/ghlproxy/ghlproxy/cache"
+	"github.com/ghlproxy/ghlproxy/dedupe"
+	"github.com/ghlproxy/ghlproxy/fingerprint"
+	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/ratelimit"
+	"github.com/ghlproxy/ghlproxy/routes"
+	"github.com/ghlproxy/ghlproxy/upstream"
+)
+
+// Limiter is the shared token bucket (package ratelimit).
+type Limiter interface {
+	Wait(ctx context.Context, scope string, n int, p ratelimit.Priority) (ratelimit.Grant, error)
+	Observe(scope string, status int, h http.Header)
+}
+
+// Cache is the read and query cache (package cache).
+type Cache interface {
+	Get(ctx context.Context, key string, cred *identity.Credential) (*cache.Entry, error)
+	Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy) error
+	Invalidate(ctx context.Context, tags []string) error
+}
+
+// Fold shares identical calls and replays their answers (package dedupe).
+type Fold interface {
+	Do(ctx context.Context, key string, o dedupe.Options, fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, dedupe.Outcome, error)
+	Forget(ctx context.Context, tags []string) error
+}
+
+// Batcher groups writes behind one rate-limit grant (package batcher).
+type Batcher interface {
+	Submit(ctx context.Context, w batcher.Write) (*upstream.Response, batcher.Info, error)
+}
+
+// Config is everything the pipeline needs. Upstream, Routes, Identity and Metrics are
+// required; the stages are optional.
+type Config struct {
+	Upstream  *url.URL
+	Transport http.RoundTripper
+	Routes    *routes.Table
+	Identity  *identity.Resolver
+	Metrics   *metrics.Metrics
+	Log       *slog.Logger
+
+	// MaxBodyBytes bounds request bodies (413 past it); MaxResponseBytes bounds the upstream
+	// answers the sidecar buffers for caching and folding (502 past it).
+	MaxBodyBytes     int64
+	MaxResponseBytes int64
+	// UpstreamTimeout bounds one buffered upstream call from start to last byte.
+	UpstreamTimeout time.Duration
+	// SlowThreshold: upstream calls slower than this are logged and counted.
+	SlowThreshold time.Duration
+
+	// StaleWhileRevalidate and StaleIfError are the windows past an entry's TTL in which
+	// it is served while one refresh runs, or instead of an upstream error.
+	StaleWhileRevalidate time.Duration
+	StaleIfError         time.Duration
+	// FoldWindow is how long an answer is replayed to identical requests; FoldRoutes
+	// overrides it per route template (0 turns folding off for that route).
+	FoldWindow time.Duration
+	FoldRoutes map[string]time.Duration
+	// FoldMethods lists the methods that fold; nil means all.
+	FoldMethods map[string]bool
+	// MergeRoutes lists "METHOD template" of partial updates the batcher may merge.
+	MergeRoutes map[string]bool
+
+	Cache   Cache
+	Fold    Fold
+	Limiter Limiter
+	Batcher Batcher
+}
+
+// Handler serves the proxy listener.
+type Handler struct {
+	cfg       Config
+	stream    http.Handler // streaming reverse proxy for pass-through traffic
+	upOrigin  string       // "https://services.leadconnectorhq.com"
+	upOriginJ string       // the same with JSON-escaped slashes
+	admin     http.Handler
+	refreshes atomic.Int64 // background refreshes in flight, for tests and stats
+}
+
+// New checks cfg and builds the handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Upstream == nil || cfg.Upstream.Host == "" {
+		return nil, errors.New("proxy: upstream URL is required")
+	}
+	if cfg.Routes == nil || cfg.Identity == nil || cfg.Metrics == nil {
+		return nil, errors.New("proxy: routes, identity and metrics are required")
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = upstream.NewTransport(upstream.TransportConfig{})
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 10 << 20
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = 32 << 20
+	}
+	if cfg.UpstreamTimeout <= 0 {
+		cfg.UpstreamTimeout = 60 * time.Second
+	}
+	if cfg.SlowThreshold <= 0 {
+		cfg.SlowThreshold = 100 * time.Millisecond
+	}
+	h := &Handler{cfg: cfg}
+	h.upOrigin = cfg.Upstream.Scheme + "://" + cfg.Upstream.Host
+	h.upOriginJ = strings.ReplaceAll(h.upOrigin, "/", `\/`)
+	h.stream = h.newStreamProxy()
+	return h, nil
+}
+
+// SetAdmin installs the handler for /_ghlproxy/ paths.
+func (h *Handler) SetAdmin(a http.Handler) { h.admin = a }
+
+// adminPrefix is the only path space the sidecar keeps for itself on the proxy listener.
+const adminPrefix = "/_ghlproxy/"
+
+// ServeHTTP is the pipeline.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, adminPrefix) {
+		if h.admin == nil {
+			ghlerror.Write(w, http.StatusNotFound, ghlerror.CauseNotFound, "no such ghlproxy endpoint")
+			return
+		}
+		h.admin.ServeHTTP(w, r)
+		return
+	}
+	x := h.classify(r)
+	defer h.observe(x)
+	if x.cred != nil && x.cred.Anonymous {
+		// Answered here: GHL would say the same, and an anonymous request has no scope
+		// to spend budget from.
+		x.outcome = metrics.OutcomeRejected
+		x.status = http.StatusUnauthorized
+		ghlerror.Write(w, http.StatusUnauthorized, ghlerror.CauseUnauthorized, "Authorization header is missing: GHL requires a Bearer token")
+		return
+	}
+
+	switch x.policy {
+	case routes.Pass:
+		// /oauth/: every refresh rotates the refresh token, so these are never cached,
+		// folded, batched, replayed or limited — streamed through as they are.
+		x.outcome = metrics.OutcomePass
+		h.streamThrough(w, r, x)
+	case routes.Unknown:
+		h.passLimited(w, r, x)
+	case routes.Read, routes.Query:
+		h.read(w, r, x)
+	case routes.Write:
+		h.write(w, r, x)
+	}
+}
+
+// exchange is the state of one request as it moves through the pipeline.
+type exchange struct {
+	start   time.Time
+	route   *routes.Route
+	params  routes.Params
+	label   string // route template or "other"
+	policy  routes.Policy
+	cred    *identity.Credential
+	version string
+	outcome string
+	status  int
+	// upstreamStart is when a streamed request went upstream.
+	upstreamStart time.Time
+	// queued is the rate-limit wait of the call this request led, in µs. Atomic because a
+	// detached fold leader may still set it after its own caller gave up.
+	queued atomic.Int64
+	batch  atomic.Pointer[batcher.Info]
+}
+
+func (x *exchange) recorder(w http.ResponseWriter) http.ResponseWriter {
+	return &statusRecorder{ResponseWriter: w, x: x}
+}
+
+func (h *Handler) classify(r *http.Request) *exchange {
+	x := &exchange{start: time.Now(), label: routes.OtherTemplate}
+	x.route, x.params = h.cfg.Routes.Match(r.Method, r.URL.EscapedPath())
+	if x.route != nil {
+		x.label = x.route.Template
+		x.policy = x.route.Policy
+	}
+	if x.policy != routes.Pass {
+		x.cred = h.cfg.Identity.Resolve(r.Header.Get("Authorization"))
+		x.version = r.Header.Get("Version")
+	}
+	return x
+}
+
+func (h *Handler) observe(x *exchange) {
+	if x.outcome == "" {
+		x.outcome = metrics.OutcomeMiss
+	}
+	d := time.Since(x.start)
+	m := h.cfg.Metrics
+	m.Requests.WithLabelValues(x.label, methodLabel(x), codeLabel(x.status), x.outcome).Inc()
+	m.RequestDuration.WithLabelValues(x.label, x.outcome).Observe(d.Seconds())
+	if h.cfg.Log.Enabled(context.Background(), slog.LevelDebug) {
+		h.cfg.Log.Debug("request", "route", x.label, "status", x.status, "outcome", x.outcome,
+			"duration", d, "queue", time.Duration(x.queued.Load())*time.Microsecond)
+	}
+}
+
+func methodLabel(x *exchange) string {
+	if x.route != nil {
+		return x.route.Method
+	}
+	return "other"
+}
+
+// passLimited forwards a request the route table does not know: untouched, streamed, but
+// still behind the scope's bucket, since GHL counts it all the same.
+func (h *Handler) passLimited(w http.ResponseWriter, r *http.Request, x *exchange) {
+	x.outcome = metrics.OutcomePass
+	if h.cfg.Limiter != nil {
+		if err := h.wait(r.Context(), x, 1, ratelimit.Interactive); err != nil {
+			h.writeError(w, x, err)
+			return
+		}
+		if q := x.queued.Load(); q > 0 {
+			w.Header().Set(headerQueueMs, queueMs(time.Duration(q)*time.Microsecond))
+		}
+	}
+	h.streamThrough(w, r, x)
+}
+
+// read serves GET routes and read-only searches.
+func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
+	body, ok := h.readBody(w, r, x)
+	if !ok {
+		return
+	}
+	cc := parseCacheControl(r.Header.Get("Cache-Control"))
+	key := h.key(r, x, body)
+	cacheable := h.cfg.Cache != nil && x.route.TTL > 0 && !cc.noStore &&
+		(x.policy == routes.Read || isJSON(body))
+	tags := h.scopedTags(x, x.route.Tags(x.params))
+
+	var stale *cache.Entry
+	if cacheable && !cc.noCache {
+		e, err := h.cfg.Cache.Get(r.Context(), key, x.cred)
+		if err != nil {
+			h.cfg.Log.Warn("cache read failed; treating as a miss", "route", x.label, "err", err)
+		}
+		if e != nil {
+			now := time.Now()
+			switch {
+			case e.Fresh(now):
+				x.outcome = metrics.OutcomeHit
+				h.cfg.Metrics.UpstreamSaved.WithLabelValues(metrics.SavedCache).Inc()
+				h.writeResponse(w, r, x, e.Resp, cacheStatusHit(e, now), e.Stored)
+				return
+			case now.Before(e.StaleWhileRevalidate):
+				x.outcome = metrics.OutcomeStale
+				h.cfg.Metrics.UpstreamSaved.WithLabelValues(metrics.SavedCache).Inc()
+				h.refresh(r, x, key, body, tags)
+				h.writeResponse(w, r, x, e.Resp, "ghlproxy; fwd=stale", e.Stored)
+				return
+			}
+			stale = e
+		}
+	}
+
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		resp, err := h.fetchRead(ctx, r, x, body)
+		if err == nil && cacheable && storable(resp) {
+			h.store(ctx, key, x, resp, tags)
+		}
+		return resp, err
+	}
+	resp, outcome, err := h.fold(r, x, key, cc, dedupe.Options{Tags: tags}, fetch)
+	if stale != nil && time.Now().Before(stale.StaleIfError) && (err != nil || resp.Status >= 500 || resp.Status == http.StatusTooManyRequests) {
+		// stale-if-error: an answer a little old beats an error the app must handle.
+		x.outcome = metrics.OutcomeStale
+		h.writeResponse(w, r, x, stale.Resp, "ghlproxy; fwd=stale; detail=stale-if-error", stale.Stored)
+		return
+	}
+	if err != nil {
+		h.writeError(w, x, err)
+		return
+	}
+	var status string
+	switch {
+	case h.cfg.Cache == nil:
+	case !cacheable:
+		status = "ghlproxy; fwd=bypass"
+	case cc.noCache:
+		status = "ghlproxy; fwd=request"
+	default:
+		status = "ghlproxy; fwd=miss"
+	}
+	if cacheable && storable(resp) {
+		status += "; stored"
+	}
+	h.writeFolded(w, r, x, resp, outcome, status)
+}
+
+// fetchRead makes the upstream call of a read: one token, the call, and — when GHL answers
+// 429 anyway (its window is shared with clients we cannot see) — one retry after the pause
+// the limiter learned from that answer. Reads are safe to resend; writes never are.
+func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+	for attempt := 0; ; attempt++ {
+		if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
+			return nil, err
+		}
+		resp, err := h.roundTrip(ctx, r, x, body)
+		if err != nil || resp.Status != http.StatusTooManyRequests || attempt == 1 || h.cfg.Limiter == nil {
+			return resp, err
+		}
+	}
+}
+
+// refresh starts one background refresh of a stale entry. It goes through the fold, so
+// every replica serving the same stale entry shares one upstream call.
+func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte, tags []string) {
+	ctx := context.WithoutCancel(r.Context())
+	// The server reuses r once the handler returns; the refresh works on its own copy.
+	out := r.Clone(ctx)
+	rx := &exchange{route: x.route, label: x.label, policy: x.policy, cred: x.cred, version: x.version}
+	h.refreshes.Add(1)
+	go func() {
+		defer h.refreshes.Add(-1)
+		fetch := func(ctx context.Context) (*upstream.Response, error) {
+			resp, err := h.fetchRead(ctx, out, rx, body)
+			if err == nil && storable(resp) {
+				h.store(ctx, key, rx, resp, tags)
+			}
+			return resp, err
+		}
+		if h.cfg.Fold != nil {
+			_, _, _ = h.cfg.Fold.Do(ctx, "refresh:"+key, dedupe.Options{}, fetch)
+			return
+		}
+		_, _ = fetch(ctx)
+	}()
+}
+
+func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) {
+	p := cache.Policy{
+		TTL:                  x.route.TTL,
+		StaleWhileRevalidate: h.cfg.StaleWhileRevalidate,
+		StaleIfError:         h.cfg.StaleIfError,
+		Tags:                 tags,
+		Route:                x.label,
+	}
+	if err := h.cfg.Cache.Set(ctx, key, x.cred, resp, p); err != nil {
+		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
+	}
+}
+
+// write serves routes that change state.
+func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
+	body, ok := h.readBody(w, r, x)
+	if !ok {
+		return
+	}
+	cc := parseCacheControl(r.Header.Get("Cache-Control"))
+	key := h.key(r, x, body)
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		resp, err := h.sendWrite(ctx, r, x, body)
+		if err == nil && resp.Status >= 200 && resp.Status < 300 {
+			h.invalidate(ctx, x)
+		}
+		return resp, err
+	}
+	resp, outcome, err := h.fold(r, x, key, cc, dedupe.Options{Write: true}, fetch)
+	if err != nil {
+		h.writeError(w, x, err)
+		return
+	}
+	if outcome == dedupe.Leader && x.batch.Load() != nil {
+		x.outcome = metrics.OutcomeBatched
+	}
+	h.writeFolded(w, r, x, resp, outcome, "")
+}
+
+// sendWrite sends a write through the batcher when there is one, else with a token of its
+// own. Never resent: GHL may have applied a write that timed out or was answered 429.
+func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+	send := func(ctx context.Context, b []byte) (*upstream.Response, error) {
+		return h.roundTrip(ctx, r, x, b)
+	}
+	if h.cfg.Batcher == nil {
+		if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
+			return nil, err
+		}
+		return send(ctx, body)
+	}
+	wr := batcher.Write{Scope: x.cred.ScopeKey, Body: body, Send: send}
+	if x.route.Entity != "" {
+		if id := x.params.Get(x.route.Entity); id != "" {
+			// Order per entity within the scope: two tokens of one location writing the
+			// same contact still write one entity upstream.
+			wr.Entity = x.cred.ScopeKey + "|" + x.route.Resource + "/" + id
+			if h.cfg.MergeRoutes[x.route.Method+" "+x.route.Template] && isJSON(body) {
+				wr.MergeKey = x.cred.Hash + "|" + x.version + "|" + x.route.Method + " " + r.URL.EscapedPath() + "?" + r.URL.RawQuery
+			}
+		}
+	}
+	resp, info, err := h.cfg.Batcher.Submit(ctx, wr)
+	if err == nil && info.Size > 0 {
+		x.batch.Store(&info)
+	}
+	return resp, err
+}
+
+// invalidate drops what a successful write made wrong, in the cache and in the fold's
+// replay window: one set of rules (the route table's) for both.
+func (h *Handler) invalidate(ctx context.Context, x *exchange) {
+	tags := h.scopedTags(x, x.route.Invalidates(x.params))
+	if len(tags) == 0 {
+		return
+	}
+	if h.cfg.Cache != nil {
+		if err := h.cfg.Cache.Invalidate(ctx, tags); err != nil {
+			h.cfg.Log.Error("cache invalidation failed; entries may be served until their TTL", "route", x.label, "err", err)
+		}
+	}
+	if h.cfg.Fold != nil {
+		if err := h.cfg.Fold.Forget(ctx, tags); err != nil {
+			h.cfg.Log.Error("fold invalidation failed", "route", x.label, "err", err)
+		}
+	}
+}
+
+// scopedTags prefixes route tags with the scope: a write through one location's token
+// invalidates that location's entries for every credential of it, and nobody else's.
+func (h *Handler) scopedTags(x *exchange, tags []string) []string {
+	out := make([]string, len(tags))
+	for i, t := range tags {
+		out[i] = x.cred.ScopeKey + ":" + t
+	}
+	return out
+}
+
+// fold runs fetch through the Fold when this request may fold, else directly.
+func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl, o dedupe.Options,
+	fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, dedupe.Outcome, error) {
+	window, ok := h.foldWindow(r, x, cc)
+	if !ok {
+		resp, err := fetch(r.Context())
+		return resp, dedupe.Leader, err
+	}
+	o.Window = window
+	return h.cfg.Fold.Do(r.Context(), key, o, fetch)
+}
+
+func (h *Handler) foldWindow(r *http.Request, x *exchange, cc cacheControl) (time.Duration, bool) {
+	if h.cfg.Fold == nil || cc.noCache || r.Header.Get(headerNoFold) == "1" {
+		return 0, false
+	}
+	if h.cfg.FoldMethods != nil && !h.cfg.FoldMethods[r.Method] {
+		return 0, false
+	}
+	window := h.cfg.FoldWindow
+	if w, ok := h.cfg.FoldRoutes[x.label]; ok {
+		if w <= 0 {
+			return 0, false
+		}
+		window = w
+	}
+	return window, true
+}
+
+// wait takes n tokens at priority p for x's scope.
+func (h *Handler) wait(ctx context.Context, x *exchange, n int, p ratelimit.Priority) error {
+	if h.cfg.Limiter == nil {
+		return nil
+	}
+	g, err := h.cfg.Limiter.Wait(ctx, x.cred.ScopeKey, n, p)
+	if err != nil {
+		return err
+	}
+	x.queued.Store(g.Waited.Microseconds())
+	return nil
+}
+
+func (h *Handler) key(r *http.Request, x *exchange, body []byte) string {
+	return fingerprint.Of(fingerprint.Request{
+		Method:   r.Method,
+		Route:    x.label,
+		Path:     r.URL.EscapedPath(),
+		RawQuery: r.URL.RawQuery,
+		Version:  x.version,
+		CredHash: x.cred.Hash,
+		Body:     body,
+		JSON:     isJSONContent(r.Header.Get("Content-Type")),
+	})
+}

@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ghlproxy/ghlproxy/batcher"
+	"github.com/ghlproxy/ghlproxy/cache"
+	"github.com/ghlproxy/ghlproxy/dedupe"
+	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/ratelimit"
+	"github.com/ghlproxy/ghlproxy/upstream"
+)
+
+// writeFolded writes an answer that came through the fold, with the headers that say how.
+func (h *Handler) writeFolded(w http.ResponseWriter, r *http.Request, x *exchange, resp *upstream.Response, o dedupe.Outcome, cacheStatus string) {
+	switch o {
+	case dedupe.Shared:
+		x.outcome = metrics.OutcomeShared
+		w.Header().Set("X-Ghlproxy-Dedupe", "shared")
+	case dedupe.Replay:
+		x.outcome = metrics.OutcomeReplay
+		w.Header().Set("X-Ghlproxy-Dedupe", "replay")
+	default:
+		if q := x.queued.Load(); q > 0 {
+			w.Header().Set(headerQueueMs, queueMs(time.Duration(q)*time.Microsecond))
+		}
+		if info := x.batch.Load(); info != nil {
+			w.Header().Set("X-Ghlproxy-Batch", batchHeader(info))
+		}
+	}
+	var stored time.Time
+	if o == dedupe.Replay {
+		stored = resp.Date
+	}
+	h.writeResponse(w, r, x, resp, cacheStatus, stored)
+}
+
+// writeResponse writes resp to the client. A non-zero stored time marks an answer that did
+// not come fresh from upstream for this request, and gets an Age.
+func (h *Handler) writeResponse(w http.ResponseWriter, r *http.Request, x *exchange, resp *upstream.Response, cacheStatus string, stored time.Time) {
+	dst := w.Header()
+	for k, vs := range resp.Header {
+		dst[k] = vs
+	}
+	body := h.rewriteLinks(r, resp.Body)
+	dst["Content-Length"] = []string{strconv.Itoa(len(body))}
+	if cacheStatus != "" {
+		dst["Cache-Status"] = []string{cacheStatus}
+	}
+	if !stored.IsZero() {
+		dst["Age"] = []string{strconv.Itoa(int(time.Since(stored) / time.Second))}
+	}
+	x.status = resp.Status
+	w.WriteHeader(resp.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}
+
+// rewriteLinks points absolute links to the upstream host (meta.nextPageUrl and the like)
+// at the address the client used, so that following them stays behind the sidecar.
+func (h *Handler) rewriteLinks(r *http.Request, body []byte) []byte {
+	hasPlain := bytes.Contains(body, []byte(h.upOrigin))
+	hasEscaped := bytes.Contains(body, []byte(h.upOriginJ))
+	if !hasPlain && !hasEscaped {
+		return body
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	origin := scheme + "://" + r.Host
+	if hasPlain {
+		body = bytes.ReplaceAll(body, []byte(h.upOrigin), []byte(origin))
+	}
+	if hasEscaped {
+		body = bytes.ReplaceAll(body, []byte(h.upOriginJ), []byte(strings.ReplaceAll(origin, "/", `\/`)))
+	}
+	return body
+}
+
+// writeError answers with a sidecar-made error in GHL's shape.
+func (h *Handler) writeError(w http.ResponseWriter, x *exchange, err error) {
+	var rej *ratelimit.RejectedError
+	var lost interface{ LeaderLost() bool }
+	switch {
+	case errors.As(err, &rej):
+		x.outcome = metrics.OutcomeRejected
+		h.cfg.Metrics.RateLimitRejected.Inc()
+		hd := w.Header()
+		secs := int((rej.RetryAfter + time.Second - 1) / time.Second)
+		hd.Set("Retry-After", strconv.Itoa(max(secs, 1)))
+		hd.Set("X-RateLimit-Max", strconv.Itoa(rej.Limit))
+		hd.Set("X-RateLimit-Interval-Milliseconds", strconv.FormatInt(rej.Interval.Milliseconds(), 10))
+		hd.Set("X-RateLimit-Remaining", strconv.Itoa(rej.Remaining))
+		x.status = http.StatusTooManyRequests
+		ghlerror.Write(w, http.StatusTooManyRequests, ghlerror.CauseRateLimited,
+			"Too many requests: the sidecar queued this request for the longest allowed (ratelimit.max_wait) without a token; nothing was sent to GHL")
+		return
+	case errors.As(err, &lost) && lost.LeaderLost():
+		x.status = http.StatusBadGateway
+		ghlerror.Write(w, x.status, ghlerror.CauseFoldFailed, err.Error())
+		return
+	}
+	status, cause, msg := upstreamError(err)
+	x.status = status
+	ghlerror.Write(w, status, cause, msg)
+}
+
+func batchHeader(i *batcher.Info) string {
+	s := "id=" + i.ID + "; size=" + strconv.Itoa(i.Size)
+	if i.Merged > 1 {
+		s += "; merged=" + strconv.Itoa(i.Merged)
+	}
+	return s
+}
+
+func queueMs(d time.Duration) string {
+	return strconv.FormatInt(d.Milliseconds(), 10)
+}
+
+func cacheStatusHit(e *cache.Entry, now time.Time) string {
+	return "ghlproxy; hit; ttl=" + strconv.Itoa(int(e.FreshUntil.Sub(now)/time.Second))
+}
+
+// storable reports whether an upstream answer may be cached: only 200s, and not when GHL
+// says not to.
+func storable(resp *upstream.Response) bool {
+	if resp.Status != http.StatusOK || resp.Header.Get("Set-Cookie") != "" {
+		return false
+	}
+	cc := parseCacheControl(resp.Header.Get("Cache-Control"))
+	return !cc.noStore && !cc.private
+}
+
+type cacheControl struct{ noStore, noCache, private bool }
+
+func parseCacheControl(v string) cacheControl {
+	var cc cacheControl
+	if v == "" {
+		return cc
+	}
+	for _, d := range strings.Split(v, ",") {
+		d, _, _ = strings.Cut(strings.TrimSpace(d), "=")
+		switch strings.ToLower(d) {
+		case "no-store":
+			cc.noStore = true
+		case "no-cache":
+			cc.noCache = true
+		case "private":
+			cc.private = true
+		}
+	}
+	return cc
+}
+
+func isJSONContent(ct string) bool {
+	ct, _, _ = strings.Cut(ct, ";")
+	ct = strings.TrimSpace(strings.ToLower(ct))
+	return ct == "application/json" || strings.HasSuffix(ct, "+json")
+}
+
+func isJSON(b []byte) bool { return len(b) > 0 && json.Valid(b) }
+
+// parseQuery only validates: the query is forwarded exactly as sent.
+func parseQuery(raw string) (url.Values, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	return url.ParseQuery(raw)
+}
+
+var codeLabels = func() [600]string {
+	var l [600]string
+	for i := range l {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func codeLabel(code int) string {
+	if code >= 0 && code < len(codeLabels) {
+		return codeLabels[code]
+	}
+	return strconv.Itoa(code)
+}
+
+// statusRecorder notes the status of a streamed answer for the request metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	x *exchange
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.x.status == 0 {
+		s.x.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.x.status == 0 {
+		s.x.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the real writer (flushes, deadlines).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// bufferPool gives ReverseProxy reusable copy buffers instead of 32 KiB per request.
+type bufferPool struct{}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *(copyBuffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

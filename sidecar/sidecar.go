@@ -1,0 +1,154 @@
+// Package sidecar assembles one ghlproxy process from its configuration: the shared store,
+// the pipeline stages, the proxy and the ops listener, and runs them with a graceful
+// shutdown. `ghlproxy serve`, `ghlproxy demo` and the multi-replica tests all build
+// sidecars through it, so they run exactly what production runs.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/config"
+	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/ops"
+	"github.com/ghlproxy/ghlproxy/proxy"
+	"github.com/ghlproxy/ghlproxy/routes"
+	"github.com/ghlproxy/ghlproxy/upstream"
+)
+
+// Sidecar is one running ghlproxy.
+type Sidecar struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	Metrics *metrics.Metrics
+	Proxy   *proxy.Handler
+	Ops     *ops.Handler
+	rdb     redis.UniversalClient
+	closers []func() error
+}
+
+// New builds a sidecar from cfg. It does not listen yet.
+func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
+	up, err := url.Parse(cfg.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	s := &Sidecar{cfg: cfg, log: log, Metrics: metrics.New()}
+	if s.rdb, err = newRedis(cfg.Redis); err != nil {
+		return nil, err
+	}
+	if s.rdb != nil {
+		s.closers = append(s.closers, s.rdb.Close)
+	}
+	table := routes.New()
+	pc := proxy.Config{
+		Upstream: up,
+		Transport: upstream.NewTransport(upstream.TransportConfig{
+			DialTimeout:         cfg.Transport.DialTimeout,
+			TLSHandshakeTimeout: cfg.Transport.TLSTimeout,
+			HeaderTimeout:       cfg.Transport.HeaderTimeout,
+			MaxIdleConnsPerHost: cfg.Transport.MaxIdleConnsPerHost,
+		}),
+		Routes:               table,
+		Identity:             identity.NewResolver(cfg.Identity.Secret),
+		Metrics:              s.Metrics,
+		Log:                  log,
+		MaxBodyBytes:         int64(cfg.Limits.MaxBodyBytes),
+		MaxResponseBytes:     int64(cfg.Limits.MaxResponseBytes),
+		UpstreamTimeout:      cfg.Transport.Timeout,
+		SlowThreshold:        cfg.Transport.SlowThreshold,
+		StaleWhileRevalidate: cfg.Cache.StaleWhileRevalidate,
+		StaleIfError:         cfg.Cache.StaleIfError,
+	}
+	admin := &proxy.Admin{Token: cfg.Admin.Token}
+	if err := s.addStages(&pc, admin); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if s.Proxy, err = proxy.New(pc); err != nil {
+		s.Close()
+		return nil, err
+	}
+	admin.Handler = s.Proxy
+	s.Proxy.SetAdmin(admin)
+	s.Ops = ops.New(s.Metrics.Registry, s.checks()...)
+	return s, nil
+}
+
+// Serve runs the proxy on pl and the ops endpoints on ol until ctx ends, then shuts down
+// gracefully: readiness fails first so no new traffic arrives, in-flight requests get
+// shutdown.grace to finish, and the stages flush (the batcher answers every write it holds).
+func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
+	psrv := &http.Server{Handler: s.Proxy, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	osrv := &http.Server{Handler: s.Ops, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- psrv.Serve(pl) }()
+	go func() { errc <- osrv.Serve(ol) }()
+	s.log.Info("ghlproxy serving", "listen", pl.Addr().String(), "ops", ol.Addr().String(),
+		"upstream", s.cfg.Upstream, "store", s.storeName())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		s.log.Error("listener failed", "err", err)
+	}
+	s.Ops.Drain()
+	grace := s.cfg.Shutdown.Grace
+	if grace <= 0 {
+		grace = 25 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	s.log.Info("shutting down", "grace", grace)
+	if serr := psrv.Shutdown(sctx); serr != nil {
+		s.log.Warn("in-flight requests did not finish within the grace period", "err", serr)
+	}
+	_ = osrv.Shutdown(sctx)
+	s.Close()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases the stages and the store; safe to call more than once.
+func (s *Sidecar) Close() {
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		if err := s.closers[i](); err != nil {
+			s.log.Debug("close", "err", err)
+		}
+	}
+	s.closers = nil
+}
+
+func (s *Sidecar) storeName() string {
+	if s.rdb == nil {
+		return "embedded"
+	}
+	return "redis"
+}
+
+func (s *Sidecar) checks() []ops.Check {
+	if s.rdb == nil {
+		return nil
+	}
+	return []ops.Check{{Name: "redis", Status: func() (string, bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		if err := s.rdb.Ping(ctx).Err(); err != nil {
+			return "unreachable: " + err.Error() + " (serving on local fallbacks)", false
+		}
+		return "ok", false
+	}}}
+}
