@@ -42,7 +42,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	for _, w := range cfg.Warnings {
+	for _, w := range cfg.Warnings() {
 		log.Warn(w)
 	}
 	s, err := sidecar.New(cfg, log)
