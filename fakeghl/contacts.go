@@ -39,7 +39,11 @@ func (s *Server) addStateful() {
 		{"PUT", "/conversations/{conversationId}", updateConversation},
 		{"DELETE", "/conversations/{conversationId}", deleteConversation},
 	} {
-		s.routes.add(h.method, h.template).handle = h.handle
+		rt := s.table.Lookup(h.method, h.template)
+		if rt == nil {
+			panic("fakeghl: route table has no " + h.method + " " + h.template)
+		}
+		s.entries[rt].handle = h.handle
 	}
 }
 

@@ -74,6 +74,16 @@ func (c client) do(method, path string, body any) (*http.Response, map[string]an
 
 func (c client) raw(method, path string, body any) (*http.Response, []byte) {
 	c.t.Helper()
+	return c.send(method, path, body, "2021-07-28")
+}
+
+func (c client) rawVersion(method, path, version string) (*http.Response, []byte) {
+	c.t.Helper()
+	return c.send(method, path, nil, version)
+}
+
+func (c client) send(method, path string, body any, version string) (*http.Response, []byte) {
+	c.t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -89,7 +99,7 @@ func (c client) raw(method, path string, body any) (*http.Response, []byte) {
 	if c.auth != "" {
 		req.Header.Set("Authorization", c.auth)
 	}
-	req.Header.Set("Version", "2021-07-28")
+	req.Header.Set("Version", version)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)

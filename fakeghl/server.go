@@ -13,14 +13,16 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/routes"
 )
 
 // Server is the GHL stand-in, an http.Handler. Every method is safe for concurrent use.
 type Server struct {
 	cfg      Config
-	routes   tree
-	interval string // X-RateLimit-Interval-Milliseconds
-	daily    string // X-RateLimit-Limit-Daily
+	table    *routes.Table
+	entries  map[*routes.Route]*entry
+	interval []string // X-RateLimit-Interval-Milliseconds, shared by every answer
+	daily    []string // X-RateLimit-Limit-Daily
 
 	seq     atomic.Uint64 // arrival number of each request, for deterministic draws
 	state   atomic.Pointer[state]
@@ -49,10 +51,12 @@ func New(cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{
 		cfg:      cfg,
-		interval: strconv.FormatInt(cfg.Window.Milliseconds(), 10),
-		daily:    strconv.Itoa(cfg.Daily),
+		interval: []string{strconv.FormatInt(cfg.Window.Milliseconds(), 10)},
+		daily:    []string{strconv.Itoa(cfg.Daily)},
 		done:     make(chan struct{}),
 	}
+	s.table = routes.New()
+	s.entries = newEntries(s.table)
 	s.state.Store(newState())
 	s.faults.Store(&Faults{Latency: Duration(cfg.Latency)})
 	s.addGenerated()
@@ -142,7 +146,7 @@ type request struct {
 	r      *http.Request
 	st     *state
 	c      *caller // nil on /oauth/ without Authorization
-	params []string
+	params routes.Params
 	n      uint64
 	now    time.Time
 	base   string
@@ -166,11 +170,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := s.seq.Add(1)
 	now := s.cfg.Now()
 	f := s.faults.Load()
-	var pbuf [maxParams]string
-	rt, params := s.routes.match(r.Method, r.URL.Path, pbuf[:0])
-	label := "other"
-	if rt != nil {
-		label = rt.label
+	rt, params := s.table.Match(r.Method, r.URL.EscapedPath())
+	e := s.entries[rt] // nil for unknown paths
+	label := routes.OtherTemplate
+	if e != nil {
+		label = e.label
 	}
 
 	if now.Before(f.OutageUntil) {
@@ -196,12 +200,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		v := c.limits.arrive(now, s.cfg.Window, s.cfg.Daily)
+		// Canonical keys assigned directly: Header.Set would canonicalise (and allocate)
+		// on every request of the hot path.
 		h := w.Header()
-		h.Set("X-RateLimit-Max", strconv.Itoa(v.limit))
-		h.Set("X-RateLimit-Interval-Milliseconds", s.interval)
-		h.Set("X-RateLimit-Remaining", strconv.Itoa(v.remaining))
-		h.Set("X-RateLimit-Limit-Daily", s.daily)
-		h.Set("X-RateLimit-Daily-Remaining", strconv.Itoa(v.dailyRemaining))
+		h["X-Ratelimit-Max"] = []string{itoa(v.limit)}
+		h["X-Ratelimit-Interval-Milliseconds"] = s.interval
+		h["X-Ratelimit-Remaining"] = []string{itoa(v.remaining)}
+		h["X-Ratelimit-Limit-Daily"] = s.daily
+		h["X-Ratelimit-Daily-Remaining"] = []string{itoa(v.dailyRemaining)}
 		if !v.ok {
 			st.stats.call(label, http.StatusTooManyRequests)
 			writeError(w, http.StatusTooManyRequests, "Too Many Requests")
@@ -231,12 +237,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := &request{r: r, st: st, c: c, params: params, n: n, now: s.cfg.Now(), base: s.cfg.BaseURL, seed: s.cfg.Seed}
 	var rep reply
 	switch {
-	case rt == nil:
+	case e == nil:
 		rep = errorReply(http.StatusNotFound, "Cannot "+r.Method+" "+r.URL.Path)
-	case rt.handle != nil:
-		rep = rt.handle(q)
+	case e.handle != nil:
+		rep = e.handle(q)
 	default:
-		rep = rt.generated(r.Header.Get("Version"))
+		rep = e.generated(r.Header.Get("Version"))
 	}
 	st.stats.call(label, rep.status)
 	send(w, rep, c)
@@ -300,9 +306,9 @@ func send(w http.ResponseWriter, rep reply, c *caller) {
 		w.WriteHeader(rep.status)
 		return
 	}
-	h.Set("Content-Type", "application/json; charset=utf-8")
+	h["Content-Type"] = jsonType
 	if c == nil || rep.body[0] != '{' {
-		h.Set("Content-Length", strconv.Itoa(len(rep.body)))
+		h["Content-Length"] = []string{itoa(len(rep.body))}
 		w.WriteHeader(rep.status)
 		_, _ = w.Write(rep.body)
 		return
@@ -311,10 +317,29 @@ func send(w http.ResponseWriter, rep reply, c *caller) {
 	if len(rest) > 0 && rest[0] == '}' { // "{}": no comma after the marker
 		prefix = prefix[:len(prefix)-1]
 	}
-	h.Set("Content-Length", strconv.Itoa(len(prefix)+len(rest)))
+	h["Content-Length"] = []string{itoa(len(prefix) + len(rest))}
 	w.WriteHeader(rep.status)
 	_, _ = w.Write(prefix)
 	_, _ = w.Write(rest)
+}
+
+// jsonType is the Content-Type of every answer; net/http only reads header values, so one
+// slice is shared.
+var jsonType = []string{"application/json; charset=utf-8"}
+
+// smallInts are the decimal strings of 0..1023, so header values cost no allocation.
+var smallInts = func() (t [1024]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i)
+	}
+	return
+}()
+
+func itoa(n int) string {
+	if n >= 0 && n < len(smallInts) {
+		return smallInts[n]
+	}
+	return strconv.Itoa(n)
 }
 
 // writeError answers in GHL's error shape. Unlike ghlerror.Write it sets no

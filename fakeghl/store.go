@@ -190,9 +190,9 @@ func (q *request) logWrite(id string, raw []byte, status int, created string) {
 	}, created)
 }
 
-// find returns the record named by the first path parameter, or the error GHL gives.
+// find returns the record named by the route's path parameter, or the error GHL gives.
 func (q *request) find(c *collection, notFound string) (*record, *reply) {
-	r := c.byID[q.params[0]]
+	r := c.byID[q.params[0].Value]
 	if r == nil {
 		rep := errorReply(http.StatusBadRequest, notFound)
 		return nil, &rep
