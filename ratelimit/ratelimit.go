@@ -5,6 +5,7 @@ package ratelimit
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -43,6 +44,8 @@ type Grant struct {
 // RejectedError means no token could be had within the wait bound. Nothing was sent
 // upstream; the proxy answers 429 with Retry-After and X-RateLimit-* from these fields.
 type RejectedError struct {
+	// RetryAfter is when the tokens would be free given the queue at the time of the
+	// decision (for a warm request refused by the daily reserve: a fixed minute).
 	RetryAfter time.Duration
 	Limit      int           // X-RateLimit-Max
 	Interval   time.Duration // X-RateLimit-Interval-Milliseconds
@@ -51,4 +54,118 @@ type RejectedError struct {
 
 func (e *RejectedError) Error() string {
 	return fmt.Sprintf("rate limited: no token within the wait bound, retry after %s", e.RetryAfter.Round(time.Millisecond))
+}
+
+// Config of the shared bucket. Zero values take the defaults named on each field; the
+// proxy's configuration keys ratelimit.* map onto these fields.
+type Config struct {
+	// Rate tokens are added every Per, per scope, shared by all replicas. Default 280 per 1m.
+	Rate int
+	Per  time.Duration
+	// Burst is the bucket's capacity. Default: the largest burst for which the bucket, from
+	// a cold start, sends at most 97% of GHL's default window (100 per 10 s) in any 10 s:
+	// Burst + Rate/Per*10s <= 97, i.e. 50 with the default rate (50 + 46.7 = 96.7). The 3%
+	// left absorbs requests granted together but reaching GHL spread out by network jitter.
+	Burst int
+	// MaxWait is the longest a request queues for a token before it is refused. Default 20s.
+	MaxWait time.Duration
+	// WarmReserve tokens are never taken by warming requests. Default Burst/10, at least 1.
+	WarmReserve int
+	// DailyLimit is the daily quota assumed until GHL reports one. Default 200000.
+	DailyLimit int
+	// DailyReserve: warming stops while the scope's daily remaining is below it. Default
+	// DailyLimit/10.
+	DailyReserve int
+	// RedisTimeout bounds every limiter call to Redis; past it the decision is made on the
+	// local fallback bucket. Default 50ms.
+	RedisTimeout time.Duration
+	// Prefix of every Redis key. Default "ghlproxy".
+	Prefix string
+	// ReplicaID names this replica in the replica set used to share the budget while Redis
+	// is unreachable. Default random.
+	ReplicaID string
+	// ReplicaTTL: a replica that has not refreshed its registration for this long is no
+	// longer counted. Default 15s; refreshed every ReplicaTTL/3.
+	ReplicaTTL time.Duration
+	// ProbeInterval: how often Redis is probed while the limiter runs on fallback buckets.
+	// Default 500ms.
+	ProbeInterval time.Duration
+	// Now is the clock of the in-process buckets (tests); default time.Now.
+	Now func() time.Time
+}
+
+// GHL's default window, used to derive the default burst and as the pause after a 429 when
+// GHL does not say its interval.
+const (
+	ghlWindow      = 10 * time.Second
+	ghlWindowLimit = 100
+)
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Rate == 0 {
+		c.Rate = 280
+	}
+	if c.Per == 0 {
+		c.Per = time.Minute
+	}
+	if c.Rate < 0 || c.Per < 0 {
+		return c, fmt.Errorf("ratelimit.rate: must be positive, got %d per %s", c.Rate, c.Per)
+	}
+	if c.Burst == 0 {
+		perWindow := float64(c.Rate) * float64(ghlWindow) / float64(c.Per)
+		c.Burst = max(1, int(math.Floor(ghlWindowLimit*learnMargin-perWindow)))
+	}
+	if c.Burst < 0 {
+		return c, fmt.Errorf("ratelimit.burst: must be positive, got %d", c.Burst)
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = 20 * time.Second
+	}
+	if c.MaxWait < 0 {
+		return c, fmt.Errorf("ratelimit.max_wait: must not be negative, got %s", c.MaxWait)
+	}
+	if c.WarmReserve == 0 {
+		c.WarmReserve = max(1, c.Burst/10)
+	}
+	if c.DailyLimit == 0 {
+		c.DailyLimit = 200000
+	}
+	if c.DailyReserve == 0 {
+		c.DailyReserve = c.DailyLimit / 10
+	}
+	if c.RedisTimeout == 0 {
+		c.RedisTimeout = 50 * time.Millisecond
+	}
+	if c.Prefix == "" {
+		c.Prefix = "ghlproxy"
+	}
+	if c.ReplicaTTL == 0 {
+		c.ReplicaTTL = 15 * time.Second
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = 500 * time.Millisecond
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, nil
+}
+
+// ScopeStats is one scope as this replica knows it, for /_ghlproxy/stats.
+type ScopeStats struct {
+	Scope          string    `json:"scope"` // the credential's ScopeKey, already hashed
+	Tokens         float64   `json:"tokens"`
+	Queue          int       `json:"queue"` // this replica's requests waiting
+	DailyRemaining int       `json:"daily_remaining"`
+	DailyLimit     int       `json:"daily_limit"`
+	PausedUntil    time.Time `json:"paused_until,omitzero"`
+	// LimitMax per LimitInterval is GHL's limit as learned from its headers (0: none yet).
+	LimitMax      int           `json:"limit_max"`
+	LimitInterval time.Duration `json:"limit_interval"`
+	// Rate (tokens per second) and Burst in force: the configured ones, lowered to a learned
+	// limit, or this replica's share while on fallback.
+	Rate     float64   `json:"rate"`
+	Burst    int       `json:"burst"`
+	Fallback bool      `json:"fallback"`
+	Updated  time.Time `json:"updated"`
 }

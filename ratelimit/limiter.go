@@ -1,0 +1,553 @@
+package ratelimit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/metrics"
+)
+
+// Limiter is the rate limiter of one replica. With a Redis client every decision is made by
+// one script on the shared bucket; while Redis is unreachable, on a local bucket holding this
+// replica's share; without Redis (embedded), on an in-process bucket.
+type Limiter struct {
+	cfg  Config
+	lim  limits // configured, µs per token
+	rdb  redis.UniversalClient
+	m    *metrics.Metrics
+	log  *slog.Logger
+	br   breaker
+	mem  *memStore // embedded buckets, or the fallback buckets with Redis
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	replicas      atomic.Int64 // last count seen in Redis, at least 1
+	degradedSince atomic.Int64 // unix ns; 0 = not degraded
+
+	mu     sync.Mutex
+	scopes map[string]*scope
+
+	// sleep waits d or until ctx ends; a seam so tests can drive time.
+	sleep func(ctx context.Context, d time.Duration) error
+}
+
+// New builds a limiter. rdb nil runs the bucket in process (one replica). With rdb, New
+// registers the replica and starts the heartbeat and health probe; Close stops them. New does
+// not fail when Redis is unreachable: the limiter starts on its fallback buckets.
+//
+// The client should have ContextTimeoutEnabled set so that a timed-out call also frees its
+// connection at once; the limiter never waits past RedisTimeout either way.
+func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) (*Limiter, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ReplicaID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		cfg.ReplicaID = hex.EncodeToString(b[:])
+	}
+	if m == nil {
+		m = metrics.New()
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l := &Limiter{
+		cfg:    cfg,
+		lim:    limits{T: float64(cfg.Per.Microseconds()) / float64(cfg.Rate), burst: float64(cfg.Burst)},
+		rdb:    rdb,
+		m:      m,
+		log:    log,
+		br:     breaker{threshold: 3},
+		done:   make(chan struct{}),
+		scopes: map[string]*scope{},
+		sleep:  sleepCtx,
+	}
+	l.replicas.Store(1)
+	now := func() float64 { return float64(cfg.Now().UnixNano()) / 1e3 }
+	l.mem = newMemStore(now, rdb != nil)
+	if rdb != nil {
+		if err := l.register(); err != nil {
+			l.enterDegraded(err)
+		}
+	}
+	l.wg.Add(1)
+	go l.maintain()
+	return l, nil
+}
+
+// Close stops the heartbeat and probe and removes this replica from the replica set.
+func (l *Limiter) Close() error {
+	select {
+	case <-l.done:
+		return nil
+	default:
+	}
+	close(l.done)
+	l.wg.Wait()
+	if l.rdb != nil && !l.br.isOpen() {
+		ctx, cancel := context.WithTimeout(context.Background(), l.probeTimeout())
+		defer cancel()
+		_ = l.rdb.ZRem(ctx, replicasKey(l.cfg.Prefix), l.cfg.ReplicaID).Err()
+	}
+	return nil
+}
+
+// Degraded reports whether decisions are being made on the local fallback buckets.
+func (l *Limiter) Degraded() bool { return l.degradedSince.Load() != 0 }
+
+// Replicas is the replica count last read from Redis (1 until known).
+func (l *Limiter) Replicas() int { return int(l.replicas.Load()) }
+
+// Wait takes n tokens of scope (the credential's ScopeKey, already hashed) for a request of
+// priority p, queueing up to MaxWait (or ctx's deadline, if sooner). It returns
+// *RejectedError when the tokens cannot be had in time — decided up front from the queue,
+// not after waiting — and ctx.Err() when ctx ends first. A reserved token is not returned
+// when ctx ends during the wait.
+func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) (Grant, error) {
+	if n < 1 {
+		n = 1
+	}
+	if err := ctx.Err(); err != nil {
+		return Grant{}, err
+	}
+	s := l.scope(scopeKey)
+	start := l.cfg.Now()
+	w := &wait{l: l, s: s, ctx: ctx, start: start, n: n, p: p, maxWait: l.cfg.MaxWait}
+	if dl, ok := ctx.Deadline(); ok {
+		w.maxWait = min(w.maxWait, time.Until(dl)) // deadlines are on the real clock
+	}
+	defer w.done()
+	var g Grant
+	var err error
+	if p == Interactive {
+		g, err = w.reserve()
+	} else {
+		g, err = w.queue()
+	}
+	var rej *RejectedError
+	switch {
+	case err == nil:
+		l.m.RateLimitWait.WithLabelValues(p.String()).Observe(g.Waited.Seconds())
+	case errors.As(err, &rej):
+		l.m.RateLimitRejected.Inc()
+	}
+	return g, err
+}
+
+// wait is one call of Wait.
+type wait struct {
+	l       *Limiter
+	s       *scope
+	ctx     context.Context
+	start   time.Time
+	n       int
+	p       Priority
+	maxWait time.Duration
+	queued  bool
+	entry   *queueEntry
+}
+
+// markQueued counts the request as waiting (queue depth) from its first sleep on.
+func (w *wait) markQueued() {
+	if !w.queued {
+		w.queued = true
+		w.l.m.QueueDepth.WithLabelValues("ratelimit").Inc()
+		w.s.waiting.Add(1)
+	}
+}
+
+func (w *wait) done() {
+	if w.queued {
+		w.l.m.QueueDepth.WithLabelValues("ratelimit").Dec()
+		w.s.waiting.Add(-1)
+	}
+	if w.entry != nil {
+		w.s.dequeue(w.entry)
+	}
+}
+
+func (w *wait) args(mode int, maxWait time.Duration) takeArgs {
+	return takeArgs{
+		n: float64(w.n), mode: mode, maxWait: float64(maxWait.Microseconds()),
+		warmReserve: float64(w.l.cfg.WarmReserve), dailyReserve: float64(w.l.cfg.DailyReserve),
+	}
+}
+
+func (w *wait) elapsed() time.Duration { return w.l.cfg.Now().Sub(w.start) }
+
+// reserve is the interactive path: one decision that grants now or reserves a future slot,
+// then one sleep.
+func (w *wait) reserve() (Grant, error) {
+	d, fb := w.l.take(w.ctx, w.s, w.args(modeReserve, w.maxWait-w.elapsed()))
+	if !d.granted {
+		return Grant{}, w.l.rejection(d, micros(d.wait))
+	}
+	if d.wait > 0 {
+		w.markQueued()
+		if err := w.l.sleep(w.ctx, micros(d.wait)); err != nil {
+			return Grant{}, err
+		}
+	}
+	// A pause that began after the reservation (GHL said 429 or Remaining 0) holds the
+	// reserved slot back until it ends; past the wait bound the request is refused instead.
+	if left := w.s.pausedFor(w.l.cfg.Now()); left > 0 {
+		if w.elapsed()+left > w.maxWait {
+			return Grant{}, w.l.rejection(d, left)
+		}
+		w.markQueued()
+		if err := w.l.sleep(w.ctx, left); err != nil {
+			return Grant{}, err
+		}
+	}
+	return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
+}
+
+// queue is the batch and warm path: the replica's batch and warm requests of the scope line
+// up locally (batch first, then arrival order), and only the head asks the bucket, which
+// grants only tokens that are free now; otherwise the head sleeps for as long as the bucket
+// says and asks again. Interactive reservations therefore always go first.
+func (w *wait) queue() (Grant, error) {
+	if w.p == Warm {
+		if dr := w.s.dailyRemaining(); dr >= 0 && dr < float64(w.l.cfg.DailyReserve) {
+			return Grant{}, w.l.dailyRejection(w.s)
+		}
+	}
+	w.entry = w.s.enqueue(w.p)
+	mode := modeOf(w.p)
+	for {
+		if err := w.awaitHead(); err != nil {
+			return Grant{}, err
+		}
+		d, fb := w.l.take(w.ctx, w.s, w.args(mode, 0))
+		if d.dailyRefused {
+			return Grant{}, w.l.dailyRejection(w.s)
+		}
+		if d.granted {
+			return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
+		}
+		retry := micros(d.wait)
+		if w.elapsed()+retry > w.maxWait {
+			return Grant{}, w.l.rejection(d, retry)
+		}
+		w.markQueued()
+		if err := w.l.sleep(w.ctx, retry); err != nil {
+			return Grant{}, err
+		}
+	}
+}
+
+// awaitHead blocks until the request is first in its scope's local queue.
+func (w *wait) awaitHead() error {
+	for {
+		head, changed := w.s.isHead(w.entry)
+		if head {
+			return nil
+		}
+		w.markQueued()
+		left := w.maxWait - w.elapsed()
+		if left <= 0 {
+			return w.l.rejection(decision{eff: w.l.effectiveOf(w.s)}, time.Duration(float64(w.n)*w.l.effectiveOf(w.s).T)*time.Microsecond)
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-changed:
+			t.Stop()
+		case <-t.C:
+		case <-w.ctx.Done():
+			t.Stop()
+			return w.ctx.Err()
+		}
+	}
+}
+
+func tokensLeft(t float64) int { return max(0, int(math.Floor(t))) }
+
+func micros(us float64) time.Duration {
+	return time.Duration(math.Ceil(us)) * time.Microsecond
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// rejection builds the sidecar's 429 from a decision: GHL's learned window when known,
+// else what the bucket allows per GHL's default window.
+func (l *Limiter) rejection(d decision, retry time.Duration) *RejectedError {
+	e := &RejectedError{RetryAfter: retry, Remaining: tokensLeft(d.tokens), Interval: ghlWindow}
+	if d.lmax > 0 && d.lint > 0 {
+		e.Limit, e.Interval = int(d.lmax), time.Duration(d.lint)*time.Millisecond
+	} else if d.eff.T > 0 {
+		e.Limit = int(d.eff.burst + float64(ghlWindow.Microseconds())/d.eff.T)
+	}
+	return e
+}
+
+// dailyRetry is the Retry-After of a warm request refused by the daily reserve: GHL does not
+// say when its day resets, so the warming loop just tries again later.
+const dailyRetry = time.Minute
+
+func (l *Limiter) dailyRejection(s *scope) *RejectedError {
+	e := l.rejection(decision{eff: l.effectiveOf(s)}, dailyRetry)
+	return e
+}
+
+// take makes one decision: on the shared bucket when Redis is healthy, else on the local one.
+func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs) (decision, bool) {
+	if l.rdb != nil && !l.br.isOpen() {
+		d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
+			return redisTake(ctx, l.rdb, s.key, l.lim, a)
+		})
+		if err == nil {
+			s.update(d, l.cfg.Now(), false)
+			return d, false
+		}
+		l.redisFailed(err)
+	}
+	if l.rdb == nil {
+		d := l.mem.take(s.name, l.lim, s.seed(), a)
+		s.update(d, l.cfg.Now(), false)
+		return d, false
+	}
+	l.m.RateLimitFallback.Inc()
+	d := l.mem.take(s.name, l.share(), s.seed(), a)
+	s.update(d, l.cfg.Now(), true)
+	return d, true
+}
+
+// share is this replica's part of the budget while Redis is unreachable.
+func (l *Limiter) share() limits {
+	c := l.lim
+	c.share = float64(max(1, l.replicas.Load()))
+	return c
+}
+
+func (l *Limiter) effectiveOf(s *scope) limits {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return l.lim.effective(s.lmax, s.lint)
+}
+
+// redisCall runs f with RedisTimeout and returns by then even if the client ignores context
+// deadlines (go-redis without ContextTimeoutEnabled): f finishes on its own in the background.
+// The request's own cancellation is not passed on: an abandoned call must not count as a
+// Redis failure.
+func (l *Limiter) redisCall(ctx context.Context, f func(context.Context) (decision, error)) (decision, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.RedisTimeout)
+	defer cancel()
+	type result struct {
+		d   decision
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		d, err := f(ctx)
+		ch <- result{d, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.d, r.err
+	case <-ctx.Done():
+		return decision{}, ctx.Err()
+	}
+}
+
+func (l *Limiter) redisFailed(err error) {
+	if l.br.failure() {
+		l.enterDegraded(err)
+	}
+}
+
+func (l *Limiter) enterDegraded(err error) {
+	l.br.trip()
+	if !l.degradedSince.CompareAndSwap(0, time.Now().UnixNano()) {
+		return
+	}
+	l.m.RedisUp.Set(0)
+	l.m.Degraded.Set(1)
+	sh := l.share().effective(0, 0)
+	l.log.Warn("ratelimit: redis unreachable, deciding on local fallback buckets",
+		"err", err, "replicas", l.replicas.Load(),
+		"share_per_s", 1e6/sh.T, "share_burst", sh.burst)
+}
+
+func (l *Limiter) leaveDegraded() {
+	since := l.degradedSince.Swap(0)
+	if since == 0 {
+		return
+	}
+	l.mem.reset()
+	l.m.RedisUp.Set(1)
+	l.m.Degraded.Set(0)
+	l.log.Info("ratelimit: redis reachable again, back on the shared bucket",
+		"degraded_for", time.Since(time.Unix(0, since)).Round(time.Millisecond))
+}
+
+func (l *Limiter) probeTimeout() time.Duration { return max(l.cfg.RedisTimeout, 500*time.Millisecond) }
+
+// register adds or refreshes this replica in the replica set and reads the count.
+func (l *Limiter) register() error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.probeTimeout())
+	defer cancel()
+	n, err := registerScript.Run(ctx, l.rdb, []string{replicasKey(l.cfg.Prefix)},
+		l.cfg.ReplicaID, l.cfg.ReplicaTTL.Milliseconds()).Int64()
+	if err != nil {
+		return err
+	}
+	l.replicas.Store(max(1, n))
+	return nil
+}
+
+// maintain runs until Close: the replica heartbeat, the probe that closes the breaker when
+// Redis answers again, and forgetting idle scopes.
+func (l *Limiter) maintain() {
+	defer l.wg.Done()
+	tick := time.NewTicker(l.cfg.ProbeInterval)
+	defer tick.Stop()
+	lastBeat, lastPrune := time.Now(), time.Now()
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-tick.C:
+		}
+		if l.rdb != nil {
+			switch {
+			case l.br.isOpen():
+				if l.register() == nil {
+					l.br.reset()
+					l.leaveDegraded()
+					lastBeat = time.Now()
+				}
+			case time.Since(lastBeat) >= l.cfg.ReplicaTTL/3:
+				if err := l.register(); err != nil {
+					l.redisFailed(err)
+				} else {
+					lastBeat = time.Now()
+				}
+			}
+		}
+		if time.Since(lastPrune) >= time.Minute {
+			l.prune(time.Hour)
+			lastPrune = time.Now()
+		}
+	}
+}
+
+// Observe folds one upstream response of scope into the bucket: GHL's X-RateLimit-* headers
+// teach the real limit (which can be lower than configured) and how much of the window other
+// clients left; a 429 or Remaining 0 pauses the scope for every replica until GHL's window
+// allows (X-RateLimit-Interval-Milliseconds, else 10 s).
+func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
+	o := observation{
+		lmax: headerNum(h, "X-RateLimit-Max", 0), lint: headerNum(h, "X-RateLimit-Interval-Milliseconds", 0),
+		remaining: headerNum(h, "X-RateLimit-Remaining", -1),
+		dr:        headerNum(h, "X-RateLimit-Daily-Remaining", -1), dl: headerNum(h, "X-RateLimit-Limit-Daily", -1),
+		pauseDefault: float64(ghlWindow.Milliseconds()),
+	}
+	o.pause = status == http.StatusTooManyRequests || o.remaining == 0
+	if status == http.StatusTooManyRequests {
+		l.m.Upstream429.Inc()
+	}
+	if o.remaining >= 0 {
+		l.m.UpstreamRemain.WithLabelValues("burst").Set(o.remaining)
+	}
+	if o.dr >= 0 {
+		l.m.UpstreamRemain.WithLabelValues("daily").Set(o.dr)
+	}
+	if !o.pause && o.lmax <= 0 && o.remaining < 0 && o.dr < 0 && o.dl < 0 {
+		return // nothing to learn (no rate-limit headers)
+	}
+	s := l.scope(scopeKey)
+	s.learn(o, l.cfg.Now())
+	if l.rdb != nil && !l.br.isOpen() {
+		d, err := l.redisCall(context.Background(), func(ctx context.Context) (decision, error) {
+			return redisObserve(ctx, l.rdb, s.key, l.lim, o)
+		})
+		if err == nil {
+			s.update(d, l.cfg.Now(), false)
+			return
+		}
+		l.redisFailed(err)
+	}
+	c, fb := l.lim, false
+	if l.rdb != nil {
+		c, fb = l.share(), true
+	}
+	d := l.mem.observe(s.name, c, s.seed(), o)
+	s.update(d, l.cfg.Now(), fb)
+}
+
+func headerNum(h http.Header, name string, missing float64) float64 {
+	v := h.Get(name)
+	if v == "" {
+		return missing
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 {
+		return missing
+	}
+	return f
+}
+
+// Stats lists the scopes this replica has seen, as far as it knows them.
+func (l *Limiter) Stats() []ScopeStats {
+	l.mu.Lock()
+	ss := make([]*scope, 0, len(l.scopes))
+	for _, s := range l.scopes {
+		ss = append(ss, s)
+	}
+	l.mu.Unlock()
+	now := l.cfg.Now()
+	out := make([]ScopeStats, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, s.stats(now, l.cfg.DailyLimit))
+	}
+	return out
+}
+
+func (l *Limiter) scope(key string) *scope {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.scopes[key]
+	if s == nil {
+		s = newScope(key, bucketKey(l.cfg.Prefix, key), l.lim)
+		s.touched = l.cfg.Now()
+		l.scopes[key] = s
+	}
+	return s
+}
+
+// prune forgets scopes idle for longer than idle with nobody waiting.
+func (l *Limiter) prune(idle time.Duration) {
+	now := l.cfg.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, s := range l.scopes {
+		if s.idle(now, idle) {
+			delete(l.scopes, k)
+			if l.rdb == nil {
+				l.mem.forget(k)
+			}
+		}
+	}
+}

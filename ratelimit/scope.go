@@ -1,0 +1,191 @@
+package ratelimit
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// scope is what one replica knows about one rate-limit scope: the last decision (for Stats),
+// GHL's learned limit, pause and daily count (replies of the shared bucket carry them, so
+// every replica learns what any replica observed), and the local queue of batch and warm
+// requests.
+type scope struct {
+	name string
+	key  string // Redis key
+	lim  limits // configured
+
+	waiting atomic.Int64 // requests of this replica sleeping or queued
+
+	mu          sync.Mutex
+	touched     time.Time
+	tokens      float64
+	eff         limits
+	fallback    bool
+	pauseUntil  time.Time
+	lmax, lint  float64
+	dr, dl      float64
+	nextSeq     uint64
+	queue       []*queueEntry // batch before warm, then arrival order
+	queueChange chan struct{} // closed and replaced whenever the head may have changed
+}
+
+type queueEntry struct {
+	p   Priority
+	seq uint64
+}
+
+func newScope(name, key string, lim limits) *scope {
+	return &scope{name: name, key: key, lim: lim, eff: lim, tokens: lim.burst, dr: -1, dl: -1,
+		queueChange: make(chan struct{})}
+}
+
+// update records a decision made at now.
+func (s *scope) update(d decision, now time.Time, fallback bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.touched, s.tokens, s.eff, s.fallback = now, d.tokens, d.eff, fallback
+	if d.pauseLeft > 0 {
+		if until := now.Add(micros(d.pauseLeft)); until.After(s.pauseUntil) {
+			s.pauseUntil = until
+		}
+	}
+	if d.lmax > 0 && d.lint > 0 {
+		s.lmax, s.lint = d.lmax, d.lint
+	}
+	if d.dr >= 0 {
+		s.dr = d.dr
+	}
+	if d.dl >= 0 {
+		s.dl = d.dl
+	}
+}
+
+// learn applies an upstream response locally at once, before (or without) the shared bucket.
+func (s *scope) learn(o observation, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o.lmax > 0 && o.lint > 0 {
+		s.lmax, s.lint = o.lmax, o.lint
+	}
+	if o.pause {
+		iv := s.lint
+		if iv <= 0 {
+			iv = o.pauseDefault
+		}
+		if until := now.Add(time.Duration(iv) * time.Millisecond); until.After(s.pauseUntil) {
+			s.pauseUntil = until
+		}
+	}
+	if o.dr >= 0 {
+		s.dr = o.dr
+	}
+	if o.dl >= 0 {
+		s.dl = o.dl
+	}
+}
+
+// seed is the state a new local bucket for this scope starts from.
+func (s *scope) seed() bucketState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := bucketState{lmax: s.lmax, lint: s.lint, dr: s.dr, dl: s.dl}
+	if !s.pauseUntil.IsZero() {
+		// Local clock in µs, the memStore's clock.
+		b.pause = float64(s.pauseUntil.UnixNano()) / 1e3
+	}
+	return b
+}
+
+func (s *scope) pausedFor(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return max(0, s.pauseUntil.Sub(now))
+}
+
+func (s *scope) dailyRemaining() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dr
+}
+
+func (s *scope) idle(now time.Time, idle time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waiting.Load() == 0 && len(s.queue) == 0 && now.Sub(s.touched) > idle
+}
+
+func (s *scope) enqueue(p Priority) *queueEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextSeq++
+	e := &queueEntry{p: p, seq: s.nextSeq}
+	i := len(s.queue)
+	for i > 0 && s.queue[i-1].p > p {
+		i--
+	}
+	s.queue = append(s.queue, nil)
+	copy(s.queue[i+1:], s.queue[i:])
+	s.queue[i] = e
+	if i == 0 {
+		s.signal()
+	}
+	return e
+}
+
+func (s *scope) dequeue(e *queueEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, q := range s.queue {
+		if q == e {
+			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			if i == 0 {
+				s.signal()
+			}
+			return
+		}
+	}
+}
+
+// signal wakes every queued request to look at the head again. Called with mu held.
+func (s *scope) signal() {
+	close(s.queueChange)
+	s.queueChange = make(chan struct{})
+}
+
+func (s *scope) isHead(e *queueEntry) (bool, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) > 0 && s.queue[0] == e, s.queueChange
+}
+
+func (s *scope) stats(now time.Time, dailyLimit int) ScopeStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	eff := s.eff
+	// Tokens refill since the last decision this replica saw.
+	tokens := s.tokens
+	if eff.T > 0 {
+		tokens = math.Min(eff.burst, tokens+float64(now.Sub(s.touched).Microseconds())/eff.T)
+	}
+	st := ScopeStats{
+		Scope: s.name, Tokens: math.Round(tokens*100) / 100, Queue: int(s.waiting.Load()),
+		DailyRemaining: int(s.dr), DailyLimit: int(s.dl),
+		LimitMax: int(s.lmax), LimitInterval: time.Duration(s.lint) * time.Millisecond,
+		Burst: int(eff.burst), Fallback: s.fallback, Updated: s.touched,
+	}
+	if eff.T > 0 {
+		st.Rate = 1e6 / eff.T
+	}
+	if s.dl < 0 {
+		st.DailyLimit = dailyLimit
+	}
+	if s.dr < 0 {
+		st.DailyRemaining = st.DailyLimit
+	}
+	if s.pauseUntil.After(now) {
+		st.PausedUntil = s.pauseUntil
+	}
+	return st
+}
