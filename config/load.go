@@ -91,11 +91,16 @@ func ValidateFile(path string) error {
 func load(name string, data []byte, fs *pflag.FlagSet, vars map[string]string) (*Config, error) {
 	layer := make(map[string]any)
 	if len(data) > 0 {
-		if err := yaml.Unmarshal(data, &layer); err != nil {
+		var doc any
+		if err := yaml.Unmarshal(data, &doc); err != nil {
 			return nil, fmt.Errorf("%s: invalid YAML: %s", name, oneLine(strings.TrimPrefix(err.Error(), "yaml: ")))
 		}
-		if layer == nil {
-			layer = make(map[string]any)
+		switch d := stringKeys(doc).(type) {
+		case nil:
+		case map[string]any:
+			layer = d
+		default:
+			return nil, fmt.Errorf("%s: want a mapping of keys at the top level, got %s", name, describe(d))
 		}
 		if err := checkKeys(layer, reflect.TypeFor[Config](), "", name); err != nil {
 			return nil, err
@@ -252,6 +257,29 @@ func checkKeys(m map[string]any, t reflect.Type, prefix, file string) error {
 	return nil
 }
 
+// stringKeys turns the map[any]any that YAML makes of mappings with non-string keys into
+// map[string]any, all the way down, so such keys are reported as unknown keys.
+func stringKeys(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			v[k] = stringKeys(e)
+		}
+		return v
+	case map[any]any:
+		m := make(map[string]any, len(v))
+		for k, e := range v {
+			m[fmt.Sprint(k)] = stringKeys(e)
+		}
+		return m
+	case []any:
+		for i, e := range v {
+			v[i] = stringKeys(e)
+		}
+	}
+	return v
+}
+
 // forbiddenKey explains keys that are missing on purpose.
 func forbiddenKey(path string) error {
 	if strings.HasPrefix(path, "warm.targets[") && strings.HasSuffix(path, "].token") {
@@ -376,6 +404,10 @@ func (d decoder) decodeList(key string, raw any, dst reflect.Value) error {
 		}
 	default:
 		return fmt.Errorf("%s: want a list, got %s", key, describe(raw))
+	}
+	if len(items) == 0 {
+		dst.SetZero() // nil, like an unset list, so printing and reloading changes nothing
+		return nil
 	}
 	out := reflect.MakeSlice(dst.Type(), 0, len(items))
 	for i, it := range items {
