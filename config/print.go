@@ -44,8 +44,8 @@ func (c *Config) Redacted() *Config {
 // redactURL hides the password of a redis URL; a URL that does not parse is hidden whole,
 // since it may hold a password we cannot find.
 func redactURL(s string) string {
-	if s == "" {
-		return ""
+	if s == "" || strings.Contains(s, ":"+Redaction+"@") {
+		return s // already redacted: Redacted().YAML() redacts twice
 	}
 	u, err := url.Parse(s)
 	if err != nil {

@@ -46,6 +46,10 @@ func TestRedaction(t *testing.T) {
 			t.Errorf("YAML output lacks %q:\n%s", want, out)
 		}
 	}
+	// Redacting twice changes nothing (callers may print c.Redacted().YAML()).
+	if twice, err := c.Redacted().YAML(); err != nil || !bytes.Equal(twice, out) {
+		t.Errorf("redacting twice differs:\n%s\nvs\n%s", twice, out)
+	}
 	// Redacted is a copy: the original keeps its secrets.
 	if c.Admin.Token != "secret-of-admin.token" || !strings.Contains(c.Redis.URL, "urlpassword") {
 		t.Error("Redacted changed the original")
