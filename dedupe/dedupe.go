@@ -2,9 +2,28 @@
 // a window after it finished later ones get its stored answer — across every replica that
 // shares the store. GHL has no idempotency keys, so this is what makes client retries of
 // writes safe.
+//
+// Within a replica, callers of one key share an in-process call (no Redis round trip per
+// waiter) and recent answers are replayed from a byte-bounded in-process store. Across
+// replicas, Redis holds a lease-style marker for the call in flight, the stored answers and
+// the invalidation index; replicas learn that a call finished, or that a write made
+// replays wrong, through one pub/sub subscription per Fold.
 package dedupe
 
-import "time"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/upstream"
+)
 
 // Outcome says how a call to Do was answered.
 type Outcome uint8
@@ -31,8 +50,8 @@ func (o Outcome) String() string {
 
 // Options describe one foldable call.
 type Options struct {
-	// Window is how long the answer is replayed after the call finished; 0 shares only
-	// concurrent calls.
+	// Window is how long the answer is replayed after the call finished. 0 uses
+	// Config.Window; a negative window shares only concurrent calls.
 	Window time.Duration
 	// Write marks calls that change state upstream: a waiter never takes over a write
 	// unless the leader provably never sent it.
@@ -40,4 +59,339 @@ type Options struct {
 	// Tags are the invalidation tags of a read's answer (scope-prefixed), so a write can
 	// drop replays it made wrong.
 	Tags []string
+	// SentByFetch says that fetch calls MarkSent itself right before the request leaves
+	// for upstream (after queueing for the rate limiter or a batch). When false, a write
+	// counts as sent from the moment fetch starts: safe, but a leader that dies while
+	// still queued then fails its waiters instead of letting one of them take over.
+	SentByFetch bool
 }
+
+// ReplayWriteServerErrors decides what a write answered 5xx leaves behind. A 502 or 504 on
+// a POST may or may not have been applied upstream, and a client retry of it is exactly the
+// duplicate GHL cannot prevent; so the answer is replayed for the window like any other,
+// and a client can only retry a genuinely failed write once the window is over (or with a
+// changed body, or with X-Ghlproxy-No-Fold). Reads answered 5xx are never replayed: a retry
+// after a 502 reaches upstream again.
+const ReplayWriteServerErrors = true
+
+// Config tunes a Fold. Zero fields take the defaults named.
+type Config struct {
+	// Window is the default replay window (30s); Options.Window overrides it per call.
+	Window time.Duration
+	// WaitBound is how long a caller waits for a call led by another replica before it
+	// gets a *WaitError (35s): longer than an upstream call can take.
+	WaitBound time.Duration
+	// CallTimeout bounds the leader's fetch, which runs detached from every caller's
+	// context (30s). Keep it below WaitBound.
+	CallTimeout time.Duration
+	// LeaseTTL is the lifetime of the in-flight marker in Redis, refreshed by the leader
+	// while it runs (3s). A dead leader is noticed within about twice this.
+	LeaseTTL time.Duration
+	// Prefix starts every Redis key and channel ("ghlproxy").
+	Prefix string
+	// MaxEntryBytes: answers with a bigger body are shared with concurrent callers but
+	// not stored for replay (1 MiB).
+	MaxEntryBytes int
+	// LocalBytes bounds the bodies held by the in-process replay store (64 MiB).
+	LocalBytes int
+}
+
+func (c *Config) defaults() error {
+	if c.Window == 0 {
+		c.Window = 30 * time.Second
+	}
+	if c.WaitBound == 0 {
+		c.WaitBound = 35 * time.Second
+	}
+	if c.CallTimeout == 0 {
+		c.CallTimeout = 30 * time.Second
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 3 * time.Second
+	}
+	if c.Prefix == "" {
+		c.Prefix = "ghlproxy"
+	}
+	if c.MaxEntryBytes == 0 {
+		c.MaxEntryBytes = 1 << 20
+	}
+	if c.LocalBytes == 0 {
+		c.LocalBytes = 64 << 20
+	}
+	switch {
+	case c.Window < 0:
+		return fmt.Errorf("dedupe.window: must not be negative, got %s", c.Window)
+	case c.LeaseTTL < 10*time.Millisecond:
+		return fmt.Errorf("dedupe: lease TTL %s is too short (at least 10ms)", c.LeaseTTL)
+	case c.WaitBound < 0 || c.CallTimeout < 0:
+		return errors.New("dedupe: wait bound and call timeout must not be negative")
+	}
+	return nil
+}
+
+// Fold folds identical calls. It is safe for concurrent use.
+type Fold struct {
+	cfg   Config
+	rdb   redis.UniversalClient // nil: in-process only
+	log   *slog.Logger
+	saved prometheus.Counter
+	now   func() time.Time // seam for the in-process replay clock
+
+	mu     sync.Mutex
+	calls  map[string]*call // in flight on this replica
+	replay store            // recent answers, in process
+
+	ps      *redis.PubSub
+	closing chan struct{}
+	bg      sync.WaitGroup // dispatcher and calls in flight
+	once    sync.Once
+
+	scripts scripts
+	killed  chan struct{} // test seam: leaders abandon their lease as if the process died
+}
+
+// New builds a Fold. With rdb nil it folds within this process only (embedded mode); with
+// a client it folds across every replica sharing that Redis (single node, Sentinel or
+// Cluster: every multi-key operation stays within one hash slot). m may be nil.
+func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) (*Fold, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &Fold{
+		cfg:     cfg,
+		rdb:     rdb,
+		log:     log.With("component", "dedupe"),
+		saved:   prometheus.NewCounter(prometheus.CounterOpts{Name: "unregistered"}),
+		now:     time.Now,
+		calls:   make(map[string]*call),
+		replay:  newStore(cfg.LocalBytes),
+		closing: make(chan struct{}),
+		killed:  make(chan struct{}),
+	}
+	if m != nil {
+		f.saved = m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe)
+	}
+	if rdb != nil {
+		f.scripts = newScripts()
+		f.subscribe()
+	}
+	return f, nil
+}
+
+// call is one fold in flight on this replica: every local caller of the key waits on done.
+type call struct {
+	key   string
+	opt   Options
+	fetch func(context.Context) (*upstream.Response, error)
+	start time.Time
+	wake  chan struct{} // pub/sub: a call of this key finished somewhere, look again
+
+	// Guarded by Fold.mu: a Forget of one of the call's tags arrived while it ran, so its
+	// answer may predate the write and must not be replayed.
+	forgotten bool
+
+	done    chan struct{}
+	resp    *upstream.Response
+	err     error
+	outcome Outcome // of the caller that started the call
+}
+
+// Do runs fetch once for all identical calls of key: concurrent ones share its answer, and
+// ones within the window after it finished get it replayed. key is a fingerprint (no
+// secrets: it names Redis keys).
+//
+// The fetch runs on a context detached from every caller (context.WithoutCancel plus
+// Config.CallTimeout), so a caller who hangs up does not cancel it for the others, and its
+// answer is still stored for their retries. Each caller, the first included, stops waiting
+// when its own ctx ends and gets ctx.Err().
+//
+// The returned Response is shared by every caller and the replay store: nobody may modify
+// it. Errors other than ctx.Err() and fetch's own: *WaitError, *LeaderLostError,
+// *UnconfirmedError.
+func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, Outcome, error) {
+	f.mu.Lock()
+	if e, ok := f.replay.get(key, f.now()); ok {
+		resp, err := e.resp, e.err
+		f.mu.Unlock()
+		if err == nil {
+			f.saved.Inc()
+		}
+		return resp, Replay, err
+	}
+	c, joined := f.calls[key]
+	if !joined {
+		c = &call{key: key, opt: o, fetch: fetch, start: f.now(), wake: make(chan struct{}, 1), done: make(chan struct{})}
+		f.calls[key] = c
+		f.bg.Add(1)
+		go f.run(context.WithoutCancel(ctx), c)
+	}
+	f.mu.Unlock()
+
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, Shared, ctx.Err()
+	}
+	out := c.outcome
+	if joined && out == Leader {
+		out = Shared
+	}
+	if out != Leader && c.err == nil {
+		f.saved.Inc()
+	}
+	return c.resp, out, c.err
+}
+
+func (f *Fold) run(ctx context.Context, c *call) {
+	defer f.bg.Done()
+	if f.rdb == nil {
+		sent := &sentMark{}
+		resp, err := f.fetch(ctx, c, sent)
+		k := f.keep(c, resp, err, sent.sent())
+		f.finish(c, resp, err, Leader, k, f.now().Add(f.window(c.opt)))
+		return
+	}
+	f.coordinate(ctx, c)
+}
+
+// fetch runs the caller's fetch on the detached context with the MarkSent hook attached.
+func (f *Fold) fetch(ctx context.Context, c *call, sent *sentMark) (resp *upstream.Response, err error) {
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.CallTimeout)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			resp, err = nil, fmt.Errorf("dedupe: fetch panicked: %v", p)
+		}
+	}()
+	if c.opt.Write && !c.opt.SentByFetch {
+		if err := sent.set(); err != nil {
+			return nil, err
+		}
+	}
+	resp, err = c.fetch(context.WithValue(ctx, sentKey{}, sent))
+	if err == nil && resp == nil {
+		err = errors.New("dedupe: fetch returned neither a response nor an error")
+	}
+	return resp, err
+}
+
+// what a finished call leaves for later identical calls
+type keep uint8
+
+const (
+	keepNothing     keep = iota // shared with concurrent callers only
+	keepAnswer                  // replayed for the window
+	keepUnconfirmed             // a sent write without an answer: replays get *UnconfirmedError
+)
+
+// keep decides what a finished call leaves for replay; see ReplayWriteServerErrors.
+func (f *Fold) keep(c *call, resp *upstream.Response, err error, sent bool) keep {
+	if f.window(c.opt) <= 0 {
+		return keepNothing
+	}
+	if err != nil {
+		if c.opt.Write && sent {
+			return keepUnconfirmed
+		}
+		return keepNothing
+	}
+	switch {
+	case resp.Status == 401 || resp.Status == 403 || resp.Status == 429:
+		return keepNothing // the caller may fix its token or wait; a retry must reach upstream
+	case len(resp.Header["Set-Cookie"]) > 0:
+		return keepNothing
+	case len(resp.Body) > f.cfg.MaxEntryBytes:
+		return keepNothing
+	case resp.Status >= 500 && !(c.opt.Write && ReplayWriteServerErrors):
+		return keepNothing
+	}
+	return keepAnswer
+}
+
+func (f *Fold) window(o Options) time.Duration {
+	if o.Window == 0 {
+		return f.cfg.Window
+	}
+	return o.Window
+}
+
+// finish hands the answer to every local caller and, when it may be replayed, keeps it in
+// process until expires — never past the Redis copy's expiry, so a replica never replays
+// what the shared store already dropped.
+func (f *Fold) finish(c *call, resp *upstream.Response, err error, out Outcome, k keep, expires time.Time) {
+	f.mu.Lock()
+	if f.calls[c.key] == c {
+		delete(f.calls, c.key)
+	}
+	if f.now().Before(expires) {
+		switch {
+		case k == keepAnswer && !c.forgotten:
+			f.replay.put(c.key, resp, nil, c.opt.Tags, expires)
+		case k == keepUnconfirmed:
+			f.replay.put(c.key, nil, &UnconfirmedError{Cause: err.Error()}, nil, expires)
+		}
+	}
+	f.mu.Unlock()
+	c.resp, c.err, c.outcome = resp, err, out
+	close(c.done)
+}
+
+// forgetLocal drops in-process replays carrying any of tags and marks calls in flight with
+// them, so an answer fetched before the write is shared but not replayed.
+func (f *Fold) forgetLocal(tags []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.replay.forget(tags)
+	for _, c := range f.calls {
+		if !c.forgotten && intersects(c.opt.Tags, tags) {
+			c.forgotten = true
+		}
+	}
+}
+
+func intersects(a, b []string) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Forget drops the replay entries of reads carrying any of tags, on every replica: a write
+// made them wrong. Other replicas drop their in-process copies when the pub/sub message
+// arrives (milliseconds).
+func (f *Fold) Forget(ctx context.Context, tags []string) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	f.forgetLocal(tags)
+	if f.rdb == nil {
+		return nil
+	}
+	return f.forgetShared(ctx, tags)
+}
+
+// Close stops the subscription and waits for the calls in flight on this replica to
+// finish (each is bounded by Config.CallTimeout and Config.WaitBound), so their answers
+// are stored for the other replicas. Close the Redis client after Close.
+func (f *Fold) Close() error {
+	var err error
+	f.once.Do(func() {
+		close(f.closing)
+		if f.ps != nil {
+			err = f.ps.Close()
+		}
+		f.bg.Wait()
+	})
+	return err
+}
+
+// kill makes this Fold behave like a replica killed with SIGKILL, for tests: leaders stop
+// refreshing their markers, never mark a write sent, and never store an answer.
+func (f *Fold) kill() { close(f.killed) }

@@ -1,0 +1,672 @@
+package dedupe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/internal/redistest"
+	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/upstream"
+)
+
+// ghl is a stand-in for the contacts endpoint: every POST creates a contact with a new id.
+// gate, when set, holds each request until it is closed.
+type ghl struct {
+	srv     *httptest.Server
+	creates atomic.Int64
+	gate    chan struct{}
+	arrived chan struct{} // one value per request that reached the handler
+}
+
+func newGHL(t *testing.T) *ghl {
+	t.Helper()
+	g := &ghl{arrived: make(chan struct{}, 1024)}
+	g.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.arrived <- struct{}{}
+		if g.gate != nil {
+			<-g.gate
+		}
+		n := g.creates.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-RateLimit-Remaining", "99")
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"contact":{"id":"c-%d"}}`, n)
+	}))
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+// create is a fetch that POSTs to the stand-in, marking the write sent right before it
+// leaves (as the proxy does with Options.SentByFetch).
+func (g *ghl) create(ctx context.Context) (*upstream.Response, error) {
+	if err := MarkSent(ctx); err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.srv.URL+"/contacts/", strings.NewReader(`{"email":"a@b.c"}`))
+	if err != nil {
+		return nil, err
+	}
+	res, err := g.srv.Client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &upstream.Response{Status: res.StatusCode, Header: res.Header, Body: body, Date: time.Now()}, nil
+}
+
+func testConfig() Config {
+	return Config{Window: 30 * time.Second, WaitBound: 10 * time.Second, CallTimeout: 10 * time.Second, LeaseTTL: time.Second}
+}
+
+func redisClient(t *testing.T, s *redistest.Server) redis.UniversalClient {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func newFold(t testing.TB, cfg Config, rdb redis.UniversalClient) (*Fold, *metrics.Metrics) {
+	t.Helper()
+	m := metrics.New()
+	f, err := New(cfg, rdb, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, m
+}
+
+func saved(m *metrics.Metrics) int {
+	var d dto.Metric
+	if err := m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe).Write(&d); err != nil {
+		panic(err)
+	}
+	return int(d.GetCounter().GetValue())
+}
+
+// waitFor waits for a condition that other goroutines or Redis make true; it fails the
+// test if it does not hold within 5 s. Test outcomes never depend on how long it took.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func inFlight(f *Fold, key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[key] != nil
+}
+
+func localReplay(f *Fold, key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.replay.get(key, f.now())
+	return ok
+}
+
+func exists(t *testing.T, s *redistest.Server, key string) bool {
+	t.Helper()
+	r, err := s.Do("EXISTS", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r == "1"
+}
+
+type result struct {
+	resp *upstream.Response
+	out  Outcome
+	err  error
+}
+
+func goDo(ctx context.Context, f *Fold, key string, o Options, fetch func(context.Context) (*upstream.Response, error)) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		r, out, err := f.Do(ctx, key, o, fetch)
+		ch <- result{r, out, err}
+	}()
+	return ch
+}
+
+func TestConcurrentIdenticalWritesAcrossReplicasSendOnce(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	g := newGHL(t)
+	g.gate = make(chan struct{})
+	var folds [3]*Fold
+	var ms [3]*metrics.Metrics
+	for i := range folds {
+		folds[i], ms[i] = newFold(t, testConfig(), rdb)
+	}
+	const n = 200
+	const key = "post-contacts-fp"
+	o := Options{Write: true, SentByFetch: true}
+	var wg sync.WaitGroup
+	results := make([]result, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, out, err := folds[i%3].Do(context.Background(), key, o, g.create)
+			results[i] = result{r, out, err}
+		}()
+	}
+	// Hold the one upstream call until every replica has the call in flight, so most
+	// callers share it rather than replay it.
+	<-g.arrived
+	for _, f := range folds {
+		waitFor(t, "every replica to join the call", func() bool { return inFlight(f, key) })
+	}
+	close(g.gate)
+	wg.Wait()
+
+	if got := g.creates.Load(); got != 1 {
+		t.Fatalf("upstream saw %d creates, want 1", got)
+	}
+	count := map[Outcome]int{}
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("caller %d: %v", i, r.err)
+		}
+		if r.resp.Status != 201 || string(r.resp.Body) != `{"contact":{"id":"c-1"}}` {
+			t.Fatalf("caller %d got %d %s", i, r.resp.Status, r.resp.Body)
+		}
+		if r.resp.Header.Get("X-RateLimit-Remaining") != "99" {
+			t.Fatalf("caller %d lost upstream headers: %v", i, r.resp.Header)
+		}
+		count[r.out]++
+	}
+	if count[Leader] != 1 || count[Shared]+count[Replay] != n-1 {
+		t.Fatalf("outcomes %v, want 1 leader and %d shared or replay", count, n-1)
+	}
+	if sum := saved(ms[0]) + saved(ms[1]) + saved(ms[2]); sum != n-1 {
+		t.Fatalf("upstream_calls_saved_total{reason=dedupe} = %d, want %d", sum, n-1)
+	}
+	t.Logf("outcomes: %v", count)
+
+	// A retry through any replica within the window is replayed; upstream sees nothing.
+	for _, f := range folds {
+		r, out, err := f.Do(context.Background(), key, o, g.create)
+		if err != nil || out != Replay || string(r.Body) != `{"contact":{"id":"c-1"}}` {
+			t.Fatalf("retry: %v %v %v", out, err, r)
+		}
+	}
+	if got := g.creates.Load(); got != 1 {
+		t.Fatalf("upstream saw %d creates after retries, want 1", got)
+	}
+}
+
+func TestReplayWithinWindowThenUpstreamAgain(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	g := newGHL(t)
+	cfg := testConfig()
+	a, _ := newFold(t, cfg, rdb)
+	b, _ := newFold(t, cfg, rdb)
+	const key = "k-window"
+	o := Options{Write: true, SentByFetch: true, Window: 300 * time.Millisecond}
+
+	_, out, err := a.Do(context.Background(), key, o, g.create)
+	if err != nil || out != Leader {
+		t.Fatalf("first: %v %v", out, err)
+	}
+	for _, f := range []*Fold{b, a, b} {
+		r, out, err := f.Do(context.Background(), key, o, g.create)
+		if err != nil || out != Replay || string(r.Body) != `{"contact":{"id":"c-1"}}` {
+			t.Fatalf("within window: %v %v %v", out, err, r)
+		}
+	}
+	// Wait for Redis to expire the stored answer; the in-process copies expire no later.
+	waitFor(t, "the stored answer to expire", func() bool { return !exists(t, s, a.keysOf(key).result) })
+	r, out, err := b.Do(context.Background(), key, o, g.create)
+	if err != nil || out != Leader || string(r.Body) != `{"contact":{"id":"c-2"}}` {
+		t.Fatalf("after window: %v %v %v", out, err, r)
+	}
+	if got := g.creates.Load(); got != 2 {
+		t.Fatalf("creates = %d, want 2", got)
+	}
+}
+
+// clock is a fake clock for the in-process store.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+func TestEmbeddedSharedReplayAndWindow(t *testing.T) {
+	f, m := newFold(t, testConfig(), nil)
+	clk := &clock{now: time.Unix(1e9, 0)}
+	f.now = clk.Now
+	var calls atomic.Int64
+	hold := make(chan struct{})
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		n := calls.Add(1)
+		<-hold
+		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, `{"n":%d}`, n)}, nil
+	}
+	first := goDo(context.Background(), f, "k", Options{}, fetch)
+	waitFor(t, "the leader to start", func() bool { return calls.Load() == 1 })
+	second := goDo(context.Background(), f, "k", Options{}, fetch)
+	other := goDo(context.Background(), f, "other-key", Options{}, fetch) // a different fingerprint never folds
+	waitFor(t, "the other key's call", func() bool { return calls.Load() == 2 })
+	close(hold)
+	r1, r2, r3 := <-first, <-second, <-other
+	if r1.out != Leader || r2.out != Shared || r3.out != Leader || r1.resp != r2.resp || r3.resp == r1.resp {
+		t.Fatalf("outcomes %v %v %v", r1.out, r2.out, r3.out)
+	}
+	r, out, _ := f.Do(context.Background(), "k", Options{}, fetch)
+	if out != Replay || r != r1.resp {
+		t.Fatalf("replay: %v", out)
+	}
+	clk.Advance(30 * time.Second)
+	if _, out, _ := f.Do(context.Background(), "k", Options{}, fetch); out != Leader || calls.Load() != 3 {
+		t.Fatalf("after window: %v, %d calls", out, calls.Load())
+	}
+	if got := saved(m); got != 2 {
+		t.Fatalf("saved = %d, want 2", got)
+	}
+}
+
+func TestCallerHangingUpDoesNotCancelTheCall(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	a, _ := newFold(t, testConfig(), rdb)
+	b, _ := newFold(t, testConfig(), rdb)
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	var fetchErr atomic.Value
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		close(started)
+		<-hold
+		fetchErr.Store(fmt.Sprint(ctx.Err()))
+		return &upstream.Response{Status: 200, Body: []byte("ok")}, nil
+	}
+	leaderCtx, hangUp := context.WithCancel(context.Background())
+	leader := goDo(leaderCtx, a, "k", Options{}, fetch)
+	<-started
+	local := goDo(context.Background(), a, "k", Options{}, fetch)
+	remote := goDo(context.Background(), b, "k", Options{}, fetch)
+	impatientCtx, giveUp := context.WithCancel(context.Background())
+	impatient := goDo(impatientCtx, b, "k", Options{}, fetch)
+	waitFor(t, "the other replica to wait", func() bool { return inFlight(b, "k") })
+
+	hangUp()
+	if r := <-leader; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("leader who hung up: %v", r.err)
+	}
+	giveUp()
+	if r := <-impatient; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("waiter who gave up: %v", r.err)
+	}
+	close(hold)
+	for _, ch := range []<-chan result{local, remote} {
+		r := <-ch
+		if r.err != nil || string(r.resp.Body) != "ok" || r.out != Shared {
+			t.Fatalf("waiter: %v %v", r.out, r.err)
+		}
+	}
+	if got := fetchErr.Load(); got != "<nil>" {
+		t.Fatalf("the fetch's context was cancelled: %v", got)
+	}
+}
+
+func TestWaiterTimesOutOnItsOwn(t *testing.T) {
+	f, _ := newFold(t, testConfig(), nil)
+	hold := make(chan struct{})
+	defer close(hold)
+	started := make(chan struct{})
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		close(started)
+		<-hold
+		return &upstream.Response{Status: 200}, nil
+	}
+	leader := goDo(context.Background(), f, "k", Options{}, fetch)
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := f.Do(ctx, "k", Options{}, fetch); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waiter: %v", err)
+	}
+	select {
+	case r := <-leader:
+		t.Fatalf("the leader returned early: %v", r.err)
+	default:
+	}
+}
+
+func TestLeaderLost(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		write    bool
+		sent     bool // the dead leader's request had left for upstream
+		takeover bool
+	}{
+		{name: "read", takeover: true},
+		{name: "write never sent", write: true, takeover: true},
+		{name: "write sent", write: true, sent: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := redistest.Start(t)
+			rdb := redisClient(t, s)
+			g := newGHL(t)
+			cfg := testConfig()
+			cfg.LeaseTTL = 300 * time.Millisecond
+			dead, _ := newFold(t, cfg, rdb)
+			alive, _ := newFold(t, cfg, rdb)
+			o := Options{Write: tc.write, SentByFetch: true}
+			const key = "k-lost"
+
+			queued := make(chan struct{}) // the dead leader's fetch, before MarkSent
+			release := make(chan struct{})
+			deadFetch := func(ctx context.Context) (*upstream.Response, error) {
+				if !tc.sent {
+					close(queued)
+					<-release // as if waiting for the rate limiter
+				}
+				return g.create(ctx)
+			}
+			if tc.sent {
+				g.gate = make(chan struct{})
+			}
+			leader := goDo(context.Background(), dead, key, o, deadFetch)
+			if tc.sent {
+				<-g.arrived // the request reached upstream and hangs there
+			} else {
+				<-queued
+			}
+			waiter := goDo(context.Background(), alive, key, o, g.create)
+			waitFor(t, "the waiter", func() bool { return inFlight(alive, key) })
+			dead.kill()
+
+			r := <-waiter
+			if tc.takeover {
+				if r.err != nil || r.out != Leader || r.resp.Status != 201 {
+					t.Fatalf("takeover: %v %v", r.out, r.err)
+				}
+			} else {
+				var lost *LeaderLostError
+				if !errors.As(r.err, &lost) || !lost.Sent {
+					t.Fatalf("waiter of a sent write: %v %v", r.out, r.err)
+				}
+				// A retry within the window gets the same clear error, not a second send.
+				third, _ := newFold(t, cfg, rdb)
+				if _, _, err := third.Do(context.Background(), key, o, g.create); !errors.As(err, &lost) {
+					t.Fatalf("retry after a lost sent write: %v", err)
+				}
+			}
+			// Let the dead leader's goroutine end: a killed replica's request never leaves.
+			if tc.sent {
+				close(g.gate)
+			} else {
+				close(release)
+			}
+			<-leader
+			want := int64(1)
+			if !tc.write {
+				want = 2 // a read may be sent twice: the dead leader's, released, and the takeover's
+			}
+			if got := g.creates.Load(); got != want {
+				t.Fatalf("upstream saw %d creates, want %d", got, want)
+			}
+		})
+	}
+}
+
+func TestNeverReplayed(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	for _, tc := range []struct {
+		name   string
+		write  bool
+		resp   *upstream.Response
+		err    error
+		replay bool
+	}{
+		{name: "401", resp: &upstream.Response{Status: 401}},
+		{name: "403", resp: &upstream.Response{Status: 403}},
+		{name: "429 write", write: true, resp: &upstream.Response{Status: 429}},
+		{name: "set-cookie", resp: &upstream.Response{Status: 200, Header: http.Header{"Set-Cookie": {"a=b"}}}},
+		{name: "read 502", resp: &upstream.Response{Status: 502}},
+		{name: "fetch error", err: errors.New("connection refused")},
+		{name: "too big", resp: &upstream.Response{Status: 200, Body: make([]byte, 2000)}},
+		{name: "read 404", resp: &upstream.Response{Status: 404}, replay: true},
+		{name: "write 400", write: true, resp: &upstream.Response{Status: 400}, replay: true},
+		{name: "write 504", write: true, resp: &upstream.Response{Status: 504}, replay: ReplayWriteServerErrors},
+	} {
+		for _, mode := range []string{"embedded", "redis"} {
+			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				var client redis.UniversalClient
+				if mode == "redis" {
+					client = rdb
+				}
+				cfg := testConfig()
+				cfg.MaxEntryBytes = 1000
+				cfg.Prefix = "t" + newToken()
+				a, _ := newFold(t, cfg, client)
+				b, _ := newFold(t, cfg, client)
+				var calls atomic.Int64
+				fetch := func(ctx context.Context) (*upstream.Response, error) {
+					calls.Add(1)
+					return tc.resp, tc.err
+				}
+				o := Options{Write: tc.write}
+				a.Do(context.Background(), "k", o, fetch)
+				_, out, _ := a.Do(context.Background(), "k", o, fetch)
+				if got := out == Replay; got != tc.replay {
+					t.Fatalf("same replica: outcome %v, want replay %v", out, tc.replay)
+				}
+				if mode == "redis" {
+					_, out, _ = b.Do(context.Background(), "k", o, fetch)
+					if got := out == Replay; got != tc.replay {
+						t.Fatalf("other replica: outcome %v, want replay %v", out, tc.replay)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestSentWriteWithoutAnswerIsNotSentAgain(t *testing.T) {
+	for _, mode := range []string{"embedded", "redis"} {
+		t.Run(mode, func(t *testing.T) {
+			var rdb redis.UniversalClient
+			if mode == "redis" {
+				rdb = redisClient(t, redistest.Start(t))
+			}
+			f, _ := newFold(t, testConfig(), rdb)
+			var sends atomic.Int64
+			fetch := func(ctx context.Context) (*upstream.Response, error) {
+				if err := MarkSent(ctx); err != nil {
+					return nil, err
+				}
+				sends.Add(1)
+				return nil, errors.New("read tcp: i/o timeout")
+			}
+			o := Options{Write: true, SentByFetch: true}
+			if _, _, err := f.Do(context.Background(), "k", o, fetch); err == nil || err.Error() != "read tcp: i/o timeout" {
+				t.Fatalf("first: %v", err)
+			}
+			_, out, err := f.Do(context.Background(), "k", o, fetch)
+			var unc *UnconfirmedError
+			if !errors.As(err, &unc) || out != Replay || sends.Load() != 1 {
+				t.Fatalf("retry: %v %v, %d sends", out, err, sends.Load())
+			}
+		})
+	}
+}
+
+func TestForgetDropsReplaysOnEveryReplica(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	folds := make([]*Fold, 3)
+	for i := range folds {
+		folds[i], _ = newFold(t, testConfig(), rdb)
+	}
+	var calls atomic.Int64
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "%d", calls.Add(1))}, nil
+	}
+	read := Options{Tags: []string{"scope:contact:1"}}
+	if _, out, _ := folds[0].Do(context.Background(), "get-contact-1", read, fetch); out != Leader {
+		t.Fatalf("first read: %v", out)
+	}
+	for _, f := range folds[1:] {
+		if _, out, _ := f.Do(context.Background(), "get-contact-1", read, fetch); out != Replay {
+			t.Fatalf("replay: %v", out)
+		}
+		if !localReplay(f, "get-contact-1") {
+			t.Fatal("no in-process copy after a replay from redis")
+		}
+	}
+	if err := folds[2].Forget(context.Background(), []string{"scope:contact:1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range folds {
+		deadline := time.Now().Add(time.Second)
+		waitFor(t, "the in-process copy to be dropped", func() bool { return !localReplay(f, "get-contact-1") })
+		if time.Now().After(deadline) {
+			t.Fatal("an in-process copy outlived Forget by more than a second")
+		}
+	}
+	r, out, _ := folds[1].Do(context.Background(), "get-contact-1", read, fetch)
+	if out != Leader || string(r.Body) != "2" {
+		t.Fatalf("after forget: %v %s", out, r.Body)
+	}
+}
+
+func TestForgetWhileReadInFlightIsNotReplayed(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	a, _ := newFold(t, testConfig(), rdb)
+	b, _ := newFold(t, testConfig(), rdb)
+	hold, started := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int64
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		n := calls.Add(1)
+		if n == 1 {
+			close(started)
+			<-hold
+		}
+		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", n)}, nil
+	}
+	read := Options{Tags: []string{"t1"}}
+	first := goDo(context.Background(), a, "k", read, fetch)
+	<-started
+	waiter := goDo(context.Background(), b, "k", read, fetch)
+	waitFor(t, "the waiter", func() bool { return inFlight(b, "k") })
+	if err := b.Forget(context.Background(), []string{"t1"}); err != nil {
+		t.Fatal(err)
+	}
+	close(hold)
+	if r := <-first; r.err != nil || r.out != Leader {
+		t.Fatalf("leader: %v %v", r.out, r.err)
+	}
+	if r := <-waiter; r.err != nil || r.out != Shared || string(r.resp.Body) != "answer 1" {
+		t.Fatalf("concurrent waiter still shares: %v %v", r.out, r.err)
+	}
+	// Nobody gets the answer fetched across the write again; the next call fetches anew
+	// and its answer is replayed as usual.
+	for i, f := range []*Fold{b, a, b} {
+		r, out, err := f.Do(context.Background(), "k", read, fetch)
+		if err != nil || string(r.Body) != "answer 2" || (i == 0) != (out == Leader) {
+			t.Fatalf("call %d after the forget: %v %v %q", i, out, err, r.Body)
+		}
+	}
+}
+
+// A retry-heavy workload: 40 distinct creates, each sent once and retried 4 times by
+// impatient clients through three replicas, partly while the first is in flight.
+func TestRetryHeavyWorkloadSavesUpstreamCalls(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	g := newGHL(t)
+	var folds [3]*Fold
+	var ms [3]*metrics.Metrics
+	for i := range folds {
+		folds[i], ms[i] = newFold(t, testConfig(), rdb)
+	}
+	const distinct, tries = 40, 5
+	o := Options{Write: true, SentByFetch: true}
+	var wg sync.WaitGroup
+	for i := range distinct {
+		key := fmt.Sprintf("create-%d", i)
+		for j := range tries {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, _, err := folds[(i+j)%3].Do(context.Background(), key, o, g.create); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	// And every one retried once more after all finished.
+	for i := range distinct {
+		if _, out, err := folds[i%3].Do(context.Background(), fmt.Sprintf("create-%d", i), o, g.create); err != nil || out != Replay {
+			t.Fatalf("late retry: %v %v", out, err)
+		}
+	}
+	total := distinct * (tries + 1)
+	sum := saved(ms[0]) + saved(ms[1]) + saved(ms[2])
+	if got := g.creates.Load(); got != distinct || sum != total-distinct {
+		t.Fatalf("upstream creates %d (want %d), saved %d (want %d)", got, distinct, sum, total-distinct)
+	}
+	t.Logf("%d requests, %d upstream calls, %d saved (%.0f%%)", total, g.creates.Load(), sum, 100*float64(sum)/float64(total))
+}
+
+func TestClusterReplayAndForget(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	t.Cleanup(func() { rdb.Close() })
+	a, _ := newFold(t, testConfig(), rdb)
+	b, _ := newFold(t, testConfig(), rdb)
+	var calls atomic.Int64
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		calls.Add(1)
+		return &upstream.Response{Status: 200, Body: []byte("x")}, nil
+	}
+	// Keys and tags spread over slots on different nodes.
+	for i := range 8 {
+		key := fmt.Sprintf("key-%d", i)
+		o := Options{Tags: []string{fmt.Sprintf("tag-%d", i), "common"}}
+		if _, out, err := a.Do(context.Background(), key, o, fetch); err != nil || out != Leader {
+			t.Fatalf("%s: %v %v", key, out, err)
+		}
+		if _, out, err := b.Do(context.Background(), key, o, fetch); err != nil || out != Replay {
+			t.Fatalf("%s on b: %v %v", key, out, err)
+		}
+	}
+	if err := a.Forget(context.Background(), []string{"common"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to drop its copies", func() bool { return !localReplay(b, "key-0") && !localReplay(b, "key-7") })
+	if _, out, _ := b.Do(context.Background(), "key-3", Options{}, fetch); out != Leader {
+		t.Fatalf("after forget: %v", out)
+	}
+}

@@ -1,0 +1,492 @@
+package dedupe
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/upstream"
+)
+
+// The shared protocol. Per fold key K, all in one hash slot ({fold:K}) so every script
+// works on Redis Cluster:
+//
+//	<prefix>:{fold:K}:lock    "p:<token>" (pending) or "s:<token>" (sent), PX LeaseTTL,
+//	                          refreshed by the leader while its fetch runs
+//	<prefix>:{fold:K}:sent    "<token>" once a write may have reached upstream, until the
+//	                          answer is stored (PX max(window, WaitBound), refreshed)
+//	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord)
+//
+// and per invalidation tag T a set <prefix>:{foldtag:T} of the fold keys of reads carrying
+// it. Callers of K on other replicas find the lock, wait for the "done" message naming K on
+// <prefix>:fold:done (subscribed once, when the Fold is built, so no notice can be lost
+// between a look and a wait) and look again; they also look again every LeaseTTL, which
+// only matters when a message was lost or the leader died: then the lock has expired, and
+// the first waiter to look takes the call over — unless it is a write whose :sent key says
+// it may have been applied: if its marker is still missing a lease later (a live leader
+// restores it), everyone gets *LeaderLostError{Sent: true}.
+
+// Record kinds, the first byte of a :result value.
+const (
+	recAnswer      = 'R' // replayable answer
+	recShared      = 'N' // answer for the waiters of that call only
+	recError       = 'E' // fetch error, for the waiters of that call only
+	recUnconfirmed = 'U' // sent write without an answer: replays get *UnconfirmedError
+	recForgotten   = 'X' // tombstone left by Forget: an answer stored later is not replayed
+)
+
+const tokenLen = 16
+
+type scripts struct {
+	acquire, markSent, refresh, finish, tomb, pop *redis.Script
+}
+
+func newScripts() scripts {
+	return scripts{
+		// KEYS lock, sent, result; ARGV token, lease ms, write, token waited for.
+		// -> {1, record, pttl} | {2, lock value} | {3} sent and leader gone | {0} leader now
+		acquire: redis.NewScript(`
+local r = redis.call('GET', KEYS[3])
+if r then
+  local k = string.sub(r, 1, 1)
+  if k == 'R' or k == 'U' or (ARGV[4] ~= '' and string.sub(r, 2, 17) == ARGV[4] and k ~= 'X') then
+    return {1, r, redis.call('PTTL', KEYS[3])}
+  end
+end
+local l = redis.call('GET', KEYS[1])
+if l then return {2, l} end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
+redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
+return {0}`),
+		// KEYS lock, sent; ARGV token, lease ms, sent ms. -> 1, or 0 when the lock is not ours.
+		markSent: redis.NewScript(`
+local l = redis.call('GET', KEYS[1])
+if l ~= 'p:' .. ARGV[1] and l ~= 's:' .. ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], 's:' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+return 1`),
+		// KEYS lock, sent; ARGV token, lease ms, sent ms. -> 1, or 0 when the lock is not ours.
+		// A sent write's leader restores its marker if it expired while this replica
+		// stalled: nobody can have taken a sent write over.
+		refresh: redis.NewScript(`
+local l = redis.call('GET', KEYS[1])
+if not l and redis.call('GET', KEYS[2]) == ARGV[1] then
+  l = 's:' .. ARGV[1]
+  redis.call('SET', KEYS[1], l, 'PX', ARGV[2])
+end
+if l ~= 'p:' .. ARGV[1] and l ~= 's:' .. ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if string.sub(l, 1, 1) == 's' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+return 1`),
+		// KEYS lock, sent, result; ARGV token, record, ttl ms, channel, key, short ttl ms.
+		// -> the kind stored: an answer forgotten while it was fetched is stored as 'N'.
+		finish: redis.NewScript(`
+local rec, ttl = ARGV[2], ARGV[3]
+local cur = redis.call('GET', KEYS[3])
+if cur and string.sub(cur, 1, 1) == 'X' and string.sub(rec, 1, 1) == 'R' then
+  rec, ttl = 'N' .. string.sub(rec, 2), ARGV[6]
+end
+redis.call('SET', KEYS[3], rec, 'PX', ttl)
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+local l = redis.call('GET', KEYS[1])
+if l == 'p:' .. ARGV[1] or l == 's:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return string.sub(rec, 1, 1)`),
+		// KEYS result; ARGV ttl ms. Replaces a replayable answer, or nothing, with a
+		// tombstone; leaves records that waiters of a call in flight still need.
+		tomb: redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local k = string.sub(cur, 1, 1)
+  if k ~= 'R' and k ~= 'X' then return 0 end
+end
+redis.call('SET', KEYS[1], 'X', 'PX', ARGV[1])
+return 1`),
+		// KEYS tag set. -> its members, and the set is gone.
+		pop: redis.NewScript(`
+local m = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return m`),
+	}
+}
+
+type keys struct{ lock, sent, result string }
+
+func (f *Fold) keysOf(key string) keys {
+	base := f.cfg.Prefix + ":{fold:" + key + "}"
+	return keys{lock: base + ":lock", sent: base + ":sent", result: base + ":result"}
+}
+
+func (f *Fold) tagKey(tag string) string              { return f.cfg.Prefix + ":{foldtag:" + tag + "}" }
+func (f *Fold) doneChannel() string                   { return f.cfg.Prefix + ":fold:done" }
+func (f *Fold) forgetChannel() string                 { return f.cfg.Prefix + ":fold:forget" }
+func ms(d time.Duration) int64                        { return max(d.Milliseconds(), 1) }
+func newToken() string                                { return fmt.Sprintf("%016x", rand.Uint64()) }
+func (f *Fold) sentTTL(w time.Duration) time.Duration { return max(w, f.cfg.WaitBound) }
+
+// shortTTL is how long a record meant only for the waiters of one call stays: they read it
+// right after the done message, or at their next look, LeaseTTL later.
+func (f *Fold) shortTTL() time.Duration { return max(3*f.cfg.LeaseTTL, time.Second) }
+
+func (f *Fold) killedNow() bool {
+	select {
+	case <-f.killed:
+		return true
+	default:
+		return false
+	}
+}
+
+// coordinate settles a call through Redis: replay a stored answer, wait for the replica
+// leading it, or lead it.
+func (f *Fold) coordinate(ctx context.Context, c *call) {
+	k := f.keysOf(c.key)
+	tok := newToken()
+	write := "0"
+	if c.opt.Write {
+		write = "1"
+	}
+	deadline := time.Now().Add(f.cfg.WaitBound)
+	waitTok := ""           // token of the leader this call is waiting for
+	var lostSince time.Time // when a sent write was first seen without its leader's marker
+	for {
+		before := time.Now()
+		res, err := f.scripts.acquire.Run(ctx, f.rdb, []string{k.lock, k.sent, k.result}, tok, ms(f.cfg.LeaseTTL), write, waitTok).Slice()
+		switch {
+		case err != nil && (waitTok == "" || !c.opt.Write):
+			// Redis is unreachable: fold within this replica rather than fail the request.
+			// A write this replica was waiting for is not run again: its leader may be alive.
+			f.log.Warn("redis unavailable; folding within this replica only", "err", err)
+			f.leadLocal(ctx, c)
+			return
+		case err != nil:
+			f.log.Warn("redis unavailable while waiting for an identical write", "err", err)
+		case len(res) == 0:
+			f.finish(c, nil, errors.New("dedupe: unexpected reply from redis"), Leader, keepNothing, time.Time{})
+			return
+		default:
+			switch res[0] {
+			case int64(0):
+				if waitTok != "" {
+					f.log.Info("took over an identical request whose replica stopped", "key", c.key, "write", c.opt.Write)
+				}
+				if f.lead(ctx, c, tok, k) {
+					return
+				}
+				// The marker expired before the write was sent (this replica stalled) and
+				// another replica may lead it now: wait for that one instead.
+				tok, waitTok = newToken(), ""
+				continue
+			case int64(1):
+				rec, _ := res[1].(string)
+				pttl, _ := res[2].(int64)
+				f.settle(c, rec, waitTok, before.Add(time.Duration(pttl)*time.Millisecond))
+				return
+			case int64(2):
+				l, _ := res[1].(string)
+				if len(l) > 2 {
+					waitTok = l[2:]
+				}
+			case int64(3):
+				// A live leader that stalled past its lease restores the marker at its
+				// next refresh; only a marker still missing a lease later means it died.
+				if lostSince.IsZero() {
+					lostSince = before
+				} else if before.Sub(lostSince) >= f.cfg.LeaseTTL {
+					f.finish(c, nil, &LeaderLostError{Sent: true}, Shared, keepNothing, time.Time{})
+					return
+				}
+			}
+			if res[0] != int64(3) {
+				lostSince = time.Time{}
+			}
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			f.finish(c, nil, &WaitError{Waited: f.cfg.WaitBound}, Shared, keepNothing, time.Time{})
+			return
+		}
+		t := time.NewTimer(min(left, f.cfg.LeaseTTL))
+		select {
+		case <-c.wake:
+		case <-t.C:
+		case <-f.closing:
+			t.Stop()
+			f.finish(c, nil, errors.New("dedupe: shutting down while waiting for an identical request on another replica"), Shared, keepNothing, time.Time{})
+			return
+		}
+		t.Stop()
+	}
+}
+
+// settle answers the call from a stored record: a replay, or the answer of the call it
+// waited for.
+func (f *Fold) settle(c *call, rec, waitTok string, expires time.Time) {
+	kind, recTok, payload, err := splitRecord(rec)
+	if err != nil {
+		f.finish(c, nil, err, Shared, keepNothing, time.Time{})
+		return
+	}
+	out := Replay
+	if waitTok != "" && recTok == waitTok {
+		out = Shared
+	}
+	switch kind {
+	case recAnswer, recShared:
+		resp := new(upstream.Response)
+		if err := resp.UnmarshalBinary(payload); err != nil {
+			f.finish(c, nil, fmt.Errorf("dedupe: stored answer: %w", err), out, keepNothing, time.Time{})
+			return
+		}
+		k := keepNothing
+		if kind == recAnswer {
+			k = keepAnswer
+		}
+		f.finish(c, resp, nil, out, k, expires)
+	case recUnconfirmed:
+		if out == Shared {
+			f.finish(c, nil, &RemoteError{Msg: string(payload)}, out, keepNothing, time.Time{})
+			return
+		}
+		f.finish(c, nil, &UnconfirmedError{Cause: string(payload)}, out, keepNothing, time.Time{})
+	default:
+		f.finish(c, nil, &RemoteError{Msg: string(payload)}, out, keepNothing, time.Time{})
+	}
+}
+
+// leadLocal runs the call without Redis (degraded): shared by this replica's callers only,
+// and not kept for replay, since other replicas could not learn of a Forget.
+func (f *Fold) leadLocal(ctx context.Context, c *call) {
+	resp, err := f.fetch(ctx, c, &sentMark{})
+	f.finish(c, resp, err, Leader, keepNothing, time.Time{})
+}
+
+// lead makes the upstream call holding the marker tok, then stores the answer and tells
+// the other replicas. It returns false, having answered nobody, when the write lost its
+// marker before it was sent.
+func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
+	window := f.window(c.opt)
+	if !c.opt.Write && window > 0 && len(c.opt.Tags) > 0 {
+		// Indexed before the fetch, so a Forget while it runs finds the key and leaves a
+		// tombstone that keeps the possibly outdated answer from being replayed.
+		pipe := f.rdb.Pipeline()
+		for _, t := range c.opt.Tags {
+			pipe.SAdd(ctx, f.tagKey(t), c.key)
+			pipe.PExpire(ctx, f.tagKey(t), window+f.cfg.CallTimeout)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			f.log.Warn("redis: indexing fold tags", "err", err)
+		}
+	}
+
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go f.refresh(ctx, tok, k, window, stop, stopped)
+	sent := &sentMark{}
+	if c.opt.Write {
+		sent.mark = func() error {
+			if f.killedNow() {
+				return ErrLeaseLost
+			}
+			n, err := f.scripts.markSent.Run(ctx, f.rdb, []string{k.lock, k.sent}, tok, ms(f.cfg.LeaseTTL), ms(f.sentTTL(window))).Int()
+			if err != nil {
+				return fmt.Errorf("dedupe: recording in redis that the write is being sent: %w", err)
+			}
+			if n == 0 {
+				return ErrLeaseLost
+			}
+			return nil
+		}
+	}
+	resp, err := f.fetch(ctx, c, sent)
+	close(stop)
+	<-stopped
+	if f.killedNow() {
+		f.finish(c, nil, errors.New("dedupe: fold closed as if killed"), Leader, keepNothing, time.Time{})
+		return true
+	}
+	if errors.Is(err, ErrLeaseLost) && !sent.sent() {
+		return false
+	}
+
+	kp := f.keep(c, resp, err, sent.sent())
+	ttl := window
+	if kp == keepNothing {
+		ttl = f.shortTTL()
+	}
+	rec, encErr := encodeRecord(kp, tok, resp, err)
+	if encErr != nil {
+		f.finish(c, resp, err, Leader, keepNothing, time.Time{})
+		return true
+	}
+	before := time.Now()
+	kind, ferr := f.scripts.finish.Run(ctx, f.rdb, []string{k.lock, k.sent, k.result},
+		tok, rec, ms(ttl), f.doneChannel(), c.key, ms(f.shortTTL())).Text()
+	switch {
+	case ferr != nil:
+		// Waiters on other replicas find the lock expired and take over (reads) or fail
+		// (sent writes); this replica does not replay what the others cannot see.
+		f.log.Warn("redis: storing the answer of a folded request", "err", ferr)
+		kp = keepNothing
+	case kind == string(rune(recShared)):
+		kp = keepNothing
+	}
+	f.finish(c, resp, err, Leader, kp, before.Add(ttl))
+	return true
+}
+
+// refresh keeps the marker alive while the leader's fetch runs.
+func (f *Fold) refresh(ctx context.Context, tok string, k keys, window time.Duration, stop <-chan struct{}, stopped chan<- struct{}) {
+	defer close(stopped)
+	t := time.NewTicker(f.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-f.killed:
+			return
+		case <-t.C:
+		}
+		n, err := f.scripts.refresh.Run(ctx, f.rdb, []string{k.lock, k.sent}, tok, ms(f.cfg.LeaseTTL), ms(f.sentTTL(window))).Int()
+		switch {
+		case err != nil:
+			f.log.Warn("redis: refreshing the marker of a folded request", "err", err)
+		case n == 0:
+			f.log.Warn("lost the marker of a folded request: another replica may take it over", "lease", f.cfg.LeaseTTL)
+			return
+		}
+	}
+}
+
+// encodeRecord lays out a :result value: kind byte, leader token, then the encoded
+// response (R, N) or the error text (E, U).
+func encodeRecord(k keep, tok string, resp *upstream.Response, err error) (string, error) {
+	var kind byte
+	var payload []byte
+	switch {
+	case k == keepUnconfirmed:
+		kind, payload = recUnconfirmed, []byte(err.Error())
+	case err != nil:
+		kind, payload = recError, []byte(err.Error())
+	default:
+		kind = recShared
+		if k == keepAnswer {
+			kind = recAnswer
+		}
+		b, merr := resp.MarshalBinary()
+		if merr != nil {
+			return "", merr
+		}
+		payload = b
+	}
+	var sb strings.Builder
+	sb.Grow(1 + tokenLen + len(payload))
+	sb.WriteByte(kind)
+	sb.WriteString(tok)
+	sb.Write(payload)
+	return sb.String(), nil
+}
+
+func splitRecord(rec string) (kind byte, tok string, payload []byte, err error) {
+	if len(rec) < 1+tokenLen {
+		return 0, "", nil, errors.New("dedupe: corrupt stored record")
+	}
+	tok = rec[1 : 1+tokenLen]
+	if _, err := hex.DecodeString(tok); err != nil {
+		return 0, "", nil, errors.New("dedupe: corrupt stored record")
+	}
+	return rec[0], tok, []byte(rec[1+tokenLen:]), nil
+}
+
+// forgetShared removes the Redis replays of reads carrying tags, leaving tombstones for
+// reads still in flight, and tells every replica to drop its in-process copies.
+func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
+	var firstErr error
+	note := func(err error) {
+		if err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("dedupe: forgetting replays: %w", err)
+		}
+	}
+	seen := make(map[string]bool)
+	for _, t := range tags {
+		members, err := f.scripts.pop.Run(ctx, f.rdb, []string{f.tagKey(t)}).StringSlice()
+		note(err)
+		for _, m := range members {
+			if seen[m] {
+				continue
+			}
+			seen[m] = true
+			note(f.scripts.tomb.Run(ctx, f.rdb, []string{f.keysOf(m).result}, ms(f.cfg.CallTimeout)).Err())
+		}
+	}
+	note(f.rdb.Publish(ctx, f.forgetChannel(), strings.Join(tags, "\n")).Err())
+	return firstErr
+}
+
+// subscribe listens, for the life of the Fold, for calls finished and tags forgotten on
+// any replica. It returns once the subscription is confirmed (or failed: go-redis keeps
+// reconnecting, and waiters look again every LeaseTTL anyway).
+func (f *Fold) subscribe() {
+	ctx := context.Background()
+	f.ps = f.rdb.Subscribe(ctx, f.doneChannel(), f.forgetChannel())
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	for range 2 {
+		if _, err := f.ps.Receive(cctx); err != nil {
+			f.log.Warn("redis: subscribing to fold notices; waiters fall back to looking every lease TTL", "err", err)
+			break
+		}
+	}
+	cancel()
+	ch := f.ps.ChannelWithSubscriptions(redis.WithChannelSize(1024))
+	f.bg.Add(1)
+	go func() {
+		defer f.bg.Done()
+		for m := range ch {
+			switch m := m.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					f.resync()
+				}
+			case *redis.Message:
+				switch m.Channel {
+				case f.doneChannel():
+					f.wakeKey(m.Payload)
+				case f.forgetChannel():
+					f.forgetLocal(strings.Split(m.Payload, "\n"))
+				}
+			}
+		}
+	}()
+}
+
+func (f *Fold) wakeKey(key string) {
+	f.mu.Lock()
+	c := f.calls[key]
+	f.mu.Unlock()
+	if c != nil {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// resync follows a reconnection of the subscription: notices may have been missed, so
+// in-process replays are dropped and every waiter looks again.
+func (f *Fold) resync() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.replay.clear()
+	for _, c := range f.calls {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
