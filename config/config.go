@@ -150,7 +150,7 @@ type DedupeRoute struct {
 	// preceded by a method and a space ("POST /contacts/") to apply to that method only.
 	// Case matters: this is why routes are a list and not a map (viper lowercases map keys).
 	Route string `yaml:"route"`
-	// Fold window of that route; 0 folds only concurrent requests.
+	// Fold window of that route; 0 turns folding off for it (no sharing, no replay).
 	Window time.Duration `yaml:"window"`
 }
 

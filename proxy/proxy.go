@@ -82,6 +82,8 @@ type Config struct {
 	// it is served while one refresh runs, or instead of an upstream error.
 	StaleWhileRevalidate time.Duration
 	StaleIfError         time.Duration
+	// RouteStale overrides both windows per route ("METHOD template" or "template").
+	RouteStale map[string]Stale
 	// FoldWindow is how long an answer is replayed to identical requests; FoldRoutes
 	// overrides it per route template (0 turns folding off for that route).
 	FoldWindow time.Duration
@@ -96,6 +98,9 @@ type Config struct {
 	Limiter Limiter
 	Batcher Batcher
 }
+
+// Stale holds the two stale windows of a route.
+type Stale struct{ WhileRevalidate, IfError time.Duration }
 
 // Handler serves the proxy listener.
 type Handler struct {
@@ -375,6 +380,9 @@ func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upst
 		Tags:                 tags,
 		Route:                x.label,
 	}
+	if s, ok := perRoute(h.cfg.RouteStale, x); ok {
+		p.StaleWhileRevalidate, p.StaleIfError = s.WhileRevalidate, s.IfError
+	}
 	if err := h.cfg.Cache.Set(ctx, key, x.cred, resp, p); err != nil {
 		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
 	}
@@ -485,9 +493,9 @@ func (h *Handler) foldWindow(r *http.Request, x *exchange, cc cacheControl) (tim
 		return 0, false
 	}
 	window := h.cfg.FoldWindow
-	if w, ok := h.cfg.FoldRoutes[x.label]; ok {
+	if w, ok := perRoute(h.cfg.FoldRoutes, x); ok {
 		if w <= 0 {
-			return 0, false
+			return 0, false // a route's window of 0 turns folding off for it
 		}
 		window = w
 	}
@@ -518,4 +526,17 @@ func (h *Handler) key(r *http.Request, x *exchange, body []byte) string {
 		Body:     body,
 		JSON:     isJSONContent(r.Header.Get("Content-Type")),
 	})
+}
+
+// perRoute looks a route's setting up by "METHOD template", then by template.
+func perRoute[V any](m map[string]V, x *exchange) (V, bool) {
+	var zero V
+	if len(m) == 0 || x.route == nil {
+		return zero, false
+	}
+	if v, ok := m[x.route.Method+" "+x.label]; ok {
+		return v, true
+	}
+	v, ok := m[x.label]
+	return v, ok
 }

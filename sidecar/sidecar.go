@@ -21,7 +21,6 @@ import (
 	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/ops"
 	"github.com/ghlproxy/ghlproxy/proxy"
-	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
@@ -49,7 +48,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 	if s.rdb != nil {
 		s.closers = append(s.closers, s.rdb.Close)
 	}
-	table := routes.New()
+	table, stale, err := routeTable(cfg)
+	if err != nil {
+		return nil, err
+	}
 	pc := proxy.Config{
 		Upstream: up,
 		Transport: upstream.NewTransport(upstream.TransportConfig{
@@ -68,6 +70,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		SlowThreshold:        cfg.Transport.SlowThreshold,
 		StaleWhileRevalidate: cfg.Cache.StaleWhileRevalidate,
 		StaleIfError:         cfg.Cache.StaleIfError,
+		RouteStale:           stale,
+		FoldWindow:           cfg.Dedupe.Window,
+		FoldRoutes:           foldRoutes(cfg),
+		FoldMethods:          foldMethods(cfg),
 	}
 	admin := &proxy.Admin{Token: cfg.Admin.Token}
 	if err := s.addStages(&pc, admin); err != nil {
