@@ -10,8 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,9 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/fakeghl"
-	"github.com/ghlproxy/ghlproxy/sidecar"
 )
 
 // sdkVersion is the @gohighlevel/api-client version e2e/sdk/package.json pins.
@@ -37,7 +33,7 @@ const sdkVersion = "3.1.0"
 func TestSDKContacts(t *testing.T) {
 	sdkDir := sdkReady(t)
 	fake := fakeghl.New(fakeghl.Config{Seed: 7})
-	up := startStandIn(t, fake)
+	up := serveFake(t, fake)
 	proxyURL := startSidecar(t, up)
 
 	run := runID(t)
@@ -145,7 +141,7 @@ func TestSDKRetriedCreateLeavesOneContact(t *testing.T) {
 	sdkDir := sdkReady(t)
 	const limit, window = 3, 3 * time.Second
 	fake := fakeghl.New(fakeghl.Config{Seed: 11, Limit: limit, Window: window})
-	up := startStandIn(t, fake)
+	up := serveFake(t, fake)
 	proxyURL := startSidecar(t, up)
 
 	run := runID(t)
@@ -255,8 +251,8 @@ func installedSDK(dir string) string {
 	return p.Version
 }
 
-// startStandIn serves fake on a local port until the test ends and returns its URL.
-func startStandIn(t *testing.T, fake *fakeghl.Server) string {
+// serveFake serves fake on a local port until the test ends and returns its URL.
+func serveFake(t *testing.T, fake *fakeghl.Server) string {
 	t.Helper()
 	srv := httptest.NewServer(fake)
 	t.Cleanup(func() {
@@ -267,52 +263,10 @@ func startStandIn(t *testing.T, fake *fakeghl.Server) string {
 }
 
 // startSidecar runs a sidecar with the default configuration in front of upstream, the way
-// `ghlproxy serve` builds it, and returns its proxy URL. It shuts down when the test ends.
+// `ghlproxy serve` builds it, and returns its proxy URL.
 func startSidecar(t *testing.T, upstream string) string {
 	t.Helper()
-	pl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ol, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		pl.Close()
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.Upstream = upstream
-	cfg.Listen, cfg.OpsListen = pl.Addr().String(), ol.Addr().String()
-	cfg.Shutdown.Grace = 5 * time.Second
-	log := slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if err := cfg.Validate(); err != nil {
-		pl.Close()
-		ol.Close()
-		t.Fatalf("config: %v", err)
-	}
-	sc, err := sidecar.New(cfg, log)
-	if err != nil {
-		pl.Close()
-		ol.Close()
-		t.Fatalf("sidecar.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sc.Serve(ctx, pl, ol) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("sidecar.Serve: %v", err)
-		}
-	})
-	return "http://" + pl.Addr().String()
-}
-
-// testLog sends the sidecar's warnings to the test log.
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return startReplica(t, testConfig(t, upstream)).URL
 }
 
 // drive runs drive.mjs with env and decodes its one line of JSON. A failure of the SDK
