@@ -670,3 +670,59 @@ func TestClusterReplayAndForget(t *testing.T) {
 		t.Fatalf("after forget: %v", out)
 	}
 }
+
+// After Redis comes back empty (restart, failover), a replica may have missed Forget
+// notices: it drops its in-process replays once its subscription is back, and folding
+// works again.
+func TestRedisRestartDropsLocalReplays(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	a, _ := newFold(t, testConfig(), rdb)
+	b, _ := newFold(t, testConfig(), rdb)
+	var calls atomic.Int64
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "%d", calls.Add(1))}, nil
+	}
+	a.Do(context.Background(), "k", Options{}, fetch)
+	if _, out, _ := b.Do(context.Background(), "k", Options{}, fetch); out != Replay || !localReplay(b, "k") {
+		t.Fatalf("replay before restart: %v", out)
+	}
+	s.Stop()
+	s.Restart()
+	waitFor(t, "the resubscribed replica to drop its copies", func() bool { return !localReplay(b, "k") })
+	if _, out, err := b.Do(context.Background(), "k", Options{}, fetch); err != nil || out != Leader {
+		t.Fatalf("after restart: %v %v", out, err)
+	}
+	if _, out, err := a.Do(context.Background(), "k", Options{}, fetch); err != nil || out != Replay {
+		t.Fatalf("replay across replicas after restart: %v %v", out, err)
+	}
+}
+
+// A live leader of a sent write whose marker expired (the replica stalled past its lease)
+// restores it, and the waiters get its answer instead of *LeaderLostError.
+func TestStalledLeaderOfSentWriteKeepsItsWaiters(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	g := newGHL(t)
+	g.gate = make(chan struct{})
+	a, _ := newFold(t, testConfig(), rdb)
+	b, _ := newFold(t, testConfig(), rdb)
+	o := Options{Write: true, SentByFetch: true}
+	leader := goDo(context.Background(), a, "k", o, g.create)
+	<-g.arrived
+	if _, err := s.Do("DEL", a.keysOf("k").lock); err != nil { // the lease ran out
+		t.Fatal(err)
+	}
+	waiter := goDo(context.Background(), b, "k", o, g.create)
+	waitFor(t, "the leader to restore its marker", func() bool { return exists(t, s, a.keysOf("k").lock) })
+	close(g.gate)
+	if r := <-leader; r.err != nil || r.out != Leader {
+		t.Fatalf("leader: %v %v", r.out, r.err)
+	}
+	if r := <-waiter; r.err != nil || r.resp.Status != 201 {
+		t.Fatalf("waiter: %v %v", r.out, r.err)
+	}
+	if got := g.creates.Load(); got != 1 {
+		t.Fatalf("creates = %d", got)
+	}
+}
