@@ -48,7 +48,7 @@ type record struct {
 	start, end time.Time
 }
 
-func newStand(t *testing.T) *stand {
+func newStand(t testing.TB) *stand {
 	t.Helper()
 	s := &stand{state: map[string]map[string]json.RawMessage{}, inflight: map[string]int{}}
 	mux := http.NewServeMux()
