@@ -843,3 +843,37 @@ func value(m prometheus.Metric) float64 {
 	}
 	return d.GetGauge().GetValue()
 }
+
+var _ Limiter = (*ratelimit.Limiter)(nil)
+
+// TestWithSharedBucket runs groups against the real limiter (embedded store): one grant per
+// group at Batch priority, and a group the bucket cannot serve within max_wait is refused
+// whole, unsent.
+func TestWithSharedBucket(t *testing.T) {
+	st := newStand(t)
+	lim, err := ratelimit.New(ratelimit.Config{Rate: 1, Per: time.Hour, Burst: 3, MaxWait: 50 * time.Millisecond}, nil, metrics.New(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lim.Close() })
+	b := New(Config{Min: 3, Max: 5, Linger: time.Hour}, lim, nil, nil)
+	w := func(id string) Write {
+		return Write{Scope: "loc1", Entity: "contacts/" + id, Body: []byte(`{"a":1}`), Send: st.send(id, nil)}
+	}
+	first := submitInOrder(t, b, w("A"), w("B"), w("C"))
+	for _, ch := range first {
+		if r := receive(t, ch); r.err != nil || r.info.Size != 3 {
+			t.Fatalf("first group: %+v %v", r.info, r.err)
+		}
+	}
+	for _, ch := range submitInOrder(t, b, w("D"), w("E"), w("F")) {
+		var rej *ratelimit.RejectedError
+		if r := receive(t, ch); !errors.As(r.err, &rej) {
+			t.Fatalf("second group: %v, want *ratelimit.RejectedError", r.err)
+		}
+	}
+	closeBatcher(t, b)
+	if n := len(st.recorded()); n != 3 {
+		t.Fatalf("%d calls upstream, want the first group's 3", n)
+	}
+}
