@@ -4,6 +4,7 @@
 //
 //	ghlproxy [serve]   run the sidecar (the default)
 //	ghlproxy fakeghl   run a local stand-in of the GHL API
+//	ghlproxy injector  run the Kubernetes webhook that injects the sidecar
 //	ghlproxy config    print the effective configuration, or validate a file
 //	ghlproxy version   print version and build information
 package main
@@ -30,6 +31,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the sidecar (default)", runServe},
 		{"fakeghl", "run a local stand-in of the GHL API, with GHL's limits, headers, latency and faults", runFakeGHL},
+		{"injector", "run the Kubernetes admission webhook that injects the sidecar into pods", runInjector},
 		{"config", "print the effective configuration (secrets redacted), or --validate FILE", runConfig},
 		{"version", "print version and build information", runVersion},
 	}
