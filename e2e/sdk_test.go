@@ -137,7 +137,6 @@ func TestSDKContacts(t *testing.T) {
 //
 // The stand-in must have created exactly one contact, and both SDK calls resolved with it.
 func TestSDKRetriedCreateLeavesOneContact(t *testing.T) {
-	t.Skip("waiting for the fold to be wired")
 	sdkDir := sdkReady(t)
 	const limit, window = 3, 3 * time.Second
 	fake := fakeghl.New(fakeghl.Config{Seed: 11, Limit: limit, Window: window})

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ghlproxy/ghlproxy/dedupe"
 	"github.com/ghlproxy/ghlproxy/ghlerror"
 	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/ghlproxy/ghlproxy/upstream"
@@ -93,6 +94,14 @@ func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, b
 	out.Header.Del("Accept-Encoding")
 	if len(body) == 0 {
 		out.Body, out.ContentLength = http.NoBody, 0
+	}
+	if x.policy == routes.Write {
+		// From here the write may be applied: record it in the fold's shared marker so
+		// that no other replica sends it again if this one dies. If that cannot be
+		// recorded, the write is not sent at all.
+		if err := dedupe.MarkSent(ctx); err != nil {
+			return nil, err
+		}
 	}
 	start := time.Now()
 	resp, err := h.cfg.Transport.RoundTrip(out)

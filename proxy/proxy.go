@@ -403,7 +403,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		return resp, err
 	}
-	resp, outcome, err := h.fold(r, x, key, cc, dedupe.Options{Write: true}, fetch)
+	resp, outcome, err := h.fold(r, x, key, cc, dedupe.Options{Write: true, SentByFetch: true}, fetch)
 	if err != nil {
 		h.writeError(w, x, err)
 		return
@@ -482,6 +482,9 @@ func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl
 		return resp, dedupe.Leader, err
 	}
 	o.Window = window
+	if window <= 0 {
+		o.Window = -1 // dedupe.window 0: share concurrent calls only, replay nothing
+	}
 	return h.cfg.Fold.Do(r.Context(), key, o, fetch)
 }
 

@@ -88,10 +88,20 @@ func (h *Handler) rewriteLinks(r *http.Request, body []byte) []byte {
 	return body
 }
 
-// writeError answers with a sidecar-made error in GHL's shape.
+// writeError answers with a sidecar-made error in GHL's shape. Each message says whether
+// anything reached GHL, because that is what the caller needs to decide on a retry.
 func (h *Handler) writeError(w http.ResponseWriter, x *exchange, err error) {
-	var rej *ratelimit.RejectedError
-	var lost interface{ LeaderLost() bool }
+	var (
+		rej     *ratelimit.RejectedError
+		lost    *dedupe.LeaderLostError
+		unconf  *dedupe.UnconfirmedError
+		remote  *dedupe.RemoteError
+		waitErr *dedupe.WaitError
+	)
+	fail := func(status int, cause, msg string) {
+		x.status = status
+		ghlerror.Write(w, status, cause, msg)
+	}
 	switch {
 	case errors.As(err, &rej):
 		x.outcome = metrics.OutcomeRejected
@@ -102,18 +112,31 @@ func (h *Handler) writeError(w http.ResponseWriter, x *exchange, err error) {
 		hd.Set("X-RateLimit-Max", strconv.Itoa(rej.Limit))
 		hd.Set("X-RateLimit-Interval-Milliseconds", strconv.FormatInt(rej.Interval.Milliseconds(), 10))
 		hd.Set("X-RateLimit-Remaining", strconv.Itoa(rej.Remaining))
-		x.status = http.StatusTooManyRequests
-		ghlerror.Write(w, http.StatusTooManyRequests, ghlerror.CauseRateLimited,
+		fail(http.StatusTooManyRequests, ghlerror.CauseRateLimited,
 			"Too many requests: the sidecar queued this request for the longest allowed (ratelimit.max_wait) without a token; nothing was sent to GHL")
-		return
-	case errors.As(err, &lost) && lost.LeaderLost():
-		x.status = http.StatusBadGateway
-		ghlerror.Write(w, x.status, ghlerror.CauseFoldFailed, err.Error())
-		return
+	case errors.As(err, &lost):
+		msg := "the replica making the identical request in flight went away before answering; nothing was sent to GHL, retry"
+		if lost.Sent {
+			msg = "the replica making the identical request went away after sending it: GHL may have applied it; check before retrying"
+		}
+		fail(http.StatusBadGateway, ghlerror.CauseFoldFailed, msg)
+	case errors.As(err, &unconf):
+		fail(http.StatusBadGateway, ghlerror.CauseFoldFailed,
+			"an identical write sent within the fold window got no answer from GHL ("+unconf.Cause+"): it may have been applied; check before retrying")
+	case errors.As(err, &remote):
+		fail(http.StatusBadGateway, ghlerror.CauseUpstreamUnreachable, "the identical request in flight on another replica failed: "+remote.Msg)
+	case errors.As(err, &waitErr):
+		fail(http.StatusGatewayTimeout, ghlerror.CauseUpstreamTimeout, "the identical request in flight on another replica did not finish in time")
+	case errors.Is(err, dedupe.ErrLeaseLost):
+		fail(http.StatusServiceUnavailable, ghlerror.CauseFoldFailed, "the sidecar lost track of this write before sending it; nothing was sent to GHL, retry")
+	case errors.Is(err, batcher.ErrClosed):
+		fail(http.StatusServiceUnavailable, ghlerror.CauseShuttingDown, "the sidecar is shutting down; nothing was sent to GHL, retry")
+	case errors.Is(err, batcher.ErrQueueFull):
+		fail(http.StatusServiceUnavailable, ghlerror.CauseRateLimited, "too many writes are queued for this location; nothing was sent to GHL, retry later")
+	default:
+		status, cause, msg := upstreamError(err)
+		fail(status, cause, msg)
 	}
-	status, cause, msg := upstreamError(err)
-	x.status = status
-	ghlerror.Write(w, status, cause, msg)
 }
 
 func batchHeader(i *batcher.Info) string {

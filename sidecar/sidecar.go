@@ -33,6 +33,8 @@ type Sidecar struct {
 	Ops     *ops.Handler
 	rdb     redis.UniversalClient
 	closers []func() error
+	// degraded reports, per stage, whether it runs without its shared store.
+	degraded []func() bool
 }
 
 // New builds a sidecar from cfg. It does not listen yet.
@@ -110,10 +112,7 @@ func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
 		s.log.Error("listener failed", "err", err)
 	}
 	s.Ops.Drain()
-	grace := s.cfg.Shutdown.Grace
-	if grace <= 0 {
-		grace = 25 * time.Second
-	}
+	grace := s.grace()
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	s.log.Info("shutting down", "grace", grace)

@@ -1,11 +1,90 @@
 package sidecar
 
 import (
+	"context"
+	"time"
+
+	"github.com/ghlproxy/ghlproxy/batcher"
+	"github.com/ghlproxy/ghlproxy/dedupe"
 	"github.com/ghlproxy/ghlproxy/proxy"
+	"github.com/ghlproxy/ghlproxy/ratelimit"
 )
 
-// addStages builds the pipeline stages the configuration asks for and hooks them into the
-// proxy and the admin endpoints.
+// mergeRoutes are the partial updates whose consecutive writes to one entity may merge:
+// GHL applies their top-level fields one by one, later wins, arrays and objects replaced
+// whole, so two such PUTs in a row equal one PUT of their union. Creates, deletes and
+// anything with list semantics (tags, followers) are left out.
+var mergeRoutes = []string{
+	"PUT /contacts/{contactId}",
+	"PUT /opportunities/{id}",
+}
+
+// addStages builds the pipeline stages and hooks them into the proxy and the admin
+// endpoints. They share one store: Redis when configured, else each stage's in-process
+// implementation.
 func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
+	cfg := s.cfg
+	lim, err := ratelimit.New(ratelimit.Config{
+		Rate:         cfg.RateLimit.Rate,
+		Per:          cfg.RateLimit.Per,
+		Burst:        cfg.RateLimit.Burst,
+		MaxWait:      cfg.RateLimit.MaxWait,
+		WarmReserve:  cfg.RateLimit.WarmReserve,
+		DailyReserve: cfg.RateLimit.DailyReserve,
+		RedisTimeout: cfg.Redis.Timeout,
+	}, s.rdb, s.Metrics, s.log)
+	if err != nil {
+		return err
+	}
+	s.closers = append(s.closers, lim.Close)
+	pc.Limiter = lim
+	admin.LimiterStats = func() any {
+		return map[string]any{"scopes": lim.Stats(), "degraded": lim.Degraded(), "replicas": lim.Replicas()}
+	}
+	admin.Degraded = lim.Degraded
+	admin.ScopeTokens = func(scopeKey string) any {
+		for _, st := range lim.Stats() {
+			if st.Scope == scopeKey {
+				return st
+			}
+		}
+		return map[string]any{"scope": scopeKey, "note": "no request of this scope yet on this replica"}
+	}
+	s.degraded = append(s.degraded, lim.Degraded)
+
+	fold, err := dedupe.New(dedupe.Config{Window: cfg.Dedupe.Window}, s.rdb, s.Metrics, s.log)
+	if err != nil {
+		return err
+	}
+	s.closers = append(s.closers, fold.Close)
+	pc.Fold = fold
+
+	b := batcher.New(batcher.Config{
+		Min:    cfg.Batch.Min,
+		Max:    cfg.Batch.Max,
+		Linger: cfg.Batch.Linger,
+		Merge:  cfg.Batch.Merge,
+	}, lim, s.Metrics, s.log)
+	// Closed first (closers run in reverse): it answers every write it holds while the
+	// limiter and the fold are still there.
+	s.closers = append(s.closers, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), s.grace())
+		defer cancel()
+		return b.Close(ctx)
+	})
+	pc.Batcher = b
+	if cfg.Batch.Merge {
+		pc.MergeRoutes = map[string]bool{}
+		for _, r := range mergeRoutes {
+			pc.MergeRoutes[r] = true
+		}
+	}
 	return nil
+}
+
+func (s *Sidecar) grace() time.Duration {
+	if s.cfg.Shutdown.Grace > 0 {
+		return s.cfg.Shutdown.Grace
+	}
+	return 25 * time.Second
 }
