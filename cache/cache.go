@@ -3,11 +3,82 @@
 // when there is no Redis). Entries are keyed by request fingerprint — which includes a keyed
 // hash of the caller's credential — and their bodies are encrypted at rest with a key
 // derived from the caller's own token.
+//
+// # Encryption at rest
+//
+// identity derives a 256-bit key per credential with HKDF-SHA256 from the whole
+// Authorization header (salted with the replicas' shared identity secret). The value stored
+// in Redis under a fingerprint is
+//
+//	0x01 | nonce (12 random bytes) | AES-256-GCM(credential key, nonce, plaintext, aad)
+//	aad       = "ghlproxy cache entry v1\x00" + fingerprint
+//	plaintext = stored/fresh/stale-while-revalidate/stale-if-error times, index ids,
+//	            status, headers and body of the GHL answer
+//
+// So a reader of Redis sees random bytes, and key names made of hashes only (fingerprints
+// and hashed tags); another credential's key fails GCM authentication (a miss, never someone
+// else's data); and a value copied under another fingerprint fails too, because the
+// fingerprint is authenticated as additional data. The raw token is never stored: only its
+// keyed hash (in the fingerprint) and what HKDF derived from it. The in-process layer holds
+// decrypted entries, served only to a caller whose fingerprint and credential hash match.
+//
+// # Redis layout (Cluster-safe)
+//
+//	<prefix>:{c:<fp[:16]>}:e:<fp>   the sealed entry, PX = TTL + longest stale window
+//	<prefix>:{x:<id>}:z             index: ZSET of fingerprints scored by their expiry (ms)
+//	<prefix>:{x:<id>}:inv           tombstone: when the index was last invalidated (ms)
+//	<prefix>:{cache}:inval          sharded pub/sub channel: invalidations
+//	<prefix>:{cache}:ping:<replica> sharded pub/sub channel: the replica's own heartbeat
+//
+// An id is 128 bits of SHA-256 of a tag, a route template or a credential hash. Every
+// command touches one slot: an index and its tombstone share a hash tag and change together
+// in one script; entries are deleted one DEL per key in a pipeline. The index is a ZSET so
+// that adding to it also trims members that have expired, and the index key's own TTL is the
+// longest of its members'.
+//
+// Writes race with reads in flight: a read that GHL answered before a write may be stored
+// after the write invalidated its tags. Set therefore refuses (ErrInvalidated) an answer
+// whose Date is less than Config.RaceWindow after an invalidation of any of its tags: the
+// index script reads the tombstone atomically with the insertion, and Invalidate deletes what
+// the index lists after setting the tombstone, so every entry is either refused or deleted.
+//
+// # Coherence of the in-process layer
+//
+// Invalidate, Purge, and a Set that overwrites an entry publish what they dropped on the
+// invalidation channel (SPUBLISH: in a Cluster every publisher and subscriber use the node
+// owning the channel's slot, so messages are ordered). Each replica applies the messages of
+// the others to its in-process layer. A replica also publishes a heartbeat stamped with its
+// own clock to its ping channel every CoherenceBound/4; receiving its heartbeat sent at s
+// proves that every invalidation published before it has been applied, so the replica may
+// serve in-process entries until s + CoherenceBound. When heartbeats stop coming back
+// (Redis down, hung, or the subscription broken) in-process entries stop being served after
+// at most CoherenceBound; and every (re)subscription, or a heartbeat after a lapse, clears
+// the in-process layer, because messages published meanwhile were lost. Hence: no replica
+// serves an entry that another replica invalidated for longer than CoherenceBound, plus the
+// clock difference between the two replicas.
+//
+// Redis client-side caching (RESP3 tracking) was the alternative. It tracks keys, not tags,
+// so tag invalidation would still delete keys one by one; in a Cluster it needs a tracking
+// connection per node; and it caches the sealed value, so every hit would still pay
+// decryption. Pub/sub with heartbeats gives a bound that can be stated and tested.
 package cache
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/maypok86/otter/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
@@ -36,4 +107,362 @@ type Policy struct {
 	Tags []string
 	// Route is the route template, kept with the entry so that purges by route work.
 	Route string
+}
+
+// Config tunes a Cache. Zero values take the defaults.
+type Config struct {
+	// MemoryBytes bounds the in-process layer (the whole store without Redis). Default 64 MiB.
+	MemoryBytes int64
+	// Prefix starts every Redis key and channel name. Default "ghlproxy".
+	Prefix string
+	// CoherenceBound is the longest a replica may serve an in-process entry that another
+	// replica invalidated or overwrote. Default and maximum 1 s.
+	CoherenceBound time.Duration
+	// RedisTimeout bounds every Redis call of Get, Set, Invalidate and Purge. Default 250 ms.
+	// The client should be built with ContextTimeoutEnabled so that a hung Redis is noticed
+	// within it, not within the client's read timeout.
+	RedisTimeout time.Duration
+	// RaceWindow: Set refuses an answer whose Date is less than this after an invalidation of
+	// one of its tags, because GHL may have read it before the write that caused the
+	// invalidation. It should exceed the slowest GHL read plus the clock difference between
+	// replicas. Default 2 s.
+	RaceWindow time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+
+	// observe, for tests, is called after the listener applied an event.
+	observe func(event)
+}
+
+// Selector chooses what Purge drops: exactly one field is set.
+type Selector struct {
+	Route    string // a route template: every entry of the route, every credential
+	Tag      string // a scope-prefixed tag, as in Policy.Tags
+	CredHash string // identity.Credential.Hash: every entry of one credential
+	All      bool
+}
+
+// Stats describes the store, for GET /_ghlproxy/cache.
+type Stats struct {
+	Entries   int64 // in the in-process layer
+	Bytes     int64 // approximate bytes held by the in-process layer
+	LocalHits uint64
+	RedisHits uint64
+	Misses    uint64
+	Evictions int64 // in-process entries evicted for space
+	Redis     bool  // a Redis store is configured
+	RedisUp   bool  // the last Redis call succeeded
+	// Coherent is true while in-process entries may be served: always without Redis; with
+	// Redis while the replica's heartbeat comes back within CoherenceBound.
+	Coherent bool
+}
+
+// ErrInvalidated is returned by Set when the answer predates an invalidation of one of its
+// tags (see Config.RaceWindow); nothing was stored. It is not a failure of the store.
+var ErrInvalidated = errors.New("cache: answer predates an invalidation of its tags; not stored")
+
+// Cache is the store. It is safe for concurrent use.
+type Cache struct {
+	cfg Config
+	now func() time.Time
+	// nowNano is the hot path's clock: a coarse clock (1 ms) unless Config.Now is set,
+	// because reading the time costs more than the rest of a local hit on some VMs.
+	nowNano func() int64
+	coarse  *otter.CoarseClock
+	rdb     redis.UniversalClient
+	log     *slog.Logger
+	m       *metrics.Metrics
+	local   *local
+	keys    keyspace
+
+	replica string
+	// leaseUntil is the Unix ns until which in-process entries may be served (see the
+	// package comment); embedded stores never look at it.
+	leaseUntil atomic.Int64
+	redisUp    atomic.Bool
+
+	localHits, redisHits, misses atomic.Uint64
+
+	// tombs are the embedded store's invalidation times by id (Redis keeps its own).
+	tombMu sync.Mutex
+	tombs  map[string]int64
+
+	stop context.CancelFunc
+	done sync.WaitGroup
+	sub  *redis.PubSub
+	ping chan struct{}
+}
+
+// New builds a Cache on rdb, or an embedded in-memory store when rdb is nil. With Redis it
+// subscribes to invalidations in the background; until the first heartbeat comes back every
+// Get goes to Redis.
+func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) (*Cache, error) {
+	if cfg.MemoryBytes == 0 {
+		cfg.MemoryBytes = 64 << 20
+	}
+	if cfg.MemoryBytes < 0 {
+		return nil, fmt.Errorf("cache.memory_bytes: must be positive, got %d", cfg.MemoryBytes)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "ghlproxy"
+	}
+	if cfg.CoherenceBound == 0 {
+		cfg.CoherenceBound = time.Second
+	}
+	if cfg.CoherenceBound < 0 || cfg.CoherenceBound > time.Second {
+		return nil, fmt.Errorf("cache.coherence_bound: must be within (0, 1s], got %s", cfg.CoherenceBound)
+	}
+	if cfg.RedisTimeout <= 0 {
+		cfg.RedisTimeout = 250 * time.Millisecond
+	}
+	if cfg.RaceWindow <= 0 {
+		cfg.RaceWindow = 2 * time.Second
+	}
+	var coarse *otter.CoarseClock
+	nowNano := func() int64 { return cfg.Now().UnixNano() }
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+		coarse = otter.NewCoarseClock(coarseResolution)
+		nowNano = coarse.NowNano
+	}
+	if m == nil {
+		m = metrics.New()
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var clock otter.Clock // nil: otter's own (a nil *CoarseClock would not be a nil Clock)
+	if coarse != nil {
+		clock = coarse
+	}
+	l, err := newLocal(cfg.MemoryBytes, cfg.Now, clock, m)
+	if err != nil {
+		return nil, fmt.Errorf("cache: in-process layer: %w", err)
+	}
+	var rid [8]byte
+	_, _ = rand.Read(rid[:])
+	c := &Cache{
+		cfg: cfg, now: cfg.Now, nowNano: nowNano, coarse: coarse, rdb: rdb, log: log, m: m, local: l,
+		keys:    keyspace{prefix: cfg.Prefix},
+		replica: hex.EncodeToString(rid[:]),
+		tombs:   make(map[string]int64),
+		ping:    make(chan struct{}, 1),
+	}
+	c.redisUp.Store(true)
+	if rdb == nil {
+		return c, nil
+	}
+	if o, ok := rdb.(*redis.Client); ok && !o.Options().ContextTimeoutEnabled {
+		log.Warn("cache: redis client built without ContextTimeoutEnabled; a hung Redis is noticed only after the client's read timeout, not cache.redis_timeout")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stop = cancel
+	c.sub = rdb.SSubscribe(ctx, c.keys.invalChannel(), c.keys.pingChannel(c.replica))
+	c.done.Add(2)
+	go c.listen(ctx)
+	go c.heartbeat(ctx)
+	return c, nil
+}
+
+// Close stops the background work. It does not close the Redis client.
+func (c *Cache) Close() error {
+	if c.stop != nil {
+		c.stop()
+		_ = c.sub.Close()
+		c.done.Wait()
+	}
+	c.local.c.StopAllGoroutines()
+	if c.coarse != nil {
+		c.coarse.Stop()
+	}
+	return nil
+}
+
+// coherent reports whether in-process entries may be served at now.
+func (c *Cache) coherent(now int64) bool {
+	return c.rdb == nil || now < c.leaseUntil.Load()
+}
+
+// Get returns the entry stored under key for cred, or nil, nil on a miss. Entries past their
+// last stale window are misses; fresh or stale is for the caller to decide (Entry.Fresh). An
+// error means Redis failed; the caller treats it as a miss.
+func (c *Cache) Get(ctx context.Context, key string, cred *identity.Credential) (*Entry, error) {
+	now := c.nowNano()
+	if c.coherent(now) {
+		if e := c.local.get(key, cred.Hash, now); e != nil {
+			c.localHits.Add(1)
+			return e, nil
+		}
+	}
+	if c.rdb == nil {
+		c.misses.Add(1)
+		return nil, nil
+	}
+	epoch := c.local.epoch.Load()
+	v, err := c.redisGet(ctx, key)
+	if err != nil || v == nil {
+		c.misses.Add(1)
+		return nil, err
+	}
+	rec, err := open(&cred.EncKey, key, v)
+	if err != nil || now >= rec.end.UnixNano() {
+		c.misses.Add(1)
+		return nil, nil
+	}
+	c.redisHits.Add(1)
+	c.local.insert(key, cred.Hash, rec, epoch)
+	return &rec.entry, nil
+}
+
+// Set stores resp under key for cred with policy p. It stores nothing, without error, when
+// the policy leaves the answer no time to live. It returns ErrInvalidated when the answer
+// predates an invalidation of its tags.
+func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy) error {
+	if key == "" || cred == nil || resp == nil {
+		return errors.New("cache: Set needs a key, a credential and a response")
+	}
+	now := c.now()
+	stored := resp.Date
+	if stored.IsZero() {
+		stored = now
+	}
+	rec := &record{
+		entry: Entry{
+			Resp:                 resp,
+			Stored:               stored,
+			FreshUntil:           stored.Add(p.TTL),
+			StaleWhileRevalidate: stored.Add(p.TTL + p.StaleWhileRevalidate),
+			StaleIfError:         stored.Add(p.TTL + p.StaleIfError),
+		},
+		ids: ids(&p, cred.Hash),
+	}
+	rec.end = lastWindow(&rec.entry)
+	if !rec.end.After(now) {
+		return nil
+	}
+	fetched := stored.Add(-c.cfg.RaceWindow).UnixMilli()
+	epoch := c.local.epoch.Load()
+	if c.rdb == nil {
+		if c.tombstoned(rec.ids, fetched) {
+			return ErrInvalidated
+		}
+	} else if err := c.redisSet(ctx, key, cred, rec, now, fetched); err != nil {
+		return err
+	}
+	if !c.local.insert(key, cred.Hash, rec, epoch) && c.rdb == nil {
+		return ErrInvalidated
+	}
+	return nil
+}
+
+// Invalidate drops every entry carrying any of tags, in Redis and in every replica's
+// in-process layer.
+func (c *Cache) Invalidate(ctx context.Context, tags []string) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	idl := make([]string, len(tags))
+	for i, t := range tags {
+		idl[i] = tagID(kindTag, t)
+	}
+	_, err := c.dropIDs(ctx, idl)
+	return err
+}
+
+// Purge drops what sel selects and returns how many entries it removed from the store
+// (Redis, or the in-process layer without Redis).
+func (c *Cache) Purge(ctx context.Context, sel Selector) (int, error) {
+	var id string
+	n := 0
+	if sel.All {
+		n++
+	}
+	if sel.Route != "" {
+		n, id = n+1, tagID(kindRoute, sel.Route)
+	}
+	if sel.Tag != "" {
+		n, id = n+1, tagID(kindTag, sel.Tag)
+	}
+	if sel.CredHash != "" {
+		n, id = n+1, tagID(kindCred, sel.CredHash)
+	}
+	if n != 1 {
+		return 0, errors.New("cache: purge needs exactly one of route, tag, credential or all")
+	}
+	if sel.All {
+		return c.purgeAll(ctx)
+	}
+	return c.dropIDs(ctx, []string{id})
+}
+
+func (c *Cache) dropIDs(ctx context.Context, idl []string) (int, error) {
+	if c.rdb == nil {
+		c.tombstone(idl)
+		return c.local.dropIDs(idl), nil
+	}
+	n, err := c.redisDrop(ctx, idl)
+	// Drop locally even when Redis failed: this replica at least stops serving.
+	c.local.dropIDs(idl)
+	return n, err
+}
+
+func (c *Cache) purgeAll(ctx context.Context) (int, error) {
+	if c.rdb == nil {
+		return c.local.clear(), nil
+	}
+	n, err := c.redisPurgeAll(ctx)
+	c.local.clear()
+	return n, err
+}
+
+// Stats returns the current counters.
+func (c *Cache) Stats() Stats {
+	return Stats{
+		Entries:   c.local.entries.Load(),
+		Bytes:     c.local.bytes.Load(),
+		LocalHits: c.localHits.Load(),
+		RedisHits: c.redisHits.Load(),
+		Misses:    c.misses.Load(),
+		Evictions: c.local.evictions.Load(),
+		Redis:     c.rdb != nil,
+		RedisUp:   c.rdb == nil || c.redisUp.Load(),
+		Coherent:  c.coherent(c.nowNano()),
+	}
+}
+
+// coarseResolution is the step of the hot path's clock; leases are shortened by
+// leaseSlack so that a clock lagging by a few steps still honours CoherenceBound.
+const (
+	coarseResolution = time.Millisecond
+	leaseSlack       = 10 * time.Millisecond
+)
+
+// tombstoneTTL is how long invalidation times are kept: far longer than any GHL read takes.
+const tombstoneTTL = 5 * time.Minute
+
+func (c *Cache) tombstone(idl []string) {
+	now := c.now().UnixMilli()
+	c.tombMu.Lock()
+	defer c.tombMu.Unlock()
+	if len(c.tombs) > 10000 {
+		for id, t := range c.tombs {
+			if now-t > tombstoneTTL.Milliseconds() {
+				delete(c.tombs, id)
+			}
+		}
+	}
+	for _, id := range idl {
+		c.tombs[id] = now
+	}
+}
+
+func (c *Cache) tombstoned(idl []string, fetched int64) bool {
+	c.tombMu.Lock()
+	defer c.tombMu.Unlock()
+	for _, id := range idl {
+		if t, ok := c.tombs[id]; ok && t >= fetched {
+			return true
+		}
+	}
+	return false
 }
