@@ -67,9 +67,8 @@ type Transport struct {
 	// Idle keep-alive connections kept to upstream; writes of one group go out concurrently
 	// over them, so keep this above batch.max.
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
-	// Upstream calls slower than this are counted in ghlproxy_slow_upstream_total and logged
-	// at warn level; 0 turns that off. It sits here, beside the other upstream timings,
-	// rather than under log.
+	// Upstream calls slower than this are counted in ghlproxy_slow_upstream_total and logged;
+	// 0 turns that off. It sits here, beside the other upstream timings, rather than under log.
 	SlowThreshold time.Duration `yaml:"slow_threshold"`
 }
 

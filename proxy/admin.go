@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/identity"
 	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -26,7 +27,7 @@ type Admin struct {
 
 	CacheStats   func() any
 	CachePurge   func(ctx context.Context, sel PurgeSelector) (int, error)
-	CacheLookup  func(ctx context.Context, key string, r *http.Request) any
+	CacheLookup  func(ctx context.Context, key string, cred *identity.Credential) any
 	LimiterStats func() any
 	ScopeTokens  func(scopeKey string) any
 	Degraded     func() bool
@@ -173,7 +174,7 @@ func (a *Admin) explain(w http.ResponseWriter, r *http.Request) {
 			out["ttl_seconds"] = int(x.route.TTL / time.Second)
 			out["tags"] = h.scopedTags(x, x.route.Tags(x.params))
 			if a.CacheLookup != nil {
-				out["cache"] = a.CacheLookup(r.Context(), key, in)
+				out["cache"] = a.CacheLookup(r.Context(), key, x.cred)
 			}
 		} else {
 			out["invalidates"] = h.scopedTags(x, x.route.Invalidates(x.params))

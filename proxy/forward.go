@@ -135,7 +135,7 @@ func (h *Handler) observeUpstream(x *exchange, resp *http.Response, err error, d
 	}
 	m.Upstream.WithLabelValues(x.label, methodLabel(x), codeLabel(code)).Inc()
 	m.UpstreamDuration.WithLabelValues(x.label).Observe(d.Seconds())
-	if d > h.cfg.SlowThreshold {
+	if h.cfg.SlowThreshold > 0 && d > h.cfg.SlowThreshold {
 		m.SlowUpstream.Inc()
 		h.cfg.Log.Info("slow upstream call", "route", x.label, "status", code, "duration", d.Round(time.Millisecond))
 	}

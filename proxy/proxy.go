@@ -75,9 +75,11 @@ type Config struct {
 	MaxResponseBytes int64
 	// UpstreamTimeout bounds one buffered upstream call from start to last byte.
 	UpstreamTimeout time.Duration
-	// SlowThreshold: upstream calls slower than this are logged and counted.
+	// SlowThreshold: upstream calls slower than this are logged and counted; 0 turns it off.
 	SlowThreshold time.Duration
 
+	// NegativeTTL, when positive, caches 404 answers of reads that long.
+	NegativeTTL time.Duration
 	// StaleWhileRevalidate and StaleIfError are the windows past an entry's TTL in which
 	// it is served while one refresh runs, or instead of an upstream error.
 	StaleWhileRevalidate time.Duration
@@ -134,9 +136,6 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.UpstreamTimeout <= 0 {
 		cfg.UpstreamTimeout = 60 * time.Second
-	}
-	if cfg.SlowThreshold <= 0 {
-		cfg.SlowThreshold = 100 * time.Millisecond
 	}
 	h := &Handler{cfg: cfg}
 	h.upOrigin = cfg.Upstream.Scheme + "://" + cfg.Upstream.Host
@@ -204,6 +203,8 @@ type exchange struct {
 	// detached fold leader may still set it after its own caller gave up.
 	queued atomic.Int64
 	batch  atomic.Pointer[batcher.Info]
+	// stored says the answer this request led went into the cache.
+	stored atomic.Bool
 }
 
 func (x *exchange) recorder(w http.ResponseWriter) http.ResponseWriter {
@@ -254,7 +255,7 @@ func (h *Handler) passLimited(w http.ResponseWriter, r *http.Request, x *exchang
 			h.writeError(w, x, err)
 			return
 		}
-		if q := x.queued.Load(); q > 0 {
+		if q := x.queued.Load(); q >= 1000 {
 			w.Header().Set(headerQueueMs, queueMs(time.Duration(q)*time.Microsecond))
 		}
 	}
@@ -300,7 +301,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
 		resp, err := h.fetchRead(ctx, r, x, body)
-		if err == nil && cacheable && storable(resp) {
+		if err == nil && cacheable && h.storable(resp) {
 			h.store(ctx, key, x, resp, tags)
 		}
 		return resp, err
@@ -326,7 +327,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	default:
 		status = "ghlproxy; fwd=miss"
 	}
-	if cacheable && storable(resp) {
+	if x.stored.Load() {
 		status += "; stored"
 	}
 	h.writeFolded(w, r, x, resp, outcome, status)
@@ -359,7 +360,7 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 		defer h.refreshes.Add(-1)
 		fetch := func(ctx context.Context) (*upstream.Response, error) {
 			resp, err := h.fetchRead(ctx, out, rx, body)
-			if err == nil && storable(resp) {
+			if err == nil && h.storable(resp) {
 				h.store(ctx, key, rx, resp, tags)
 			}
 			return resp, err
@@ -373,8 +374,12 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 }
 
 func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) {
+	ttl := x.route.TTL
+	if resp.Status == http.StatusNotFound {
+		ttl = h.cfg.NegativeTTL
+	}
 	p := cache.Policy{
-		TTL:                  x.route.TTL,
+		TTL:                  ttl,
 		StaleWhileRevalidate: h.cfg.StaleWhileRevalidate,
 		StaleIfError:         h.cfg.StaleIfError,
 		Tags:                 tags,
@@ -383,7 +388,13 @@ func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upst
 	if s, ok := perRoute(h.cfg.RouteStale, x); ok {
 		p.StaleWhileRevalidate, p.StaleIfError = s.WhileRevalidate, s.IfError
 	}
-	if err := h.cfg.Cache.Set(ctx, key, x.cred, resp, p); err != nil {
+	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, p); {
+	case err == nil:
+		x.stored.Store(true)
+	case errors.Is(err, cache.ErrInvalidated):
+		// Expected right after a write: GHL may have read this before the write landed.
+		h.cfg.Log.Debug("answer not cached: it may predate a write", "route", x.label)
+	default:
 		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
 	}
 }

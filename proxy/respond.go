@@ -30,7 +30,7 @@ func (h *Handler) writeFolded(w http.ResponseWriter, r *http.Request, x *exchang
 		x.outcome = metrics.OutcomeReplay
 		w.Header().Set("X-Ghlproxy-Dedupe", "replay")
 	default:
-		if q := x.queued.Load(); q > 0 {
+		if q := x.queued.Load(); q >= 1000 {
 			w.Header().Set(headerQueueMs, queueMs(time.Duration(q)*time.Microsecond))
 		}
 		if info := x.batch.Load(); info != nil {
@@ -155,10 +155,11 @@ func cacheStatusHit(e *cache.Entry, now time.Time) string {
 	return "ghlproxy; hit; ttl=" + strconv.Itoa(int(e.FreshUntil.Sub(now)/time.Second))
 }
 
-// storable reports whether an upstream answer may be cached: only 200s, and not when GHL
-// says not to.
-func storable(resp *upstream.Response) bool {
-	if resp.Status != http.StatusOK || resp.Header.Get("Set-Cookie") != "" {
+// storable reports whether an upstream answer may be cached: 200s (and 404s when negative
+// caching is on), and not when GHL says not to.
+func (h *Handler) storable(resp *upstream.Response) bool {
+	ok := resp.Status == http.StatusOK || (resp.Status == http.StatusNotFound && h.cfg.NegativeTTL > 0)
+	if !ok || resp.Header.Get("Set-Cookie") != "" {
 		return false
 	}
 	cc := parseCacheControl(resp.Header.Get("Cache-Control"))

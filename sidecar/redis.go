@@ -32,6 +32,9 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		}
 		// Replicas should not queue forever for a pooled connection when Redis is slow.
 		opt.PoolTimeout = 2 * timeout
+		// Every stage bounds its own calls with a context deadline (milliseconds for the
+		// limiter); the client must honour them rather than its read timeout alone.
+		opt.ContextTimeoutEnabled = true
 		return redis.NewClient(opt), nil
 	case len(c.Addrs) > 0:
 		return redis.NewUniversalClient(&redis.UniversalOptions{
@@ -43,6 +46,8 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 			DialTimeout:  2*timeout + time.Second,
 			PoolSize:     c.PoolSize,
 			PoolTimeout:  2 * timeout,
+			// See above: deadlines come from each call's context.
+			ContextTimeoutEnabled: true,
 		}), nil
 	}
 	return nil, nil

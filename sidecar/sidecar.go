@@ -72,6 +72,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		SlowThreshold:        cfg.Transport.SlowThreshold,
 		StaleWhileRevalidate: cfg.Cache.StaleWhileRevalidate,
 		StaleIfError:         cfg.Cache.StaleIfError,
+		NegativeTTL:          cfg.Cache.NegativeTTL,
 		RouteStale:           stale,
 		FoldWindow:           cfg.Dedupe.Window,
 		FoldRoutes:           foldRoutes(cfg),

@@ -5,7 +5,9 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/batcher"
+	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/dedupe"
+	"github.com/ghlproxy/ghlproxy/identity"
 	"github.com/ghlproxy/ghlproxy/proxy"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
 )
@@ -58,6 +60,36 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	}
 	s.closers = append(s.closers, fold.Close)
 	pc.Fold = fold
+
+	c, err := cache.New(cache.Config{MemoryBytes: int64(cfg.Cache.MemoryBytes)}, s.rdb, s.Metrics, s.log)
+	if err != nil {
+		return err
+	}
+	s.closers = append(s.closers, c.Close)
+	pc.Cache = c
+	admin.CacheStats = func() any { return c.Stats() }
+	admin.CachePurge = func(ctx context.Context, sel proxy.PurgeSelector) (int, error) {
+		return c.Purge(ctx, cache.Selector{Route: sel.Route, Tag: sel.Tag, CredHash: sel.CredHash, All: sel.All})
+	}
+	admin.CacheLookup = func(ctx context.Context, key string, cred *identity.Credential) any {
+		e, err := c.Get(ctx, key, cred)
+		switch {
+		case err != nil:
+			return map[string]any{"state": "unknown", "error": err.Error()}
+		case e == nil:
+			return map[string]any{"state": "absent"}
+		}
+		now := time.Now()
+		state := "fresh"
+		switch {
+		case !e.Fresh(now) && now.Before(e.StaleWhileRevalidate):
+			state = "stale (served while one refresh runs)"
+		case !e.Fresh(now):
+			state = "stale (served only if GHL fails)"
+		}
+		return map[string]any{"state": state, "status": e.Resp.Status, "age_seconds": int(now.Sub(e.Stored) / time.Second),
+			"ttl_seconds": int(e.FreshUntil.Sub(now) / time.Second), "bytes": len(e.Resp.Body)}
+	}
 
 	b := batcher.New(batcher.Config{
 		Min:    cfg.Batch.Min,
