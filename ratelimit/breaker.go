@@ -1,6 +1,9 @@
 package ratelimit
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // breaker stops the limiter from calling Redis after consecutive failures, so requests do not
 // each pay a timeout while Redis is down. Unlike the usual half-open state (gobreaker), which
@@ -8,12 +11,18 @@ import "sync"
 // background probe (Limiter.maintain), which is the one caller that may wait on a dead Redis.
 // That, and having three states instead of gobreaker's generic counts and callbacks, is why
 // it is hand-written: about thirty lines.
+//
+// It opens after threshold consecutive failures spanning at least minSpan: a burst of
+// concurrent calls that all time out together (a cold connection pool, a GC pause) is one
+// event, not proof that Redis is gone; each of those decisions still falls back on its own.
 type breaker struct {
 	threshold int
+	minSpan   time.Duration
 
-	mu       sync.Mutex
-	failures int
-	open     bool
+	mu        sync.Mutex
+	failures  int
+	firstFail time.Time
+	open      bool
 }
 
 // success records a good call.
@@ -27,8 +36,12 @@ func (b *breaker) success() {
 func (b *breaker) failure() (tripped bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	now := time.Now()
+	if b.failures == 0 {
+		b.firstFail = now
+	}
 	b.failures++
-	if !b.open && b.failures >= b.threshold {
+	if !b.open && b.failures >= b.threshold && now.Sub(b.firstFail) >= b.minSpan {
 		b.open = true
 		return true
 	}

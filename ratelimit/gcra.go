@@ -75,6 +75,12 @@ type bucketState struct {
 	lint  float64 // learned X-RateLimit-Interval-Milliseconds, 0 unknown
 	dr    float64 // X-RateLimit-Daily-Remaining, -1 unknown
 	dl    float64 // X-RateLimit-Limit-Daily, -1 unknown
+
+	// owed is only read when a fallback bucket is created: the tokens this replica's waiters
+	// reserved on the shared bucket and have not spent yet. The fallback bucket starts that
+	// far in debt, so those waiters and the fallback's new grants do not add up to twice the
+	// rate while Redis is away.
+	owed float64
 }
 
 func newBucketState() *bucketState { return &bucketState{dr: -1, dl: -1} }
@@ -97,6 +103,9 @@ type takeArgs struct {
 	maxWait      float64 // µs
 	warmReserve  float64
 	dailyReserve float64
+	// refund: tokens of an earlier reservation of this request, given back first (a pause
+	// made it void). The bucket never becomes fuller than empty-at-max(now, pause) by it.
+	refund float64
 }
 
 // take decides one request at now (µs). Mirrors takeScript.
@@ -107,6 +116,9 @@ func (b *bucketState) take(now float64, c limits, a takeArgs) decision {
 	tat := b.tat
 	if tat == 0 {
 		tat = now
+	}
+	if a.refund > 0 {
+		tat = math.Max(tat-a.refund*eff.T, math.Max(now, b.pause)+tau-eff.T)
 	}
 	base := math.Max(tat, now)
 	if a.mode == modeWarm && b.dr >= 0 && b.dr < a.dailyReserve {
@@ -121,7 +133,7 @@ func (b *bucketState) take(now float64, c limits, a takeArgs) decision {
 	}
 	wait := allowAt - now
 	switch {
-	case wait <= 0:
+	case wait < 1: // below a µs is float rounding of now+n*T-tau, not a wait
 		d.granted, d.wait = true, 0
 	case a.mode == modeReserve && wait <= a.maxWait:
 		d.granted, d.wait = true, wait

@@ -22,7 +22,7 @@ type fakeClock struct {
 	mu       sync.Mutex
 	now      time.Time
 	sleepers []*sleeper
-	added    chan struct{} // closed and replaced when a sleeper registers
+	added    chan struct{} // closed and replaced when a sleeper registers or leaves
 }
 
 type sleeper struct {
@@ -59,6 +59,8 @@ func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
 				break
 			}
 		}
+		close(c.added)
+		c.added = make(chan struct{})
 		c.mu.Unlock()
 		return ctx.Err()
 	}
@@ -103,6 +105,13 @@ func (c *fakeClock) awaitSleepers(t *testing.T, n int) []time.Duration {
 			t.Fatalf("%d sleepers never registered", n)
 		}
 	}
+}
+
+// changed is closed at the next sleeper change.
+func (c *fakeClock) changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.added
 }
 
 func (c *fakeClock) pending() int {

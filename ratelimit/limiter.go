@@ -21,6 +21,11 @@ import (
 // Limiter is the rate limiter of one replica. With a Redis client every decision is made by
 // one script on the shared bucket; while Redis is unreachable, on a local bucket holding this
 // replica's share; without Redis (embedded), on an in-process bucket.
+//
+// Metrics it keeps: ratelimit_wait_seconds{priority}, queue_depth{queue="ratelimit"},
+// redis_up, degraded, ratelimit_fallback_decisions_total. The proxy counts the rest where it
+// sees them, once: ratelimit_rejected_total when it answers the 429, upstream_429_total and
+// upstream_ratelimit_remaining when the upstream response arrives.
 type Limiter struct {
 	cfg  Config
 	lim  limits // configured, µs per token
@@ -70,7 +75,7 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		rdb:    rdb,
 		m:      m,
 		log:    log,
-		br:     breaker{threshold: 3},
+		br:     breaker{threshold: 3, minSpan: cfg.RedisTimeout},
 		done:   make(chan struct{}),
 		scopes: map[string]*scope{},
 		sleep:  sleepCtx,
@@ -137,12 +142,8 @@ func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) 
 	} else {
 		g, err = w.queue()
 	}
-	var rej *RejectedError
-	switch {
-	case err == nil:
+	if err == nil {
 		l.m.RateLimitWait.WithLabelValues(p.String()).Observe(g.Waited.Seconds())
-	case errors.As(err, &rej):
-		l.m.RateLimitRejected.Inc()
 	}
 	return g, err
 }
@@ -189,30 +190,58 @@ func (w *wait) args(mode int, maxWait time.Duration) takeArgs {
 func (w *wait) elapsed() time.Duration { return w.l.cfg.Now().Sub(w.start) }
 
 // reserve is the interactive path: one decision that grants now or reserves a future slot,
-// then one sleep.
+// then one sleep. If GHL pauses the scope (429, Remaining 0) while the request sleeps, its
+// slot was planned on a budget GHL just contradicted: it gives the slot back and asks again,
+// landing after the pause in the order of asking again.
 func (w *wait) reserve() (Grant, error) {
-	d, fb := w.l.take(w.ctx, w.s, w.args(modeReserve, w.maxWait-w.elapsed()))
-	if !d.granted {
-		return Grant{}, w.l.rejection(d, micros(d.wait))
-	}
-	if d.wait > 0 {
-		w.markQueued()
-		if err := w.l.sleep(w.ctx, micros(d.wait)); err != nil {
+	var refund float64
+	for {
+		paused := w.s.pauseSignal()
+		a := w.args(modeReserve, w.maxWait-w.elapsed())
+		a.refund = refund
+		d, fb := w.l.take(w.ctx, w.s, a)
+		if !d.granted {
+			return Grant{}, w.l.rejection(d, micros(d.wait))
+		}
+		if d.wait <= 0 {
+			return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
+		}
+		again, err := w.sleepReserved(micros(d.wait), fb, paused)
+		if err != nil {
 			return Grant{}, err
 		}
-	}
-	// A pause that began after the reservation (GHL said 429 or Remaining 0) holds the
-	// reserved slot back until it ends; past the wait bound the request is refused instead.
-	if left := w.s.pausedFor(w.l.cfg.Now()); left > 0 {
-		if w.elapsed()+left > w.maxWait {
-			return Grant{}, w.l.rejection(d, left)
+		if !again {
+			return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
 		}
-		w.markQueued()
-		if err := w.l.sleep(w.ctx, left); err != nil {
-			return Grant{}, err
-		}
+		refund = float64(w.n)
 	}
-	return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
+}
+
+var errPaused = errors.New("ratelimit: scope paused")
+
+// sleepReserved sleeps until a reserved slot; again reports that a pause began meanwhile.
+func (w *wait) sleepReserved(d time.Duration, fallback bool, paused <-chan struct{}) (again bool, err error) {
+	w.markQueued()
+	if !fallback {
+		w.s.owed.Add(int64(w.n))
+		defer w.s.owed.Add(-int64(w.n))
+	}
+	ctx, cancel := context.WithCancelCause(w.ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-paused:
+			cancel(errPaused)
+		case <-ctx.Done():
+		}
+	}()
+	if err := w.l.sleep(ctx, d); err != nil {
+		if w.ctx.Err() == nil && context.Cause(ctx) == errPaused {
+			return true, nil
+		}
+		return false, err
+	}
+	return false, nil
 }
 
 // queue is the batch and warm path: the replica's batch and warm requests of the scope line
@@ -273,6 +302,9 @@ func (w *wait) awaitHead() error {
 	}
 }
 
+// pauseSlack: pause ends closer than this are the same pause, seen a round trip apart.
+const pauseSlack = 5 * time.Millisecond
+
 func tokensLeft(t float64) int { return max(0, int(math.Floor(t))) }
 
 func micros(us float64) time.Duration {
@@ -314,9 +346,11 @@ func (l *Limiter) dailyRejection(s *scope) *RejectedError {
 // take makes one decision: on the shared bucket when Redis is healthy, else on the local one.
 func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs) (decision, bool) {
 	if l.rdb != nil && !l.br.isOpen() {
+		s.redisMu.Lock()
 		d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
 			return redisTake(ctx, l.rdb, s.key, l.lim, a)
 		})
+		s.redisMu.Unlock()
 		if err == nil {
 			s.update(d, l.cfg.Now(), false)
 			return d, false
@@ -402,6 +436,20 @@ func (l *Limiter) leaveDegraded() {
 		"degraded_for", time.Since(time.Unix(0, since)).Round(time.Millisecond))
 }
 
+// handBack moves the fallback buckets' outstanding reservations onto the shared buckets
+// before the limiter returns to them, so that requests already promised a slot by the
+// fallback and new requests on the shared bucket do not both go upstream in one window.
+func (l *Limiter) handBack() error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.probeTimeout())
+	defer cancel()
+	for scope, debt := range l.mem.debts(l.share()) {
+		if err := redisAbsorb(ctx, l.rdb, bucketKey(l.cfg.Prefix, scope), l.lim, debt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (l *Limiter) probeTimeout() time.Duration { return max(l.cfg.RedisTimeout, 500*time.Millisecond) }
 
 // register adds or refreshes this replica in the replica set and reads the count.
@@ -433,7 +481,7 @@ func (l *Limiter) maintain() {
 		if l.rdb != nil {
 			switch {
 			case l.br.isOpen():
-				if l.register() == nil {
+				if l.register() == nil && l.handBack() == nil {
 					l.br.reset()
 					l.leaveDegraded()
 					lastBeat = time.Now()
@@ -465,24 +513,17 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 		pauseDefault: float64(ghlWindow.Milliseconds()),
 	}
 	o.pause = status == http.StatusTooManyRequests || o.remaining == 0
-	if status == http.StatusTooManyRequests {
-		l.m.Upstream429.Inc()
-	}
-	if o.remaining >= 0 {
-		l.m.UpstreamRemain.WithLabelValues("burst").Set(o.remaining)
-	}
-	if o.dr >= 0 {
-		l.m.UpstreamRemain.WithLabelValues("daily").Set(o.dr)
-	}
 	if !o.pause && o.lmax <= 0 && o.remaining < 0 && o.dr < 0 && o.dl < 0 {
 		return // nothing to learn (no rate-limit headers)
 	}
 	s := l.scope(scopeKey)
 	s.learn(o, l.cfg.Now())
 	if l.rdb != nil && !l.br.isOpen() {
+		s.redisMu.Lock()
 		d, err := l.redisCall(context.Background(), func(ctx context.Context) (decision, error) {
 			return redisObserve(ctx, l.rdb, s.key, l.lim, o)
 		})
+		s.redisMu.Unlock()
 		if err == nil {
 			s.update(d, l.cfg.Now(), false)
 			return
@@ -523,6 +564,18 @@ func (l *Limiter) Stats() []ScopeStats {
 		out = append(out, s.stats(now, l.cfg.DailyLimit))
 	}
 	return out
+}
+
+// Scope is one scope's entry of Stats, for /_ghlproxy/explain; false if this replica has not
+// seen the scope.
+func (l *Limiter) Scope(scopeKey string) (ScopeStats, bool) {
+	l.mu.Lock()
+	s := l.scopes[scopeKey]
+	l.mu.Unlock()
+	if s == nil {
+		return ScopeStats{}, false
+	}
+	return s.stats(l.cfg.Now(), l.cfg.DailyLimit), true
 }
 
 func (l *Limiter) scope(key string) *scope {

@@ -27,7 +27,7 @@ func (m *memStore) get(scope string, c limits, seed bucketState, now float64) *b
 		b.tat = 0
 		if m.startEmpty {
 			e := c.effective(b.lmax, b.lint)
-			b.tat = now + e.burst*e.T
+			b.tat = now + (e.burst+b.owed)*e.T
 		}
 		m.buckets[scope] = b
 	}
@@ -46,6 +46,19 @@ func (m *memStore) observe(scope string, c limits, seed bucketState, o observati
 	defer m.mu.Unlock()
 	now := m.now()
 	return m.get(scope, c, seed, now).observe(now, c, o)
+}
+
+// debts lists, per scope, the tokens reserved on the bucket that are not valid yet.
+func (m *memStore) debts(c limits) map[string]float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	out := make(map[string]float64, len(m.buckets))
+	for scope, b := range m.buckets {
+		e := c.effective(b.lmax, b.lint)
+		out[scope] = max(0, (b.tat-now-e.burst*e.T)/e.T)
+	}
+	return out
 }
 
 // forget drops a bucket (an idle scope).

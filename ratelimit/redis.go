@@ -46,7 +46,7 @@ end
 `
 
 // takeScript: KEYS[1] bucket; ARGV T, burst, n, mode, maxWait µs, warmReserve, dailyReserve,
-// ttl ms. Reply: granted (1, 0, or -1 for a daily-reserve refusal), wait µs, tokens*1000,
+// ttl ms, refund. Reply: granted (1, 0, or -1 for a daily-reserve refusal), wait µs, tokens*1000,
 // pause left µs, daily remaining, daily limit, learned max, learned interval ms, effective
 // T*1000, effective burst.
 var takeScript = redis.NewScript(scriptPrelude + `
@@ -58,6 +58,8 @@ local daily_reserve = tonumber(ARGV[7])
 local eT, eb = effective()
 local tau = eb * eT
 if tat == 0 then tat = now end
+local refund = tonumber(ARGV[9])
+if refund > 0 then tat = math.max(tat - refund * eT, math.max(now, pause) + tau - eT) end
 local base = math.max(tat, now)
 if mode == 2 and dr >= 0 and dr < daily_reserve then
   return reply(-1, 0, (now + tau - base) / eT, eT, eb)
@@ -66,7 +68,7 @@ local new_tat = base + n * eT
 local allow_at = new_tat - tau
 if mode == 2 then allow_at = allow_at + warm_reserve * eT end
 local wait = allow_at - now
-if wait <= 0 then
+if wait < 1 then
   wait = 0
 elseif not (mode == 0 and wait <= max_wait) then
   return reply(0, wait, (now + tau - base) / eT, eT, eb)
@@ -105,6 +107,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[10])
 return reply(0, 0, (now + tau - math.max(tat, now)) / eT, eT, eb)
 `)
 
+// absorbScript: KEYS[1] bucket; ARGV T, burst, tokens. Hands a replica's fallback
+// reservations back to the shared bucket when Redis returns: the bucket is taken as empty
+// (the replicas were spending on their shares meanwhile) and those tokens are queued in
+// front of every new request. Reply as takeScript's.
+var absorbScript = redis.NewScript(scriptPrelude + `
+local eT, eb = effective()
+local tau = eb * eT
+tat = math.max(tat, now + tau) + tonumber(ARGV[3]) * eT
+redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return reply(0, 0, (now + tau - tat) / eT, eT, eb)
+`)
+
 // registerScript: KEYS[1] the replica set; ARGV replica id, ttl ms. A sorted set scored by
 // expiry (Redis clock): add or refresh this replica, drop the expired ones, count the rest.
 // One key under one hash tag, so it works unchanged on a Cluster; no per-replica keys needed.
@@ -128,7 +143,7 @@ func fnum(f float64) string { return strconv.FormatFloat(f, 'g', 17, 64) }
 
 func redisTake(ctx context.Context, rdb redis.Scripter, key string, c limits, a takeArgs) (decision, error) {
 	v, err := takeScript.Run(ctx, rdb, []string{key},
-		fnum(c.T), fnum(c.burst), fnum(a.n), a.mode, fnum(a.maxWait), fnum(a.warmReserve), fnum(a.dailyReserve), bucketTTL).Int64Slice()
+		fnum(c.T), fnum(c.burst), fnum(a.n), a.mode, fnum(a.maxWait), fnum(a.warmReserve), fnum(a.dailyReserve), bucketTTL, fnum(a.refund)).Int64Slice()
 	if err != nil {
 		return decision{}, fmt.Errorf("ratelimit: redis take: %w", err)
 	}
@@ -147,6 +162,14 @@ func redisObserve(ctx context.Context, rdb redis.Scripter, key string, c limits,
 		return decision{}, fmt.Errorf("ratelimit: redis observe: %w", err)
 	}
 	return parseReply(v)
+}
+
+func redisAbsorb(ctx context.Context, rdb redis.Scripter, key string, c limits, tokens float64) error {
+	err := absorbScript.Run(ctx, rdb, []string{key}, fnum(c.T), fnum(c.burst), fnum(tokens), bucketTTL).Err()
+	if err != nil {
+		return fmt.Errorf("ratelimit: redis absorb: %w", err)
+	}
+	return nil
 }
 
 func parseReply(v []int64) (decision, error) {

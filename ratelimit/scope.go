@@ -17,6 +17,11 @@ type scope struct {
 	lim  limits // configured
 
 	waiting atomic.Int64 // requests of this replica sleeping or queued
+	// redisMu lets one call per scope and replica at a time go to Redis: the script on one
+	// key runs serially there anyway, and a burst of concurrent calls would only queue in
+	// the connection pool and time out together, looking like a Redis outage.
+	redisMu sync.Mutex
+	owed    atomic.Int64 // tokens this replica's waiters reserved on the shared bucket, not spent yet
 
 	mu          sync.Mutex
 	touched     time.Time
@@ -24,6 +29,7 @@ type scope struct {
 	eff         limits
 	fallback    bool
 	pauseUntil  time.Time
+	paused      chan struct{} // closed and replaced when a new pause begins
 	lmax, lint  float64
 	dr, dl      float64
 	nextSeq     uint64
@@ -38,7 +44,7 @@ type queueEntry struct {
 
 func newScope(name, key string, lim limits) *scope {
 	return &scope{name: name, key: key, lim: lim, eff: lim, tokens: lim.burst, dr: -1, dl: -1,
-		queueChange: make(chan struct{})}
+		queueChange: make(chan struct{}), paused: make(chan struct{})}
 }
 
 // update records a decision made at now.
@@ -47,9 +53,7 @@ func (s *scope) update(d decision, now time.Time, fallback bool) {
 	defer s.mu.Unlock()
 	s.touched, s.tokens, s.eff, s.fallback = now, d.tokens, d.eff, fallback
 	if d.pauseLeft > 0 {
-		if until := now.Add(micros(d.pauseLeft)); until.After(s.pauseUntil) {
-			s.pauseUntil = until
-		}
+		s.extendPause(now.Add(micros(d.pauseLeft)))
 	}
 	if d.lmax > 0 && d.lint > 0 {
 		s.lmax, s.lint = d.lmax, d.lint
@@ -74,9 +78,7 @@ func (s *scope) learn(o observation, now time.Time) {
 		if iv <= 0 {
 			iv = o.pauseDefault
 		}
-		if until := now.Add(time.Duration(iv) * time.Millisecond); until.After(s.pauseUntil) {
-			s.pauseUntil = until
-		}
+		s.extendPause(now.Add(time.Duration(iv) * time.Millisecond))
 	}
 	if o.dr >= 0 {
 		s.dr = o.dr
@@ -86,11 +88,30 @@ func (s *scope) learn(o observation, now time.Time) {
 	}
 }
 
+// extendPause records a pause until the given instant. Called with mu held. Only a pause
+// that ends noticeably later than the known one is news: every reply during a pause repeats
+// it, a round trip apart.
+func (s *scope) extendPause(until time.Time) {
+	if !until.After(s.pauseUntil.Add(pauseSlack)) {
+		return
+	}
+	s.pauseUntil = until
+	close(s.paused)
+	s.paused = make(chan struct{})
+}
+
+// pauseSignal is closed when a new pause begins.
+func (s *scope) pauseSignal() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused
+}
+
 // seed is the state a new local bucket for this scope starts from.
 func (s *scope) seed() bucketState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b := bucketState{lmax: s.lmax, lint: s.lint, dr: s.dr, dl: s.dl}
+	b := bucketState{lmax: s.lmax, lint: s.lint, dr: s.dr, dl: s.dl, owed: float64(s.owed.Load())}
 	if !s.pauseUntil.IsZero() {
 		// Local clock in µs, the memStore's clock.
 		b.pause = float64(s.pauseUntil.UnixNano()) / 1e3
@@ -98,10 +119,10 @@ func (s *scope) seed() bucketState {
 	return b
 }
 
-func (s *scope) pausedFor(now time.Time) time.Duration {
+func (s *scope) pauseEnd() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return max(0, s.pauseUntil.Sub(now))
+	return s.pauseUntil
 }
 
 func (s *scope) dailyRemaining() float64 {

@@ -1,0 +1,187 @@
+package ratelimit
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/internal/redistest"
+	"github.com/ghlproxy/ghlproxy/metrics"
+)
+
+// sharedReplicas checks that limiters on one Redis (or Cluster) spend one bucket per scope
+// and learn what the others observed.
+func sharedReplicas(t *testing.T, rdb redis.UniversalClient, scopes int) {
+	cfg := Config{Rate: 10, Per: time.Second, Burst: 5, DailyReserve: 100}
+	a, _ := newLimiter(t, cfg, rdb)
+	b, _ := newLimiter(t, cfg, rdb)
+	sleeps := recordSleeps(b)
+	ctx := context.Background()
+	for i := range scopes {
+		scope := fmt.Sprintf("scope-%d", i)
+		mustWait(t, a, ctx, scope, 5, Interactive)
+		g := mustWait(t, b, ctx, scope, 1, Interactive)
+		if g.Fallback {
+			t.Fatalf("%s: decided on the fallback bucket", scope)
+		}
+		if n := len(*sleeps); n != i+1 || !near((*sleeps)[i], 100*time.Millisecond, 40*time.Millisecond) {
+			t.Fatalf("%s: replica b slept %v, want 100ms after a took the burst", scope, *sleeps)
+		}
+	}
+	// The daily count a observed stops b's warming: b learns it from the script's reply.
+	h := http.Header{}
+	h.Set("X-RateLimit-Daily-Remaining", "42")
+	a.Observe("scope-0", 200, h)
+	_, err := b.Wait(ctx, "scope-0", 1, Warm)
+	asRejected(t, err)
+	if st, _ := b.Scope("scope-0"); st.DailyRemaining != 42 {
+		t.Fatalf("b's stats: %+v", st)
+	}
+	if err := a.register(); err != nil || a.Replicas() != 2 {
+		t.Fatalf("replicas %d (%v), want 2", a.Replicas(), err)
+	}
+	if a.Degraded() || b.Degraded() {
+		t.Fatal("degraded on a healthy Redis")
+	}
+}
+
+func TestSharedBucketAcrossReplicas(t *testing.T) {
+	_, rdb := startRedis(t)
+	sharedReplicas(t, rdb, 3)
+}
+
+// Every key of a scope carries the hash tag {rl:<scope>}, so each script touches one slot.
+func TestSharedBucketOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = rdb.Close() })
+	sharedReplicas(t, rdb, 24) // 24 scopes land on all three masters
+	nodes := map[string]bool{}
+	for i := range 24 {
+		key := bucketKey("ghlproxy", fmt.Sprintf("scope-%d", i))
+		cl, err := rdb.MasterForKey(context.Background(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := cl.Exists(context.Background(), key).Result(); err != nil || n != 1 {
+			t.Fatalf("%s not on its slot's master: %d %v", key, n, err)
+		}
+		nodes[cl.Options().Addr] = true
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("scopes used %d of 3 masters", len(nodes))
+	}
+}
+
+// logLines counts log records by message.
+type logLines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logLines) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.buf.String(), s)
+}
+
+// Redis killed: every decision still succeeds, at once, on the replica's share of the bucket;
+// the limiter reports degraded with one log line, and is back on the shared bucket within
+// 5 s of Redis returning.
+func TestRedisDownFallsBackAndRecovers(t *testing.T) {
+	srv, rdb := startRedis(t)
+	cfg := Config{Rate: 10, Per: time.Second, Burst: 5, MaxWait: 5 * time.Second, ProbeInterval: 100 * time.Millisecond}
+	other, _ := newLimiter(t, cfg, rdb) // a second replica: the share is half
+	_ = other
+	var logs logLines
+	m := metrics.New()
+	l, err := New(cfg, rdb, m, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	if l.Replicas() != 2 {
+		t.Fatalf("replicas %d, want 2", l.Replicas())
+	}
+	var slots []time.Time // when each reservation becomes valid
+	l.sleep = func(ctx context.Context, d time.Duration) error {
+		slots = append(slots, time.Now().Add(d))
+		return nil
+	}
+	ctx := context.Background()
+	mustWait(t, l, ctx, "s", 1, Interactive)
+
+	srv.Stop()
+	const calls = 6
+	for i := range calls {
+		start := time.Now()
+		g := mustWait(t, l, ctx, "s", 1, Interactive)
+		if d := time.Since(start); d > 200*time.Millisecond {
+			t.Fatalf("decision %d took %s with Redis down", i, d)
+		}
+		if !g.Fallback {
+			t.Fatalf("decision %d not on the fallback bucket", i)
+		}
+	}
+	if !l.Degraded() || gaugeValue(t, m.Degraded) != 1 || gaugeValue(t, m.RedisUp) != 0 {
+		t.Fatal("not reported degraded")
+	}
+	if n := gaugeValue(t, m.RateLimitFallback); n != calls {
+		t.Fatalf("fallback decisions counted %v, want %d", n, calls)
+	}
+	// The share: 5 per second, burst 2, starting empty: reservations 200ms apart.
+	if len(slots) != calls {
+		t.Fatalf("%d reservations, want %d", len(slots), calls)
+	}
+	for i := 1; i < calls; i++ {
+		if d := slots[i].Sub(slots[i-1]); !near(d, 200*time.Millisecond, 5*time.Millisecond) {
+			t.Fatalf("fallback slot %d came %s after the previous one, want 200ms", i, d)
+		}
+	}
+
+	srv.Restart()
+	back := time.Now()
+	for l.Degraded() {
+		if time.Since(back) > 5*time.Second {
+			t.Fatal("still degraded 5 s after Redis came back")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a state with a deadline, not a guess at timing
+	}
+	t.Logf("back on the shared bucket %s after Redis restarted", time.Since(back).Round(time.Millisecond))
+	if g := mustWait(t, l, ctx, "s", 1, Interactive); g.Fallback {
+		t.Fatal("still on the fallback bucket after recovery")
+	}
+	if gaugeValue(t, m.Degraded) != 0 || gaugeValue(t, m.RedisUp) != 1 {
+		t.Fatal("metrics still degraded")
+	}
+	if logs.count("redis unreachable") != 1 || logs.count("redis reachable again") != 1 {
+		t.Fatalf("want one log line each way, got:\n%s", logs.buf.String())
+	}
+}
+
+// Redis unreachable from the start: New still succeeds and the limiter serves from fallback.
+func TestNewWithRedisDown(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	l, _ := newLimiter(t, Config{}, rdb)
+	if !l.Degraded() {
+		t.Fatal("not degraded")
+	}
+	if g := mustWait(t, l, context.Background(), "s", 1, Interactive); !g.Fallback {
+		t.Fatal("not on fallback")
+	}
+}
