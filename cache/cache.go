@@ -161,6 +161,8 @@ type Stats struct {
 // tags (see Config.RaceWindow); nothing was stored. It is not a failure of the store.
 var ErrInvalidated = errors.New("cache: answer predates an invalidation of its tags; not stored")
 
+var errNoCredential = errors.New("cache: get needs a credential")
+
 // Cache is the store. It is safe for concurrent use.
 type Cache struct {
 	cfg Config
@@ -187,10 +189,11 @@ type Cache struct {
 	tombMu sync.Mutex
 	tombs  map[string]int64
 
-	stop context.CancelFunc
-	done sync.WaitGroup
-	sub  *redis.PubSub
-	ping chan struct{}
+	stop  context.CancelFunc
+	done  sync.WaitGroup
+	subMu sync.Mutex
+	sub   *redis.PubSub // replaced by listen when it falls silent
+	ping  chan struct{}
 }
 
 // New builds a Cache on rdb, or an embedded in-memory store when rdb is nil. With Redis it
@@ -257,7 +260,7 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
-	c.sub = rdb.SSubscribe(ctx, c.keys.invalChannel(), c.keys.pingChannel(c.replica))
+	c.subscribe(ctx)
 	c.done.Add(2)
 	go c.listen(ctx)
 	go c.heartbeat(ctx)
@@ -268,7 +271,9 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 func (c *Cache) Close() error {
 	if c.stop != nil {
 		c.stop()
+		c.subMu.Lock()
 		_ = c.sub.Close()
+		c.subMu.Unlock()
 		c.done.Wait()
 	}
 	c.local.c.StopAllGoroutines()
@@ -287,6 +292,9 @@ func (c *Cache) coherent(now int64) bool {
 // last stale window are misses; fresh or stale is for the caller to decide (Entry.Fresh). An
 // error means Redis failed; the caller treats it as a miss.
 func (c *Cache) Get(ctx context.Context, key string, cred *identity.Credential) (*Entry, error) {
+	if cred == nil {
+		return nil, errNoCredential
+	}
 	now := c.nowNano()
 	if c.coherent(now) {
 		if e := c.local.get(key, cred.Hash, now); e != nil {
@@ -319,7 +327,7 @@ func (c *Cache) Get(ctx context.Context, key string, cred *identity.Credential) 
 // predates an invalidation of its tags.
 func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy) error {
 	if key == "" || cred == nil || resp == nil {
-		return errors.New("cache: Set needs a key, a credential and a response")
+		return errors.New("cache: set needs a key, a credential and a response")
 	}
 	now := c.now()
 	stored := resp.Date

@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -41,15 +43,44 @@ func (c *Cache) publish(ctx context.Context, kind string, items []string) {
 	}
 }
 
+// subscribe (re)creates the subscription. A subscription is replaced, not trusted to
+// reconnect by itself, when it falls silent: a connection to a Redis that vanished from the
+// network never reports an error, and the heartbeats prove it silent.
+func (c *Cache) subscribe(ctx context.Context) *redis.PubSub {
+	c.subMu.Lock()
+	defer c.subMu.Unlock()
+	if c.sub != nil {
+		_ = c.sub.Close()
+	}
+	if ctx.Err() != nil {
+		return c.sub
+	}
+	c.sub = c.rdb.SSubscribe(ctx, c.keys.invalChannel(), c.keys.pingChannel(c.replica))
+	return c.sub
+}
+
+// silence is how long the subscription may deliver nothing, its own heartbeats included,
+// before listen replaces it.
+func (c *Cache) silence() time.Duration { return 4 * c.cfg.CoherenceBound }
+
 // listen applies the other replicas' invalidations and this replica's heartbeats until ctx
 // ends.
 func (c *Cache) listen(ctx context.Context) {
 	defer c.done.Done()
 	ping := c.keys.pingChannel(c.replica)
+	c.subMu.Lock()
+	sub := c.sub
+	c.subMu.Unlock()
 	for {
-		msg, err := c.sub.Receive(ctx)
+		msg, err := sub.ReceiveTimeout(ctx, c.silence())
 		if ctx.Err() != nil {
 			return
+		}
+		if isTimeout(err) {
+			c.log.Warn("cache: invalidation subscription silent; replacing it", "silence", c.silence())
+			sub = c.subscribe(ctx)
+			c.observed(event{kind: "replaced"})
+			continue
 		}
 		if err != nil {
 			// Receive reconnects on the next call; pause so that a Redis that is down does
@@ -93,6 +124,11 @@ func (c *Cache) listen(ctx context.Context) {
 			c.observed(ev)
 		}
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func parse(payload string) (event, bool) {

@@ -303,3 +303,34 @@ func TestCluster(t *testing.T) {
 	}
 	testPurge(t, a, b, clk)
 }
+
+// TestSilentSubscription: a Redis that stops answering without closing the connection (as
+// one lost from the network does) makes in-process entries unservable within the bound, gets
+// the subscription replaced once it has been silent, and the replica clears its in-process
+// layer when it subscribes again.
+func TestSilentSubscription(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newReplica(t, newClient(t, srv.Addr()), Config{CoherenceBound: 100 * time.Millisecond, RedisTimeout: 2 * time.Second})
+	alice := credOf("alice")
+	k := fp("hot")
+	mustSet(t, a, k, alice, answer("hot", time.Now()), Policy{TTL: time.Hour})
+	if a.Stats().Entries != 1 || !a.Stats().Coherent {
+		t.Fatalf("before: %+v", a.Stats())
+	}
+	from := a.w.mark()
+	if _, err := srv.Do("CLIENT", "PAUSE", "1500", "ALL"); err != nil {
+		t.Fatal(err)
+	}
+	a.w.waitFor(t, from, 3*time.Second, "replaced subscription", func(e event) bool { return e.kind == "replaced" })
+	if a.Stats().Coherent {
+		t.Fatal("coherent after the subscription was silent for 4 bounds")
+	}
+	a.w.waitFor(t, from, 10*time.Second, "resubscription", func(e event) bool { return e.kind == "subscribed" })
+	a.waitCoherent(t)
+	if n := a.Stats().Entries; n != 0 {
+		t.Fatalf("in-process layer kept %d entries across a replaced subscription", n)
+	}
+	if got := body(mustGet(t, a, k, alice)); got != "hot" {
+		t.Fatalf("from Redis after the pause: %s", got)
+	}
+}
