@@ -1,19 +1,13 @@
 package cache
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"time"
 
+	sealer "github.com/ghlproxy/ghlproxy/seal"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
-
-// sealVersion leads every sealed value; replicas of a different layout treat the value as a
-// miss instead of misreading it.
-const sealVersion = 1
 
 // aadPrefix separates this use of the credential's key from any other one.
 const aadPrefix = "ghlproxy cache entry v1\x00"
@@ -47,30 +41,13 @@ func seal(encKey *[32]byte, key string, rec *record) ([]byte, error) {
 	}
 	pt = append(pt, body...)
 
-	aead, err := newAEAD(encKey)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]byte, 1+aead.NonceSize(), 1+aead.NonceSize()+len(pt)+aead.Overhead())
-	out[0] = sealVersion
-	if _, err := rand.Read(out[1:]); err != nil {
-		return nil, err
-	}
-	return aead.Seal(out, out[1:1+aead.NonceSize()], pt, aad(key)), nil
+	return sealer.Seal(encKey, aad(key), pt)
 }
 
 // open reverses seal. Any failure — another credential's key, a value moved to another
 // key, tampering, another layout — is errOpen: the caller treats it as a miss.
 func open(encKey *[32]byte, key string, v []byte) (*record, error) {
-	aead, err := newAEAD(encKey)
-	if err != nil {
-		return nil, err
-	}
-	ns := aead.NonceSize()
-	if len(v) < 1+ns+aead.Overhead() || v[0] != sealVersion {
-		return nil, errOpen
-	}
-	pt, err := aead.Open(nil, v[1:1+ns], v[1+ns:], aad(key))
+	pt, err := sealer.Open(encKey, aad(key), v)
 	if err != nil {
 		return nil, errOpen
 	}
@@ -98,14 +75,6 @@ func open(encKey *[32]byte, key string, v []byte) (*record, error) {
 	rec.entry = Entry{Resp: resp, Stored: ts[0], FreshUntil: ts[1], StaleWhileRevalidate: ts[2], StaleIfError: ts[3]}
 	rec.end = lastWindow(&rec.entry)
 	return rec, nil
-}
-
-func newAEAD(k *[32]byte) (cipher.AEAD, error) {
-	b, err := aes.NewCipher(k[:])
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(b)
 }
 
 func aad(key string) []byte { return append([]byte(aadPrefix), key...) }

@@ -64,6 +64,10 @@ type Options struct {
 	// counts as sent from the moment fetch starts: safe, but a leader that dies while
 	// still queued then fails its waiters instead of letting one of them take over.
 	SentByFetch bool
+	// Key, when set, seals what this call leaves in Redis (identity.Credential.EncKey): the
+	// fold key already includes the credential's hash, so every caller that can fold with
+	// this call holds the same key, and a reader of Redis sees no GHL data.
+	Key *[32]byte
 }
 
 // ReplayWriteServerErrors decides what a write answered 5xx leaves behind. A 502 or 504 on

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlproxy/ghlproxy/seal"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
@@ -229,6 +230,9 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 // waited for.
 func (f *Fold) settle(c *call, rec, waitTok string, expires time.Time) {
 	kind, recTok, payload, err := splitRecord(rec)
+	if err == nil && c.opt.Key != nil {
+		payload, err = seal.Open(c.opt.Key, recordAD(c.key), payload)
+	}
 	if err != nil {
 		f.finish(c, nil, err, Shared, keepNothing, time.Time{})
 		return
@@ -319,7 +323,7 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	if kp == keepNothing {
 		ttl = f.shortTTL()
 	}
-	rec, encErr := encodeRecord(kp, tok, resp, err)
+	rec, encErr := encodeRecord(c, kp, tok, resp, err)
 	if encErr != nil {
 		f.finish(c, resp, err, Leader, keepNothing, time.Time{})
 		return true
@@ -365,8 +369,9 @@ func (f *Fold) refresh(ctx context.Context, tok string, k keys, window time.Dura
 }
 
 // encodeRecord lays out a :result value: kind byte, leader token, then the encoded
-// response (R, N) or the error text (E, U).
-func encodeRecord(k keep, tok string, resp *upstream.Response, err error) (string, error) {
+// response (R, N) or the error text (E, U) — sealed with the caller's key when the call
+// has one (Options.Key), so that Redis holds no GHL data in the clear.
+func encodeRecord(c *call, k keep, tok string, resp *upstream.Response, err error) (string, error) {
 	var kind byte
 	var payload []byte
 	switch {
@@ -385,6 +390,13 @@ func encodeRecord(k keep, tok string, resp *upstream.Response, err error) (strin
 		}
 		payload = b
 	}
+	if c.opt.Key != nil {
+		sealed, serr := seal.Seal(c.opt.Key, recordAD(c.key), payload)
+		if serr != nil {
+			return "", serr
+		}
+		payload = sealed
+	}
 	var sb strings.Builder
 	sb.Grow(1 + tokenLen + len(payload))
 	sb.WriteByte(kind)
@@ -392,6 +404,9 @@ func encodeRecord(k keep, tok string, resp *upstream.Response, err error) (strin
 	sb.Write(payload)
 	return sb.String(), nil
 }
+
+// recordAD binds a sealed record to its fold key.
+func recordAD(key string) []byte { return []byte("ghlproxy fold record v1\x00" + key) }
 
 func splitRecord(rec string) (kind byte, tok string, payload []byte, err error) {
 	if len(rec) < 1+tokenLen {

@@ -493,6 +493,7 @@ func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl
 		return resp, dedupe.Leader, err
 	}
 	o.Window = window
+	o.Key = &x.cred.EncKey
 	if window <= 0 {
 		o.Window = -1 // dedupe.window 0: share concurrent calls only, replay nothing
 	}
