@@ -47,6 +47,11 @@ func recordingUpstream(t *testing.T, reply http.HandlerFunc) (*httptest.Server, 
 
 func newProxy(t *testing.T, upstreamURL string, mutate ...func(*Config)) (*httptest.Server, *Handler) {
 	t.Helper()
+	return newProxyTB(t, upstreamURL, mutate...)
+}
+
+func newProxyTB(t testing.TB, upstreamURL string, mutate ...func(*Config)) (*httptest.Server, *Handler) {
+	t.Helper()
 	u, err := url.Parse(upstreamURL)
 	if err != nil {
 		t.Fatal(err)
