@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/metrics"
@@ -42,6 +43,8 @@ type Limiter struct {
 
 	mu     sync.Mutex
 	scopes map[string]*scope
+
+	waitHist [Warm + 1]prometheus.Observer
 
 	// sleep waits d or until ctx ends; a seam so tests can drive time.
 	sleep func(ctx context.Context, d time.Duration) error
@@ -81,8 +84,10 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		sleep:  sleepCtx,
 	}
 	l.replicas.Store(1)
-	now := func() float64 { return float64(cfg.Now().UnixNano()) / 1e3 }
-	l.mem = newMemStore(now, rdb != nil)
+	l.mem = newMemStore(func() float64 { return micro(cfg.Now()) }, rdb != nil)
+	for p := Interactive; p <= Warm; p++ {
+		l.waitHist[p] = m.RateLimitWait.WithLabelValues(p.String())
+	}
 	if rdb != nil {
 		if err := l.register(); err != nil {
 			l.enterDegraded(err)
@@ -143,7 +148,11 @@ func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) 
 		g, err = w.queue()
 	}
 	if err == nil {
-		l.m.RateLimitWait.WithLabelValues(p.String()).Observe(g.Waited.Seconds())
+		if p >= Interactive && p <= Warm {
+			l.waitHist[p].Observe(g.Waited.Seconds())
+		} else {
+			l.m.RateLimitWait.WithLabelValues(p.String()).Observe(g.Waited.Seconds())
+		}
 	}
 	return g, err
 }
@@ -195,16 +204,17 @@ func (w *wait) elapsed() time.Duration { return w.l.cfg.Now().Sub(w.start) }
 // landing after the pause in the order of asking again.
 func (w *wait) reserve() (Grant, error) {
 	var refund float64
+	now := w.start
 	for {
 		paused := w.s.pauseSignal()
-		a := w.args(modeReserve, w.maxWait-w.elapsed())
+		a := w.args(modeReserve, w.maxWait-now.Sub(w.start))
 		a.refund = refund
-		d, fb := w.l.take(w.ctx, w.s, a)
+		d, fb := w.l.take(w.ctx, w.s, a, now)
 		if !d.granted {
 			return Grant{}, w.l.rejection(d, micros(d.wait))
 		}
 		if d.wait <= 0 {
-			return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
+			return Grant{Waited: now.Sub(w.start), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
 		}
 		again, err := w.sleepReserved(micros(d.wait), fb, paused)
 		if err != nil {
@@ -214,6 +224,7 @@ func (w *wait) reserve() (Grant, error) {
 			return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
 		}
 		refund = float64(w.n)
+		now = w.l.cfg.Now()
 	}
 }
 
@@ -260,7 +271,7 @@ func (w *wait) queue() (Grant, error) {
 		if err := w.awaitHead(); err != nil {
 			return Grant{}, err
 		}
-		d, fb := w.l.take(w.ctx, w.s, w.args(mode, 0))
+		d, fb := w.l.take(w.ctx, w.s, w.args(mode, 0), w.l.cfg.Now())
 		if d.dailyRefused {
 			return Grant{}, w.l.dailyRejection(w.s)
 		}
@@ -307,6 +318,9 @@ const pauseSlack = 5 * time.Millisecond
 
 func tokensLeft(t float64) int { return max(0, int(math.Floor(t))) }
 
+// micro is t on the buckets' µs scale.
+func micro(t time.Time) float64 { return float64(t.UnixNano()) / 1e3 }
+
 func micros(us float64) time.Duration {
 	return time.Duration(math.Ceil(us)) * time.Microsecond
 }
@@ -344,7 +358,7 @@ func (l *Limiter) dailyRejection(s *scope) *RejectedError {
 }
 
 // take makes one decision: on the shared bucket when Redis is healthy, else on the local one.
-func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs) (decision, bool) {
+func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time) (decision, bool) {
 	if l.rdb != nil && !l.br.isOpen() {
 		s.redisMu.Lock()
 		d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
@@ -358,13 +372,14 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs) (decision, boo
 		l.redisFailed(err)
 	}
 	if l.rdb == nil {
-		d := l.mem.take(s.name, l.lim, s.seed(), a)
-		s.update(d, l.cfg.Now(), false)
+		d := l.mem.take(s, l.lim, a, micro(now))
+		s.update(d, now, false)
 		return d, false
 	}
 	l.m.RateLimitFallback.Inc()
-	d := l.mem.take(s.name, l.share(), s.seed(), a)
-	s.update(d, l.cfg.Now(), true)
+	now = l.cfg.Now() // the Redis attempt took time
+	d := l.mem.take(s, l.share(), a, micro(now))
+	s.update(d, now, true)
 	return d, true
 }
 
@@ -534,8 +549,9 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 	if l.rdb != nil {
 		c, fb = l.share(), true
 	}
-	d := l.mem.observe(s.name, c, s.seed(), o)
-	s.update(d, l.cfg.Now(), fb)
+	now := l.cfg.Now()
+	d := l.mem.observe(s, c, o, micro(now))
+	s.update(d, now, fb)
 }
 
 func headerNum(h http.Header, name string, missing float64) float64 {

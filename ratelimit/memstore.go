@@ -5,7 +5,7 @@ import "sync"
 // memStore holds buckets in process: the embedded limiter (no Redis) and the fallback buckets
 // while Redis is unreachable. Same decision code as the shared bucket (gcra.go).
 type memStore struct {
-	now func() float64 // µs
+	now func() float64 // µs, for debts
 	// startEmpty: a new bucket starts with no tokens. The fallback buckets do, because the
 	// shared bucket they replace was probably being spent when Redis went away.
 	startEmpty bool
@@ -18,34 +18,34 @@ func newMemStore(now func() float64, startEmpty bool) *memStore {
 	return &memStore{now: now, startEmpty: startEmpty, buckets: map[string]*bucketState{}}
 }
 
-// get returns the scope's bucket, creating it from seed (what this replica knew about the
-// scope: learned limit, pause, daily count). Called with mu held.
-func (m *memStore) get(scope string, c limits, seed bucketState, now float64) *bucketState {
-	b := m.buckets[scope]
+// get returns the scope's bucket, creating it from what this replica knew about the scope
+// (learned limit, pause, daily count, owed reservations). Called with mu held.
+func (m *memStore) get(s *scope, c limits, now float64) *bucketState {
+	b := m.buckets[s.name]
 	if b == nil {
+		seed := s.seed()
 		b = &seed
 		b.tat = 0
 		if m.startEmpty {
 			e := c.effective(b.lmax, b.lint)
 			b.tat = now + (e.burst+b.owed)*e.T
 		}
-		m.buckets[scope] = b
+		m.buckets[s.name] = b
 	}
 	return b
 }
 
-func (m *memStore) take(scope string, c limits, seed bucketState, a takeArgs) decision {
+// take decides at now (the limiter's clock, µs).
+func (m *memStore) take(s *scope, c limits, a takeArgs, now float64) decision {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.now()
-	return m.get(scope, c, seed, now).take(now, c, a)
+	return m.get(s, c, now).take(now, c, a)
 }
 
-func (m *memStore) observe(scope string, c limits, seed bucketState, o observation) decision {
+func (m *memStore) observe(s *scope, c limits, o observation, now float64) decision {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.now()
-	return m.get(scope, c, seed, now).observe(now, c, o)
+	return m.get(s, c, now).observe(now, c, o)
 }
 
 // debts lists, per scope, the tokens reserved on the bucket that are not valid yet.

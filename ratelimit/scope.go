@@ -114,7 +114,7 @@ func (s *scope) seed() bucketState {
 	b := bucketState{lmax: s.lmax, lint: s.lint, dr: s.dr, dl: s.dl, owed: float64(s.owed.Load())}
 	if !s.pauseUntil.IsZero() {
 		// Local clock in µs, the memStore's clock.
-		b.pause = float64(s.pauseUntil.UnixNano()) / 1e3
+		b.pause = micro(s.pauseUntil)
 	}
 	return b
 }
