@@ -522,7 +522,7 @@ func (h *Handler) wait(ctx context.Context, x *exchange, n int, p ratelimit.Prio
 	if h.cfg.Limiter == nil {
 		return nil
 	}
-	g, err := h.cfg.Limiter.Wait(ctx, x.cred.ScopeKey, n, p)
+	g, err := h.cfg.Limiter.Wait(ctx, x.cred.ScopeKey, n, priorityOf(ctx, p))
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/ghlproxy/ghlproxy/ops"
 	"github.com/ghlproxy/ghlproxy/proxy"
 	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/warm"
 )
 
 // Sidecar is one running ghlproxy.
@@ -35,6 +36,7 @@ type Sidecar struct {
 	closers []func() error
 	// degraded reports, per stage, whether it runs without its shared store.
 	degraded []func() bool
+	warm     *warm.Loop // nil unless warm.interval and warm.targets are set
 }
 
 // New builds a sidecar from cfg. It does not listen yet.
@@ -89,6 +91,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	admin.Handler = s.Proxy
 	s.Proxy.SetAdmin(admin)
+	if err := s.addWarm(admin); err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.Ops = ops.New(s.Metrics.Registry, s.checks()...)
 	return s, nil
 }
@@ -103,6 +109,7 @@ func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
 	errc := make(chan error, 2)
 	go func() { errc <- psrv.Serve(pl) }()
 	go func() { errc <- osrv.Serve(ol) }()
+	s.startWarm(ctx)
 	s.log.Info("ghlproxy serving", "listen", pl.Addr().String(), "ops", ol.Addr().String(),
 		"upstream", s.cfg.Upstream, "store", s.storeName())
 
