@@ -206,6 +206,10 @@ type CacheRoute struct {
 	// Overrides the route table's policy: "read" or "query" (cache it), "write", or "pass"
 	// (never cache or fold it); empty keeps the table's.
 	Policy string `yaml:"policy"`
+	// For a write route: the tags a successful write drops, replacing the route table's
+	// rule, e.g. ["contacts", "contacts/{contactId}", "opportunities"] ("{name}" is a path
+	// parameter of the route). Absent keeps the table's rule.
+	Invalidates []string `yaml:"invalidates"`
 }
 
 // Warm keeps chosen reads cached by fetching them on a schedule, spending only tokens above

@@ -23,7 +23,7 @@ func routeTable(cfg *config.Config) (*routes.Table, map[string]proxy.Stale, erro
 	stale := map[string]proxy.Stale{}
 	for i, cr := range cfg.Cache.Routes {
 		method, template := splitRoute(cr.Route)
-		o := routes.Override{TTL: cr.TTL}
+		o := routes.Override{TTL: cr.TTL, Invalidates: cr.Invalidates}
 		if cr.Policy != "" {
 			p, err := routes.ParsePolicy(cr.Policy)
 			if err != nil {
@@ -32,7 +32,8 @@ func routeTable(cfg *config.Config) (*routes.Table, map[string]proxy.Stale, erro
 			o.Policy = p
 		}
 		if err := t.Override(template, method, o); err != nil {
-			return nil, nil, fmt.Errorf("cache.routes[%d] (%s): %w", i, cr.Route, err)
+			// The table's errors already name the route; say which list entry it was.
+			return nil, nil, fmt.Errorf("cache.routes[%d]: %s", i, strings.TrimPrefix(err.Error(), "cache.routes: "))
 		}
 		if cr.StaleWhileRevalidate > 0 || cr.StaleIfError > 0 {
 			s := proxy.Stale{WhileRevalidate: cfg.Cache.StaleWhileRevalidate, IfError: cfg.Cache.StaleIfError}
