@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/pflag"
 
 	"github.com/ghlproxy/ghlproxy/config"
@@ -45,6 +47,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, w := range cfg.Warnings() {
 		log.Warn(w)
 	}
+	redis.SetLogger(redisLog{log})
 	s, err := sidecar.New(cfg, log)
 	if err != nil {
 		return err
@@ -91,4 +94,13 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	_, err = stdout.Write(out)
 	return err
+}
+
+// redisLog sends go-redis's own messages ("failed to dial", pool notices) to the process
+// logger at debug: during a Redis outage the stages already say, once, that they are
+// degraded, and the client would otherwise print a line per attempt on stderr.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }
