@@ -58,4 +58,3 @@ func TestTLSUpstreamSpeaksHTTP2(t *testing.T) {
 		t.Errorf("%d TLS handshakes for 3 requests, want 1 (pooled)", n)
 	}
 }
-
