@@ -18,11 +18,11 @@ import (
 
 // answer is one client's view of a request.
 type answer struct {
-	Status  int
-	Header  http.Header
-	Body    []byte
-	Err     error
-	At      time.Time
+	Status int
+	Header http.Header
+	Body   []byte
+	Err    error
+	At     time.Time
 }
 
 // send makes one request with its own context and records what came back.
