@@ -30,26 +30,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 }
 
-// Run serves the webhook over HTTPS until ctx is done.
+// Run serves the webhook over HTTPS on cfg.Listen until ctx is done.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	if cfg.CertFile == "" || cfg.KeyFile == "" {
-		return errors.New("injector: the TLS certificate and key files are required (the API server only calls webhooks over HTTPS)")
-	}
-	if cfg.SidecarFile == "" {
-		return errors.New("injector: the sidecar container spec file is required")
-	}
-	sidecar, err := LoadSidecar(cfg.SidecarFile)
-	if err != nil {
-		return err
-	}
-	in, err := New(sidecar, cfg.EnvVar)
-	if err != nil {
-		return err
-	}
-	certs, err := newCertFiles(cfg.CertFile, cfg.KeyFile)
-	if err != nil {
-		return err
-	}
 	addr := cfg.Listen
 	if addr == "" {
 		addr = ":8443"
@@ -58,8 +40,42 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("injector: listen: %w", err)
 	}
-	log.Info("injector: serving", "addr", ln.Addr().String(), "sidecar_image", sidecar.Image)
-	return serve(ctx, ln, Handler(in, log), certs, cfg.ShutdownTimeout)
+	return Serve(ctx, ln, cfg, log)
+}
+
+// Serve is Run on a listener the caller opened (cfg.Listen is ignored); it closes ln.
+func Serve(ctx context.Context, ln net.Listener, cfg Config, log *slog.Logger) error {
+	h, certs, err := load(cfg, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	log.Info("injector: serving", "addr", ln.Addr().String())
+	return serve(ctx, ln, h, certs, cfg.ShutdownTimeout)
+}
+
+// load reads the files cfg names, failing with the first one that is missing or wrong.
+func load(cfg Config, log *slog.Logger) (http.Handler, *certFiles, error) {
+	if cfg.CertFile == "" || cfg.KeyFile == "" {
+		return nil, nil, errors.New("injector: the TLS certificate and key files are required (the API server only calls webhooks over HTTPS)")
+	}
+	if cfg.SidecarFile == "" {
+		return nil, nil, errors.New("injector: the sidecar container spec file is required")
+	}
+	sidecar, err := LoadSidecar(cfg.SidecarFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := New(sidecar, cfg.EnvVar)
+	if err != nil {
+		return nil, nil, err
+	}
+	certs, err := newCertFiles(cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("injector: loaded", "sidecar_image", sidecar.Image, "cert", cfg.CertFile)
+	return Handler(in, log), certs, nil
 }
 
 func serve(ctx context.Context, ln net.Listener, h http.Handler, certs *certFiles, grace time.Duration) error {

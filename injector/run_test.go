@@ -130,6 +130,7 @@ func TestRunNeedsTLSAndSidecar(t *testing.T) {
 		{Config{CertFile: filepath.Join(dir, "nope.crt"), KeyFile: filepath.Join(dir, "tls.key"), SidecarFile: scPath}, "nope.crt"},
 		{Config{CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"), SidecarFile: filepath.Join(dir, "tls.key")}, "sidecar"},
 	} {
+		tc.cfg.Listen = "127.0.0.1:0"
 		if err := Run(context.Background(), tc.cfg, log); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Run(%+v) = %v, want an error about %s", tc.cfg, err, tc.want)
 		}

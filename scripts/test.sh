@@ -23,6 +23,9 @@ if ((${#need_apt[@]})); then
   fi
 fi
 
+# helm, promtool and dockerfile-utils, for package charts (the deployment tests).
+scripts/k8s-tools.sh
+
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
