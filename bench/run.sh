@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark: the GHL stand-in directly, nginx, Varnish and ghlproxy (on
+# its embedded store and on Redis), measured in one run on this machine, for
+#
+#   passthrough  added latency of a plain forward, 1 connection (upstream: a static nginx
+#                answer, the steadiest upstream this machine has)
+#   hits         cache-hit throughput and latency: 200 contacts x 4 tokens, ~200-byte JSON
+#                answers, keep-alive, 64 connections (wrk + bench/hits.lua); every cache is
+#                warmed first and the stand-in's call count proves the runs were hits
+#   mix          a realistic mixed workload (reads of hot contacts, searches, updates) at 250
+#                and 2,500 concurrent clients against a stand-in with GHL's latency and its
+#                per-location limit of 100 per 10 s (bench/mix)
+#
+# Targets run in turn, alternating, ROUNDS times; figures are medians, ratios are
+# ghlproxy / peer from the same run. Writes bench/out/results.md and bench/out/*.png.
+#
+#   bench/run.sh                                  # full run, under 10 minutes
+#   ROUNDS=1 SECONDS=2 ONLY=hits bench/run.sh     # quick look at the hit path
+#
+# Environment: ROUNDS (3), SECONDS (5; also SECONDS_PER_RUN) per wrk run, CONNS (64), MIX_SECONDS (15)
+# measured per mixed run after MIX_WARMUP (10), MIX_CLIENTS ("250 2500"), MIX_THINK (2s),
+# MIX_CONTACTS (100, over 2 locations),
+# ONLY (passthrough,hits,mix), TARGETS (direct,nginx,varnish,ghlproxy,ghlproxy-redis).
+# Needs nginx, varnishd, wrk, redis-server, gnuplot (Debian packages nginx-light, varnish,
+# wrk, redis-server, gnuplot-nox; installed when missing and running as root), python3, go.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+ROUNDS=${ROUNDS:-3}
+# SECONDS is bash's clock, which starts from the value in the environment when there is one.
+SECS=${SECONDS_PER_RUN:-$(printenv SECONDS || echo 5)}
+CONNS=${CONNS:-64}
+MIX_SECONDS=${MIX_SECONDS:-15}
+MIX_WARMUP=${MIX_WARMUP:-10}
+MIX_CLIENTS=${MIX_CLIENTS:-250 2500}
+MIX_THINK=${MIX_THINK:-2s}
+MIX_CONTACTS=${MIX_CONTACTS:-100}
+ONLY=${ONLY:-passthrough,hits,mix}
+TARGETS=${TARGETS:-direct,nginx,varnish,ghlproxy,ghlproxy-redis}
+OUT=${OUT:-bench/out}
+
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+target_on() { [[ ",$TARGETS," == *",$1,"* ]]; }
+
+install_missing() {
+  local missing=()
+  command -v nginx >/dev/null || missing+=(nginx-light)
+  command -v varnishd >/dev/null || missing+=(varnish)
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
+  ((${#missing[@]})) || return 0
+  if ((EUID != 0)); then
+    echo "missing tools: ${missing[*]} (apt-get install them, or run as root)" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The packages start their own services; the benchmark starts its own instances.
+  for s in nginx varnish redis-server; do service "$s" stop >/dev/null 2>&1 || true; done
+}
+install_missing
+
+# 2,500 clients need 2,500 sockets in the generator, as many in the proxy and more upstream.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d /tmp/ghlbench.XXXXXX)
+chmod 755 "$work" # varnishd drops privileges and must read its workdir
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+echo "building ghlproxy and bench/mix" >&2
+go build -o "$work/ghlproxy" ./cmd/ghlproxy
+go build -o "$work/mix" ./bench/mix
+rm -rf "$OUT/raw"
+mkdir -p "$OUT/raw"
+raw=$OUT/raw
+uptime >"$raw/uptime.before"
+
+# --- components; each start_* sets PORT (and PID) ---------------------------------------
+
+start_fake() { # start_fake LATENCY LIMIT
+  PORT=$(free_port)
+  "$work/ghlproxy" fakeghl --listen 127.0.0.1:$PORT --latency "$1" --limit "$2" \
+    --daily 1000000000 --log-level warn --base-url http://127.0.0.1:$PORT & PID=$!
+  pids+=($PID)
+  wait_port $PORT
+}
+
+start_static() { # an nginx answering one fixed contact: the pass-through upstream
+  PORT=$(free_port)
+  mkdir -p "$work/static"
+  cat >"$work/static/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/static/nginx.pid;
+error_log $work/static/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$PORT;
+    location / {
+      default_type application/json;
+      return 200 '{"contact":{"id":"ocQHyuzHvysMo5N5VsXc","firstName":"Ada","email":"ada@example.com"}}';
+    }
+  }
+}
+NGINX
+  nginx -c "$work/static/nginx.conf" -p "$work/static" & PID=$!
+  pids+=($PID)
+  wait_port $PORT
+}
+
+start_nginx() { # start_nginx UPSTREAM_PORT CACHE(on|off)
+  PORT=$(free_port)
+  local d=$work/nginx-$PORT cache=""
+  mkdir -p "$d/cache"
+  if [[ $2 == on ]]; then
+    # Keyed by credential (and Version): without $http_authorization in the key one
+    # caller's contacts would be served to another.
+    cache="proxy_cache ghl;
+      proxy_cache_key \"\$request_method\$request_uri\$http_authorization\$http_version\";
+      proxy_cache_lock on;
+      proxy_cache_valid 200 60s;
+      proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
+      add_header X-Cache-Status \$upstream_cache_status;"
+  fi
+  cat >"$d/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  proxy_cache_path $d/cache levels=1:2 keys_zone=ghl:32m max_size=256m inactive=10m;
+  upstream backend { server 127.0.0.1:$1; keepalive 256; }
+  server {
+    listen 127.0.0.1:$PORT backlog=4096;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      $cache
+    }
+  }
+}
+NGINX
+  nginx -c "$d/nginx.conf" -p "$d" & PID=$!
+  pids+=($PID)
+  wait_port $PORT
+}
+
+start_varnish() { # start_varnish UPSTREAM_PORT
+  PORT=$(free_port)
+  local d=$work/varnish-$PORT
+  mkdir -p "$d"
+  cat >"$d/bench.vcl" <<VCL
+vcl 4.1;
+backend default { .host = "127.0.0.1"; .port = "$1"; }
+sub vcl_recv {
+  if (req.method != "GET" && req.method != "HEAD") { return (pass); }
+  # The built-in VCL refuses to cache requests with Authorization (every GHL call has one);
+  # the credential goes into the hash instead.
+  return (hash);
+}
+sub vcl_hash {
+  hash_data(req.http.Authorization);
+  hash_data(req.http.Version);
+}
+sub vcl_backend_response {
+  if (beresp.status == 200) {
+    set beresp.ttl = 60s;
+    set beresp.uncacheable = false;
+    unset beresp.http.Set-Cookie;
+    return (deliver);
+  }
+}
+VCL
+  chmod -R a+rX "$d"
+  varnishd -F -a 127.0.0.1:$PORT -f "$d/bench.vcl" -s malloc,256m -n "$d/n" \
+    -p listen_depth=4096 >"$d/log" 2>&1 & PID=$!
+  pids+=($PID)
+  wait_port $PORT 30
+}
+
+start_redis() {
+  PORT=$(free_port)
+  redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    --loglevel warning --dir "$work" >"$work/redis-$PORT.log" 2>&1 & PID=$!
+  pids+=($PID)
+  wait_port $PORT
+}
+
+start_sidecar() { # start_sidecar UPSTREAM_PORT embedded|redis throughput|ghl
+  PORT=$(free_port)
+  local ops args=()
+  ops=$(free_port)
+  if [[ $2 == redis ]]; then
+    local port=$PORT
+    start_redis
+    args+=(--redis.url redis://127.0.0.1:$PORT)
+    PORT=$port
+  fi
+  if [[ $3 == throughput ]]; then
+    # A bucket too large to matter: these runs measure the pipeline, not the limit.
+    args+=(--ratelimit.rate 1000000000 --ratelimit.burst 1000000000)
+  fi
+  "$work/ghlproxy" serve --listen 127.0.0.1:$PORT --ops_listen 127.0.0.1:$ops \
+    --upstream http://127.0.0.1:$1 --log.level warn --identity.secret bench-secret \
+    "${args[@]}" >>"$work/sidecar.log" 2>&1 & PID=$!
+  pids+=($PID)
+  wait_port $PORT
+}
+
+# start_target NAME UPSTREAM_PORT MODE: PORT of the target; SIDECAR_PID for ghlproxy;
+# EXTRA_PIDS lists what to stop afterwards.
+start_target() {
+  local n0=${#pids[@]}
+  SIDECAR_PID=""
+  case $1 in
+  direct) PORT=$2 ;;
+  nginx-proxy) start_nginx "$2" off ;;
+  nginx) start_nginx "$2" on ;;
+  varnish) start_varnish "$2" ;;
+  ghlproxy) start_sidecar "$2" embedded "$3"; SIDECAR_PID=$PID ;;
+  ghlproxy-redis) start_sidecar "$2" redis "$3"; SIDECAR_PID=$PID ;;
+  esac
+  EXTRA_PIDS=("${pids[@]:n0}")
+}
+
+rss_of() { # rss_of PID: "VmHWM_kB VmRSS_kB"
+  awk '/^VmHWM/ {h=$2} /^VmRSS/ {r=$2} END {print h+0, r+0}' "/proc/$1/status" 2>/dev/null || echo "0 0"
+}
+
+# --- (a) pass-through ------------------------------------------------------------------
+
+if want passthrough; then
+  echo "== pass-through, 1 connection, $ROUNDS x ${SECS}s" >&2
+  start_static; up=$PORT
+  list=()
+  for t in direct nginx-proxy ghlproxy ghlproxy-redis; do
+    [[ $t == nginx-proxy ]] && ! target_on nginx && continue
+    [[ $t != direct && $t != nginx-proxy ]] && ! target_on "$t" && continue
+    start_target "$t" "$up" throughput
+    list+=("$t:$PORT")
+  done
+  path=/bench/passthrough # not in GHL's route table: the streaming pass-through path
+  hdr=(-H "Authorization: Bearer pit-bench-token" -H "Version: 2021-07-28")
+  for t in "${list[@]}"; do wrk -t1 -c1 -d1s "${hdr[@]}" "http://127.0.0.1:${t#*:}$path" >/dev/null; done
+  for ((i = 1; i <= ROUNDS; i++)); do
+    for t in "${list[@]}"; do
+      wrk_run "${t%%:*}" "http://127.0.0.1:${t#*:}$path" 1 "$SECS" "${hdr[@]}" | tee -a "$raw/passthrough.tsv" >&2
+    done
+  done
+  for p in "${pids[@]}"; do stop "$p"; done
+  pids=()
+fi
+
+# --- (b) cache hits --------------------------------------------------------------------
+
+if want hits; then
+  echo "== cache hits, $CONNS connections, $ROUNDS x ${SECS}s" >&2
+  start_fake 0 1000000000; fake=$PORT
+  "$work/mix" seed --upstream http://127.0.0.1:$fake --out "$work/seed-hits"
+  export HITS=$work/seed-hits/hits.txt
+  keys=$(wc -l <"$HITS")
+  first=$(head -1 "$HITS")
+  list=()
+  declare -A spid=()
+  for t in ${TARGETS//,/ }; do
+    start_target "$t" "$fake" throughput
+    list+=("$t:$PORT")
+    [[ -n $SIDECAR_PID ]] && spid[$t]=$SIDECAR_PID
+    # Warm: every key at least once, then check one answer says it came from the cache.
+    wrk -t1 -c4 -d2s -s bench/hits.lua "http://127.0.0.1:$PORT" >/dev/null
+    hdrs=$(curl -s -o /dev/null -D - -H "Authorization: ${first#*$'\t'}" -H "Version: 2021-07-28" \
+      "http://127.0.0.1:$PORT${first%%$'\t'*}" | tr -d '\r' | grep -iE '^(cache-status|x-cache-status|x-varnish|age):' | tr '\n' ' ' || true)
+    echo "$t warmed: ${hdrs:-no cache headers}" | tee -a "$raw/hits-warm.txt" >&2
+  done
+  calls() { curl -s "http://127.0.0.1:$fake/_fake/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
+  for ((i = 1; i <= ROUNDS; i++)); do
+    for t in "${list[@]}"; do
+      c0=$(calls)
+      PCT_OUT=$raw/hits-pct-${t%%:*}-$i.tsv wrk_run "${t%%:*}" "http://127.0.0.1:${t#*:}/" "$CONNS" "$SECS" -s bench/hits.lua |
+        tee -a "$raw/hits.tsv" >&2
+      echo "${t%%:*} $(($(calls) - c0))" >>"$raw/hits-upstream.tsv"
+    done
+  done
+  for t in "${!spid[@]}"; do rss_of "${spid[$t]}" >"$raw/hits-$t.rss"; done
+  for p in "${pids[@]}"; do stop "$p"; done
+  pids=()
+  echo "$keys" >"$raw/hits-keys"
+fi
+
+# --- (c) the mixed workload ------------------------------------------------------------
+
+if want mix; then
+  for clients in $MIX_CLIENTS; do
+    for t in ${TARGETS//,/ }; do
+      echo "== mix, $clients clients, $t, ${MIX_WARMUP}s + ${MIX_SECONDS}s" >&2
+      # A fresh stand-in per run: GHL's latency, its per-location limit, cold caches.
+      start_fake 150ms 100; fake=$PORT; fake_pid=$PID
+      "$work/mix" seed --upstream http://127.0.0.1:$fake --contacts "$MIX_CONTACTS" --out "$work/seed-mix"
+      start_target "$t" "$fake" ghl
+      "$work/mix" run --target "http://127.0.0.1:$PORT" --seed "$work/seed-mix/mix.json" \
+        --clients "$clients" --duration "${MIX_SECONDS}s" --warmup "${MIX_WARMUP}s" \
+        --think "$MIX_THINK" --stats "http://127.0.0.1:$fake" >"$raw/mix-$clients-$t.json"
+      if [[ -n $SIDECAR_PID ]]; then rss_of "$SIDECAR_PID" >"$raw/mix-$clients-$t.rss"; fi
+      python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], "rps=%.0f p50=%.0fus p99=%.0fus upstream=%.1f%% 429up=%d status=%s leaks=%d stale=%d" % (r["rps"], r["all"]["p50"], r["all"]["p99"], 100*r["upstreamShare"], r["upstream429"], r["status"], r["leaks"], r["stale"]))' \
+        "$raw/mix-$clients-$t.json" "$t" >&2
+      for p in "${EXTRA_PIDS[@]}"; do stop "$p"; done
+      stop "$fake_pid"
+      pids=()
+    done
+  done
+fi
+
+uptime >"$raw/uptime.after"
+"$work/mix" report --raw "$raw" --out "$OUT" --rounds "$ROUNDS" --seconds "$SECS" --conns "$CONNS" \
+  --mix-seconds "$MIX_SECONDS"
+(cd "$OUT" && for g in *.gp; do [[ -e $g ]] && gnuplot "$g"; done) || echo "gnuplot failed; tables are in $OUT/results.md" >&2
+cat "$OUT/results.md"
