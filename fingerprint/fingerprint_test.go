@@ -1,0 +1,80 @@
+package fingerprint
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestIdenticalMeansIdentical(t *testing.T) {
+	base := Request{Method: "POST", Route: "/contacts/search", Path: "/contacts/search", RawQuery: "b=2&a=1",
+		Version: "2021-07-28", CredHash: "c1", Body: []byte(`{"locationId":"L","pageLimit":10}`), JSON: true}
+	same := []func(r *Request){
+		func(r *Request) { r.RawQuery = "a=1&b=2" },
+		func(r *Request) { r.Body = []byte("{ \"pageLimit\": 10,\n \"locationId\": \"L\" }") },
+		func(r *Request) { r.RawQuery = "a=%31&b=2" },
+	}
+	differ := map[string]func(r *Request){
+		"credential":          func(r *Request) { r.CredHash = "c2" },
+		"version":             func(r *Request) { r.Version = "2021-04-15" },
+		"body value":          func(r *Request) { r.Body = []byte(`{"locationId":"L","pageLimit":11}`) },
+		"number spelling":     func(r *Request) { r.Body = []byte(`{"locationId":"L","pageLimit":10.0}`) },
+		"repeated key order":  func(r *Request) { r.RawQuery = "a=1&a=2" },
+		"path":                func(r *Request) { r.Path = "/contacts/search/" },
+		"method":              func(r *Request) { r.Method = "PUT" },
+		"non-JSON whitespace": func(r *Request) { r.JSON = false; r.Body = []byte(`{"locationId":"L", "pageLimit":10}`) },
+	}
+	want := Of(base)
+	for i, m := range same {
+		r := base
+		m(&r)
+		if got := Of(r); got != want {
+			t.Errorf("same meaning #%d: fingerprints differ", i)
+		}
+	}
+	for name, m := range differ {
+		r := base
+		m(&r)
+		if Of(r) == want {
+			t.Errorf("%s: a different request has the same fingerprint", name)
+		}
+	}
+	a, b := base, base
+	a.RawQuery, b.RawQuery = "a=1&a=2", "a=2&a=1"
+	if Of(a) == Of(b) {
+		t.Error("reordering a repeated key's values changes meaning, but fingerprints are equal")
+	}
+}
+
+// FuzzCanonicalJSON: canonical form is stable (canonicalising it again changes nothing),
+// means the same as the input, and never panics.
+func FuzzCanonicalJSON(f *testing.F) {
+	for _, s := range []string{`{"b":1,"a":[1,2,{"d":true,"c":null}]}`, `"x"`, `1e400`, `{"a":1}{"b":2}`, `{"\u00e9":"\ud83d\ude00"}`, ` [ ] `} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := CanonicalJSON(b)
+		if err != nil {
+			return
+		}
+		c2, err := CanonicalJSON(c)
+		if err != nil || string(c2) != string(c) {
+			t.Fatalf("not stable: %q -> %q -> %q (%v)", b, c, c2, err)
+		}
+		if !json.Valid(c) {
+			t.Fatalf("canonical form is not JSON: %q -> %q", b, c)
+		}
+	})
+}
+
+// FuzzCanonicalQuery: canonicalising twice changes nothing, and never panics.
+func FuzzCanonicalQuery(f *testing.F) {
+	for _, s := range []string{"b=2&a=1", "a=1&a=2", "q=%zz", "=&&=x", "a+b=c%20d"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		c := CanonicalQuery(q)
+		if c2 := CanonicalQuery(c); c2 != c {
+			t.Fatalf("not stable: %q -> %q -> %q", q, c, c2)
+		}
+	})
+}
