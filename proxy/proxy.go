@@ -272,7 +272,6 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	key := h.key(r, x, body)
 	cacheable := h.cfg.Cache != nil && x.route.TTL > 0 && !cc.noStore &&
 		(x.policy == routes.Read || isJSON(body))
-	tags := h.scopedTags(x, x.route.Tags(x.params))
 
 	var stale *cache.Entry
 	if cacheable && !cc.noCache {
@@ -291,7 +290,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 			case now.Before(e.StaleWhileRevalidate):
 				x.outcome = metrics.OutcomeStale
 				h.cfg.Metrics.UpstreamSaved.WithLabelValues(metrics.SavedCache).Inc()
-				h.refresh(r, x, key, body, tags)
+				h.refresh(r, x, key, body, h.scopedTags(x, x.route.Tags(x.params)))
 				h.writeResponse(w, r, x, e.Resp, "ghlproxy; fwd=stale", e.Stored)
 				return
 			}
@@ -299,6 +298,8 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 	}
 
+	// Built after the lookup: a hit never needs them.
+	tags := h.scopedTags(x, x.route.Tags(x.params))
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
 		resp, err := h.fetchRead(ctx, r, x, body)
 		if err == nil && cacheable && h.storable(resp) {
