@@ -29,7 +29,8 @@ type scope struct {
 	eff         limits
 	fallback    bool
 	pauseUntil  time.Time
-	paused      chan struct{} // closed and replaced when a new pause begins
+	paused      chan struct{} // closed and replaced when a new pause is announced
+	pauseNews   bool          // a pause was recorded and not yet announced
 	lmax, lint  float64
 	dr, dl      float64
 	nextSeq     uint64
@@ -64,6 +65,13 @@ func (s *scope) update(d decision, now time.Time, fallback bool) {
 	if d.dl >= 0 {
 		s.dl = d.dl
 	}
+	// The bucket has now made a decision knowing every pause recorded so far: only now may
+	// sleeping waiters wake to reserve again, or they could reserve a slot inside the pause.
+	if s.pauseNews {
+		close(s.paused)
+		s.paused = make(chan struct{})
+		s.pauseNews = false
+	}
 }
 
 // learn applies an upstream response locally at once, before (or without) the shared bucket.
@@ -88,19 +96,18 @@ func (s *scope) learn(o observation, now time.Time) {
 	}
 }
 
-// extendPause records a pause until the given instant. Called with mu held. Only a pause
-// that ends noticeably later than the known one is news: every reply during a pause repeats
-// it, a round trip apart.
+// extendPause records a pause until the given instant; the next update announces it.
+// Called with mu held. Only a pause that ends noticeably later than the known one is news:
+// every reply during a pause repeats it, a round trip apart.
 func (s *scope) extendPause(until time.Time) {
 	if !until.After(s.pauseUntil.Add(pauseSlack)) {
 		return
 	}
 	s.pauseUntil = until
-	close(s.paused)
-	s.paused = make(chan struct{})
+	s.pauseNews = true
 }
 
-// pauseSignal is closed when a new pause begins.
+// pauseSignal is closed when a new pause is announced.
 func (s *scope) pauseSignal() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
