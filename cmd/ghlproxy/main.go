@@ -4,6 +4,7 @@
 //
 //	ghlproxy [serve]   run the sidecar (the default)
 //	ghlproxy fakeghl   run a local stand-in of the GHL API
+//	ghlproxy demo      measure what the sidecar buys on a realistic workload
 //	ghlproxy injector  run the Kubernetes webhook that injects the sidecar
 //	ghlproxy config    print the effective configuration, or validate a file
 //	ghlproxy version   print version and build information
@@ -31,6 +32,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the sidecar (default)", runServe},
 		{"fakeghl", "run a local stand-in of the GHL API, with GHL's limits, headers, latency and faults", runFakeGHL},
+		{"demo", "run a GHL stand-in and a sidecar, drive one workload directly and through the sidecar, print the comparison", runDemo},
 		{"injector", "run the Kubernetes admission webhook that injects the sidecar into pods", runInjector},
 		{"config", "print the effective configuration (secrets redacted), or --validate FILE", runConfig},
 		{"version", "print version and build information", runVersion},
