@@ -388,6 +388,15 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// Port 0 gives each listener a port of its own, so equal addresses are fine (tests start
+// replicas with both on 127.0.0.1:0).
+func TestListenersOnPortZero(t *testing.T) {
+	c := source{args: []string{"--listen=127.0.0.1:0", "--ops_listen=127.0.0.1:0"}}.mustLoad(t)
+	if c.Listen != "127.0.0.1:0" || c.OpsListen != "127.0.0.1:0" {
+		t.Errorf("listen %q, ops_listen %q", c.Listen, c.OpsListen)
+	}
+}
+
 func TestUnknownKeyNamesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte("ratelimt:\n  rate: 5\n"), 0o600); err != nil {

@@ -18,7 +18,8 @@ func (c *Config) Validate() error {
 		func() error { return checkAddr("listen", c.Listen) },
 		func() error { return checkAddr("ops_listen", c.OpsListen) },
 		func() error {
-			if c.OpsListen == c.Listen {
+			// Port 0 asks the kernel for a free port: two such listeners never collide.
+			if _, port, _ := net.SplitHostPort(c.Listen); c.OpsListen == c.Listen && port != "0" {
 				return fmt.Errorf("ops_listen: must differ from listen (both %q)", c.Listen)
 			}
 			return nil
