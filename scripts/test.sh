@@ -41,6 +41,9 @@ echo "== go test -race"
 # CI=true makes tests that need redis-server or node fail instead of skip.
 go test -race -count=1 -timeout 30m ./... 2>&1 | tee /tmp/ghlproxy-test.log
 
+echo "== prometheus check (every dashboard and alert query returns data from a sidecar under load)"
+scripts/prometheus-check.sh
+
 fuzztime=${FUZZTIME:-10s}
 if [ "$fuzztime" != "0" ]; then
   echo "== fuzz ($fuzztime per target)"
