@@ -1,7 +1,10 @@
 package fingerprint
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -77,4 +80,43 @@ func FuzzCanonicalQuery(f *testing.F) {
 			t.Fatalf("not stable: %q -> %q -> %q", q, c, c2)
 		}
 	})
+}
+
+// TestOfByteStream pins what is hashed — each field NUL-terminated, then the (canonical)
+// body — against a plain streaming computation: fingerprints are Redis keys shared by
+// replicas of different versions, so a faster Of must give the same strings.
+func TestOfByteStream(t *testing.T) {
+	long := strings.Repeat("x", 600) // past Of's stack buffer
+	for _, r := range []Request{
+		{Method: "GET", Route: "/contacts/{contactId}", Path: "/contacts/abc", Version: "2021-07-28", CredHash: "c1"},
+		{Method: "GET", Route: "", Path: "/x", RawQuery: "b=2&a=1", CredHash: "c2"},
+		{Method: "POST", Route: "/contacts/search", Path: "/contacts/search", Version: "v3", CredHash: "c3",
+			Body: []byte(`{"b":1, "a":[2,1]}`), JSON: true},
+		{Method: "POST", Route: "/x", Path: "/x", CredHash: "c4", Body: []byte("not json"), JSON: true},
+		{Method: "PUT", Route: "/y", Path: "/" + long, Version: long, CredHash: "c5", Body: []byte(long)},
+	} {
+		h := sha256.New()
+		for _, s := range []string{r.Method, r.Route, r.Path, CanonicalQuery(r.RawQuery), r.Version, r.CredHash} {
+			h.Write([]byte(s))
+			h.Write([]byte{0})
+		}
+		if c, ok := canonicalBody(r.Body, r.JSON); ok && len(r.Body) > 0 {
+			h.Write(c)
+		} else {
+			h.Write(r.Body)
+		}
+		if got, want := Of(r), hex.EncodeToString(h.Sum(nil)); got != want {
+			t.Errorf("Of(%+v) = %s, want %s", r, got, want)
+		}
+	}
+}
+
+// BenchmarkOf is the key of a cache hit on GET /contacts/{contactId}.
+func BenchmarkOf(b *testing.B) {
+	r := Request{Method: "GET", Route: "/contacts/{contactId}", Path: "/contacts/ocQHyuzHvysMo5N5VsXc",
+		Version: "2021-07-28", CredHash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Of(r)
+	}
 }
