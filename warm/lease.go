@@ -16,6 +16,7 @@ type Redis interface {
 type solo struct{}
 
 func (solo) acquire(context.Context, string, time.Duration) (bool, error) { return true, nil }
+func (solo) release(context.Context, string)                              {}
 func (solo) acquireManual(context.Context, string, time.Duration) (func(), bool, error) {
 	return func() {}, true, nil
 }
@@ -57,6 +58,12 @@ func (l *redisLease) key(target, kind string) string {
 func (l *redisLease) acquire(ctx context.Context, target string, ttl time.Duration) (bool, error) {
 	n, err := takeScript.Run(ctx, l.rdb, []string{l.key(target, "lease")}, l.id, ttl.Milliseconds()).Int()
 	return n == 1, err
+}
+
+// release gives the scheduled lease up if this replica holds it, so that on shutdown another
+// replica takes over at its next tick instead of after the lease expires.
+func (l *redisLease) release(ctx context.Context, target string) {
+	_ = releaseScript.Run(ctx, l.rdb, []string{l.key(target, "lease")}, l.id).Err()
 }
 
 func (l *redisLease) acquireManual(ctx context.Context, target string, ttl time.Duration) (func(), bool, error) {

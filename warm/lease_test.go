@@ -35,6 +35,10 @@ func TestRedisLease(t *testing.T) {
 	}
 	take(b, true)
 	take(a, false)
+	a.release(ctx, "leads") // not a's: b keeps it
+	take(a, false)
+	b.release(ctx, "leads") // b shuts down: a takes over at once
+	take(a, true)
 
 	releaseA, ok, err := a.acquireManual(ctx, "leads", time.Minute)
 	if err != nil || !ok {

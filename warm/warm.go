@@ -124,6 +124,7 @@ const keepRuns = 5
 // leaser coordinates replicas: acquire reports whether this replica may run target now.
 type leaser interface {
 	acquire(ctx context.Context, target string, ttl time.Duration) (bool, error)
+	release(ctx context.Context, target string)
 	acquireManual(ctx context.Context, target string, ttl time.Duration) (release func(), ok bool, err error)
 }
 
@@ -201,9 +202,19 @@ func (l *Loop) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			l.releaseAll()
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// releaseAll hands the scheduled leases this replica holds over on shutdown.
+func (l *Loop) releaseAll() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, t := range l.cfg.Targets {
+		l.lease.release(ctx, t.Name)
 	}
 }
 
@@ -232,6 +243,9 @@ func (l *Loop) runAll(ctx context.Context, trigger string, take claim) []Run {
 	defer l.runMu.Unlock()
 	runs := make([]Run, 0, len(l.cfg.Targets))
 	for _, t := range l.cfg.Targets {
+		if ctx.Err() != nil {
+			break // shutting down, or the run's time is up: the next run does the rest
+		}
 		r := Run{Target: t.Name, Trigger: trigger, Started: time.Now()}
 		release, reason, err := take(ctx, t)
 		switch {
