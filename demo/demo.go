@@ -189,7 +189,8 @@ func runOnce(ctx context.Context, cfg Config, work [][]op, name string, viaSidec
 	st := fake.Stats()
 	res.UpstreamCalls = st.Calls - base.Calls
 	res.UpstreamTooMany = st.TooMany - base.TooMany
-	// Every create is sent twice; each contact created beyond one per create is a duplicate.
+	// Every create is sent twice; each contact created beyond one per create that went
+	// through is a duplicate.
 	res.Duplicates = int(st.Creates["contacts"]-base.Creates["contacts"]) - d.creates
 	if side != nil {
 		if err := side.stats(ctx, &res); err != nil {
@@ -214,7 +215,7 @@ type driver struct {
 	failed      int
 	tooMany     int
 	retryErrors int
-	creates     int
+	creates     int // creates that went through, on either send
 	requests    int
 }
 
@@ -266,17 +267,18 @@ func (d *driver) do(ctx context.Context, o op, rng *rand.Rand) {
 		if o.noEmail {
 			body = fmt.Sprintf(`{"locationId":%q,"firstName":"New","lastName":"Lead %d","source":"lead form"}`, d.loc, o.variant)
 		}
-		d.mu.Lock()
-		d.creates++
-		d.mu.Unlock()
 		// The answer to the first send is lost to a client timeout; the client sends the
 		// same create again.
-		d.send(ctx, "POST", "/contacts/", body)
-		if status := d.send(ctx, "POST", "/contacts/", body); status == http.StatusBadRequest {
-			d.mu.Lock()
-			d.retryErrors++
-			d.mu.Unlock()
+		first := d.send(ctx, "POST", "/contacts/", body)
+		second := d.send(ctx, "POST", "/contacts/", body)
+		d.mu.Lock()
+		if ok(first) || ok(second) {
+			d.creates++ // the lead exists: once, if all went well
 		}
+		if ok(first) && second == http.StatusBadRequest {
+			d.retryErrors++
+		}
+		d.mu.Unlock()
 	}
 }
 
@@ -317,6 +319,8 @@ func (d *driver) send(ctx context.Context, method, path, body string) int {
 	}
 	return status
 }
+
+func ok(status int) bool { return status >= 200 && status <= 299 }
 
 func (d *driver) once(ctx context.Context, method, path, body string) int {
 	var rd io.Reader
