@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -397,4 +399,258 @@ func TestQueryCache(t *testing.T) {
 	}
 
 	t.Logf("upstream searches: %d (1 before the create, the rest after it)", fake.Stats().RouteCalls("POST /contacts/search"))
+}
+
+// TestCacheKeysAndControls covers what the README promises about the key and the request's
+// cache controls, on one replica with Redis: another credential of the same location never
+// gets this one's entry, nor another Version; no-cache fetches fresh and refreshes the
+// entry; no-store bypasses it and stores nothing; DELETE /_ghlproxy/cache purges one's own
+// entries or a route's; GET /_ghlproxy/explain reports the entry's state without calling
+// GHL.
+func TestCacheKeysAndControls(t *testing.T) {
+	fake, up := startStandIn(t, unlimited())
+	rdb := redistest.Start(t)
+	r := startCacheReplicas(t, 1, up.URL, rdb)[0]
+	const loc = "loc-keys"
+	tokA, tokB := twinToken(loc, 0), twinToken(loc, 1)
+	newID := func(i int) string {
+		return newContact(t, up.URL, tokA, map[string]any{"locationId": loc, "firstName": "before", "email": fmt.Sprintf("k%d@example.com", i)})
+	}
+	upstreamGets := func() int64 { return fake.Stats().RouteCalls("GET /contacts/{contactId}") }
+	mustHit := func(what string, resp *http.Response) {
+		t.Helper()
+		if !isHit(resp) {
+			t.Fatalf("%s: Cache-Status %q, want a hit", what, cacheStatus(resp))
+		}
+	}
+	mustMiss := func(what string, resp *http.Response) {
+		t.Helper()
+		if cs := cacheStatus(resp); isHit(resp) || !strings.Contains(cs, "fwd=miss") {
+			t.Fatalf("%s: Cache-Status %q, want a miss", what, cs)
+		}
+	}
+
+	t.Run("credentials never share", func(t *testing.T) {
+		id := newID(1)
+		resp, _ := getContact(t, r, tokA, id)
+		mustMiss("first read with A", resp)
+		resp, _ = getContact(t, r, tokA, id)
+		mustHit("second read with A", resp)
+		// getContact fails on a body made for another caller; the Cache-Status must say
+		// miss too: B's read went upstream.
+		n := upstreamGets()
+		resp, _ = getContact(t, r, tokB, id)
+		mustMiss("first read with B, same location, same path", resp)
+		if upstreamGets() != n+1 {
+			t.Fatalf("B's first read did not reach GHL")
+		}
+		resp, _ = getContact(t, r, tokB, id)
+		mustHit("second read with B", resp)
+	})
+
+	t.Run("version is in the key", func(t *testing.T) {
+		id := newID(2)
+		getContact(t, r, tokA, id)
+		resp, _ := getContact(t, r, tokA, id, "Version", "2021-04-15")
+		mustMiss("same read, another Version", resp)
+		resp, _ = getContact(t, r, tokA, id, "Version", "2021-04-15")
+		mustHit("second read with that Version", resp)
+	})
+
+	t.Run("no-cache fetches fresh and refreshes", func(t *testing.T) {
+		id := newID(3)
+		getContact(t, r, tokA, id)
+		// Changed behind the sidecar's back: the entry is now wrong, and still fresh.
+		resp, b := call(t, http.DefaultClient, "PUT", up.URL+"/contacts/"+id, `{"firstName":"after"}`, ghlHeaders(tokA))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("PUT on the stand-in: %d %s", resp.StatusCode, b)
+		}
+		resp, c := getContact(t, r, tokA, id)
+		mustHit("read after a change upstream", resp)
+		if c.Contact.FirstName != "before" {
+			t.Fatalf("the hit shows %q; the entry held %q", c.Contact.FirstName, "before")
+		}
+		n := upstreamGets()
+		resp, c = getContact(t, r, tokA, id, "Cache-Control", "no-cache")
+		if cs := cacheStatus(resp); !strings.Contains(cs, "fwd=request") || !strings.Contains(cs, "stored") || c.Contact.FirstName != "after" {
+			t.Fatalf("no-cache read: Cache-Status %q, name %q; want fwd=request, stored, %q", cs, c.Contact.FirstName, "after")
+		}
+		if upstreamGets() != n+1 {
+			t.Fatalf("the no-cache read did not reach GHL")
+		}
+		resp, c = getContact(t, r, tokA, id)
+		mustHit("read after the refresh", resp)
+		if c.Contact.FirstName != "after" {
+			t.Fatalf("after a no-cache refresh the hit shows %q, want %q", c.Contact.FirstName, "after")
+		}
+	})
+
+	t.Run("no-store bypasses", func(t *testing.T) {
+		id := newID(4)
+		n := upstreamGets()
+		resp, _ := getContact(t, r, tokA, id, "Cache-Control", "no-store")
+		if cs := cacheStatus(resp); !strings.Contains(cs, "fwd=bypass") || strings.Contains(cs, "stored") {
+			t.Fatalf("no-store read: Cache-Status %q, want fwd=bypass and nothing stored", cs)
+		}
+		if upstreamGets() != n+1 {
+			t.Fatalf("the no-store read did not reach GHL")
+		}
+		resp, _ = getContact(t, r, tokA, id)
+		mustMiss("plain read after a no-store read", resp)
+		// And with an entry there, no-store still does not answer from it.
+		getContact(t, r, tokA, id)
+		resp, _ = getContact(t, r, tokA, id, "Cache-Control", "no-store")
+		if isHit(resp) || !strings.Contains(cacheStatus(resp), "fwd=bypass") {
+			t.Fatalf("no-store read with an entry: Cache-Status %q, want fwd=bypass", cacheStatus(resp))
+		}
+	})
+
+	t.Run("purge and explain", func(t *testing.T) {
+		id := newID(5)
+		getContact(t, r, tokA, id)
+		getContact(t, r, tokB, id)
+		n := upstreamGets()
+		if st := explainState(t, r, tokA, id); st != "fresh" {
+			t.Fatalf("explain with A after a stored read: state %q, want fresh", st)
+		}
+		if upstreamGets() != n {
+			t.Fatalf("explain called GHL")
+		}
+
+		// No parameter: every entry of the caller's own credential, nobody else's.
+		if got := purge(t, r, tokA, ""); got < 1 {
+			t.Fatalf("purging A's own entries removed %d", got)
+		}
+		if st := explainState(t, r, tokA, id); st != "absent" {
+			t.Fatalf("explain with A after purging A's entries: state %q, want absent", st)
+		}
+		if st := explainState(t, r, tokB, id); st != "fresh" {
+			t.Fatalf("explain with B after purging A's entries: state %q, want fresh", st)
+		}
+		resp, _ := getContact(t, r, tokB, id)
+		mustHit("B's read after A purged its own entries", resp)
+		resp, _ = getContact(t, r, tokA, id, "X-Ghlproxy-No-Fold", "1")
+		mustMiss("A's read after A purged its own entries", resp)
+
+		// By route: every credential's entries of that route.
+		if got := purge(t, r, "", "route=/contacts/{contactId}"); got < 2 {
+			t.Fatalf("purging the route removed %d entries, want at least A's and B's", got)
+		}
+		for _, tok := range []string{tokA, tokB} {
+			if st := explainState(t, r, tok, id); st != "absent" {
+				t.Fatalf("explain after purging the route: state %q, want absent", st)
+			}
+		}
+	})
+
+	t.Run("admin token guards purges", func(t *testing.T) {
+		g := startReplica(t, testConfig(t, up.URL, cacheEnv(rdb, "GHLPROXY_ADMIN_TOKEN=let-me-in")...))
+		resp, b := call(t, http.DefaultClient, "DELETE", g.URL+"/_ghlproxy/cache?all=true", "", ghlHeaders(tokA))
+		if resp.StatusCode != http.StatusForbidden || resp.Header.Get("X-Ghlproxy-Error") == "" || !ghlShaped(b, http.StatusForbidden) {
+			t.Fatalf("purge without the admin token: %d %s %s, want a GHL-shaped 403", resp.StatusCode, resp.Header.Get("X-Ghlproxy-Error"), b)
+		}
+		h := ghlHeaders(tokA)
+		h.Set("X-Ghlproxy-Admin-Token", "let-me-in")
+		if resp, b := call(t, http.DefaultClient, "DELETE", g.URL+"/_ghlproxy/cache?all=true", "", h); resp.StatusCode != http.StatusOK {
+			t.Fatalf("purge with the admin token: %d %s", resp.StatusCode, b)
+		}
+	})
+}
+
+// explainState is the "cache.state" of GET /_ghlproxy/explain for GET /contacts/{id}.
+func explainState(t *testing.T, r *replica, token, id string) string {
+	t.Helper()
+	resp, b := call(t, http.DefaultClient, "GET", r.URL+"/_ghlproxy/explain?method=GET&path=/contacts/"+id, "", ghlHeaders(token))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("explain: %d %s", resp.StatusCode, b)
+	}
+	var v struct {
+		Route  string `json:"route"`
+		Policy string `json:"policy"`
+		Cache  struct {
+			State string `json:"state"`
+		} `json:"cache"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("explain: %v: %s", err, b)
+	}
+	if v.Route != "/contacts/{contactId}" {
+		t.Fatalf("explain: route %q in %s", v.Route, b)
+	}
+	return v.Cache.State
+}
+
+// purge calls DELETE /_ghlproxy/cache as a loopback caller and returns how many entries
+// it removed.
+func purge(t *testing.T, r *replica, token, query string) int {
+	t.Helper()
+	var h http.Header
+	if token != "" {
+		h = ghlHeaders(token)
+	}
+	resp, b := call(t, http.DefaultClient, "DELETE", r.URL+"/_ghlproxy/cache?"+query, "", h)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("purge ?%s: %d %s", query, resp.StatusCode, b)
+	}
+	var v struct{ Purged int }
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("purge: %v: %s", err, b)
+	}
+	return v.Purged
+}
+
+// ghlShaped reports whether b is an error in GHL's shape with status.
+func ghlShaped(b []byte, status int) bool {
+	var v struct {
+		StatusCode int    `json:"statusCode"`
+		Message    any    `json:"message"`
+		Error      string `json:"error"`
+	}
+	return json.Unmarshal(b, &v) == nil && v.StatusCode == status && v.Message != nil && v.Error != ""
+}
+
+// TestNegativeCache: a 404 is not cached unless cache.negative_ttl is set, and then it is.
+// GHL's 404s for reads of a known route come from an upstream written here: the stand-in
+// answers a missing contact 400, as GHL does.
+func TestNegativeCache(t *testing.T) {
+	var calls atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintf(w, `{"_caller":%q,"statusCode":404,"message":"Contact not found","error":"Not Found"}`, fakeghl.CallerOf(r.Header.Get("Authorization")))
+	}))
+	t.Cleanup(up.Close)
+	rdb := redistest.Start(t)
+	token := twinToken("loc-negative", 0)
+	for _, tc := range []struct {
+		name   string
+		env    []string
+		cached bool
+	}{
+		{"off by default", nil, false},
+		{"negative_ttl", []string{"GHLPROXY_CACHE_NEGATIVE_TTL=30s"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A fold window of 0: no replays, so upstream calls count cache misses only.
+			r := startReplica(t, testConfig(t, up.URL, cacheEnv(rdb, append(tc.env, "GHLPROXY_DEDUPE_WINDOW=0s")...)...))
+			path := "/contacts/missing-" + strings.ReplaceAll(tc.name, " ", "-")
+			before := calls.Load()
+			var last *http.Response
+			for range 3 {
+				resp, b := call(t, http.DefaultClient, "GET", r.URL+path, "", ghlHeaders(token))
+				if resp.StatusCode != http.StatusNotFound || !ghlShaped(b, http.StatusNotFound) {
+					t.Fatalf("GET %s: %d %s, want GHL's 404", path, resp.StatusCode, b)
+				}
+				last = resp
+			}
+			n := calls.Load() - before
+			switch {
+			case tc.cached && (n != 1 || !isHit(last)):
+				t.Fatalf("with negative caching: %d upstream calls for 3 reads, last Cache-Status %q; want 1 and a hit", n, cacheStatus(last))
+			case !tc.cached && (n != 3 || isHit(last)):
+				t.Fatalf("without negative caching: %d upstream calls for 3 reads, last Cache-Status %q; want 3 and no hit", n, cacheStatus(last))
+			}
+		})
+	}
 }
