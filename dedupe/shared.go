@@ -2,6 +2,7 @@ package dedupe
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,8 +25,8 @@ import (
 //	                          answer is stored (PX max(window, WaitBound), refreshed)
 //	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord)
 //
-// and per invalidation tag T a set <prefix>:{foldtag:T} of the fold keys of reads carrying
-// it. Callers of K on other replicas find the lock, wait for the "done" message naming K on
+// and per invalidation tag T a set <prefix>:{foldtag:H(T)} (H: 128 bits of SHA-256, as
+// tags name entities) of the fold keys of reads carrying it. Callers of K on other replicas find the lock, wait for the "done" message naming K on
 // <prefix>:fold:done (subscribed once, when the Fold is built, so no notice can be lost
 // between a look and a wait) and look again; they also look again every LeaseTTL, which
 // only matters when a message was lost or the leader died: then the lock has expired, and
@@ -124,7 +125,13 @@ func (f *Fold) keysOf(key string) keys {
 	return keys{lock: base + ":lock", sent: base + ":sent", result: base + ":result"}
 }
 
-func (f *Fold) tagKey(tag string) string              { return f.cfg.Prefix + ":{foldtag:" + tag + "}" }
+// tagKey names a tag's set by a hash of the tag: tags carry entity ids from paths
+// ("<scope>:contacts/<contactId>"), and nothing in Redis may name a contact.
+func (f *Fold) tagKey(tag string) string {
+	sum := sha256.Sum256([]byte(tag))
+	return f.cfg.Prefix + ":{foldtag:" + hex.EncodeToString(sum[:16]) + "}"
+}
+
 func (f *Fold) doneChannel() string                   { return f.cfg.Prefix + ":fold:done" }
 func (f *Fold) forgetChannel() string                 { return f.cfg.Prefix + ":fold:forget" }
 func ms(d time.Duration) int64                        { return max(d.Milliseconds(), 1) }
