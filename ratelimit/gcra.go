@@ -48,16 +48,28 @@ type limits struct {
 // rest absorbs requests that were granted together but reach GHL spread by network jitter.
 const learnMargin = 0.97
 
-// effective applies a limit learned from GHL's headers (lmax requests per lint ms): when the
+// learnedBurst is the smallest burst a bucket lowered to a learned limit keeps (unless the
+// configured burst is smaller): a write group of batch.max (5) calls takes its tokens at once.
+const learnedBurst = 5
+
+// effective applies a limit learned from GHL's headers (lmax requests per lint ms). When the
 // configured bucket could send more than learnMargin*lmax in one upstream interval from a
-// cold start (burst + rate*interval), rate and burst are scaled down by the same factor.
+// cold start (burst + rate*interval), the margin comes out of the burst, not the rate: the
+// burst drops to max(learnedBurst, lmax/10) and the rate is the rest of learnMargin*lmax per
+// interval, so a busy scope keeps sending close to the learned limit (issue 3: the budget
+// is used to the last token) while burst + rate*interval stays within learnMargin*lmax.
+// Neither ever exceeds its configured value; when the configured rate is the lower one, the
+// burst takes what it leaves.
 func (c limits) effective(lmax, lintMs float64) limits {
 	e := limits{T: c.T, burst: c.burst}
 	if lmax > 0 && lintMs > 0 {
 		capacity := lmax * learnMargin
-		if per := c.burst + lintMs*1000/c.T; per > capacity {
-			f := capacity / per
-			e = limits{T: c.T / f, burst: math.Max(1, math.Floor(c.burst*f))}
+		iv := lintMs * 1000 // µs
+		if c.burst+iv/c.T > capacity {
+			b := math.Min(c.burst, math.Max(learnedBurst, math.Floor(lmax/10)))
+			b = math.Max(1, math.Min(b, math.Floor(capacity/2)))
+			T := math.Max(c.T, iv/math.Max(capacity-b, capacity/2))
+			e = limits{T: T, burst: math.Min(c.burst, math.Max(b, math.Floor(capacity-iv/T)))}
 		}
 	}
 	if c.share > 1 {
@@ -129,13 +141,22 @@ func (b *bucketState) take(now float64, c limits, a takeArgs) decision {
 	newTat := base + a.n*eff.T
 	allowAt := newTat - tau
 	if a.mode == modeWarm {
-		allowAt += a.warmReserve * eff.T
+		// The reserve in proportion to the bucket in force: a bucket lowered to a learned
+		// limit or divided into fallback shares keeps the same fraction for interactive
+		// requests, not a reserve as large as its whole (smaller) burst.
+		allowAt += a.warmReserve * eff.burst / c.burst * eff.T
 	}
 	wait := allowAt - now
 	switch {
 	case wait < 1: // below a µs is float rounding of now+n*T-tau, not a wait
 		d.granted, d.wait = true, 0
 	case a.mode == modeReserve && wait <= a.maxWait:
+		d.granted, d.wait = true, wait
+	case a.mode != modeReserve && a.n > eff.burst && tat <= now:
+		// A group larger than the whole burst is never free at once; once the bucket is full
+		// (nobody reserved ahead of it) it reserves like an interactive request, or a write
+		// group could never get its tokens from a small bucket (a learned limit's, or a
+		// fallback share).
 		d.granted, d.wait = true, wait
 	default:
 		d.wait = wait

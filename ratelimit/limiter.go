@@ -276,6 +276,12 @@ func (w *wait) queue() (Grant, error) {
 			return Grant{}, w.l.dailyRejection(w.s)
 		}
 		if d.granted {
+			if d.wait > 0 { // a group larger than the burst reserved its slot
+				w.markQueued()
+				if err := w.l.sleep(w.ctx, micros(d.wait)); err != nil {
+					return Grant{}, err
+				}
+			}
 			return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
 		}
 		retry := micros(d.wait)

@@ -30,11 +30,12 @@ local function effective()
   local eT, eb = T, burst
   if lmax > 0 and lint > 0 then
     local cap = lmax * 0.97
-    local per = burst + lint * 1000 / T
-    if per > cap then
-      local f = cap / per
-      eT = T / f
-      eb = math.max(1, math.floor(burst * f))
+    local iv = lint * 1000
+    if burst + iv / T > cap then
+      local b = math.min(burst, math.max(5, math.floor(lmax / 10)))
+      b = math.max(1, math.min(b, math.floor(cap / 2)))
+      eT = math.max(T, iv / math.max(cap - b, cap / 2))
+      eb = math.min(burst, math.max(b, math.floor(cap - iv / eT)))
     end
   end
   return eT, eb
@@ -66,11 +67,11 @@ if mode == 2 and dr >= 0 and dr < daily_reserve then
 end
 local new_tat = base + n * eT
 local allow_at = new_tat - tau
-if mode == 2 then allow_at = allow_at + warm_reserve * eT end
+if mode == 2 then allow_at = allow_at + warm_reserve * eb / burst * eT end
 local wait = allow_at - now
 if wait < 1 then
   wait = 0
-elseif not (mode == 0 and wait <= max_wait) then
+elseif not ((mode == 0 and wait <= max_wait) or (mode ~= 0 and n > eb and tat <= now)) then
   return reply(0, wait, (now + tau - base) / eT, eT, eb)
 end
 redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', new_tat))
