@@ -115,9 +115,6 @@ type takeArgs struct {
 	maxWait      float64 // µs
 	warmReserve  float64
 	dailyReserve float64
-	// refund: tokens of an earlier reservation of this request, given back first (a pause
-	// made it void). The bucket never becomes fuller than empty-at-max(now, pause) by it.
-	refund float64
 }
 
 // take decides one request at now (µs). Mirrors takeScript.
@@ -128,9 +125,6 @@ func (b *bucketState) take(now float64, c limits, a takeArgs) decision {
 	tat := b.tat
 	if tat == 0 {
 		tat = now
-	}
-	if a.refund > 0 {
-		tat = math.Max(tat-a.refund*eff.T, math.Max(now, b.pause)+tau-eff.T)
 	}
 	base := math.Max(tat, now)
 	if a.mode == modeWarm && b.dr >= 0 && b.dr < a.dailyReserve {

@@ -22,6 +22,7 @@ type fakeClock struct {
 	mu       sync.Mutex
 	now      time.Time
 	sleepers []*sleeper
+	total    int           // sleeps begun
 	added    chan struct{} // closed and replaced when a sleeper registers or leaves
 }
 
@@ -45,6 +46,7 @@ func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
 	c.mu.Lock()
 	s := &sleeper{until: c.now.Add(d), d: d, wake: make(chan struct{})}
 	c.sleepers = append(c.sleepers, s)
+	c.total++
 	close(c.added)
 	c.added = make(chan struct{})
 	c.mu.Unlock()
@@ -105,6 +107,32 @@ func (c *fakeClock) awaitSleepers(t *testing.T, n int) []time.Duration {
 			t.Fatalf("%d sleepers never registered", n)
 		}
 	}
+}
+
+// awaitSleeps blocks until n sleeps have begun since the clock was made.
+func (c *fakeClock) awaitSleeps(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		c.mu.Lock()
+		total, added := c.total, c.added
+		c.mu.Unlock()
+		if total >= n {
+			return
+		}
+		select {
+		case <-added:
+		case <-deadline:
+			t.Fatalf("%d sleeps began, want %d", total, n)
+		}
+	}
+}
+
+// sleeps is the number of sleeps begun.
+func (c *fakeClock) sleeps() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.total
 }
 
 // changed is closed at the next sleeper change.

@@ -199,39 +199,43 @@ func (w *wait) args(mode int, maxWait time.Duration) takeArgs {
 func (w *wait) elapsed() time.Duration { return w.l.cfg.Now().Sub(w.start) }
 
 // reserve is the interactive path: one decision that grants now or reserves a future slot,
-// then one sleep. If GHL pauses the scope (429, Remaining 0) while the request sleeps, its
-// slot was planned on a budget GHL just contradicted: it gives the slot back and asks again,
-// landing after the pause in the order of asking again.
+// then one sleep. If GHL pauses the scope (429, Remaining 0) while the request sleeps and its
+// slot lies inside the pause, the slot was planned on a budget GHL just contradicted: it asks
+// the bucket again and lands after the pause, behind what the bucket already promised, one
+// emission interval after the previous waiter. Nothing is given back: the pause already
+// emptied the bucket up to its end, which swallowed the voided slots (giving them back as
+// well let every waiter of the pause take the same slot, its end, and all leave at once).
+// A slot after the pause's end still holds.
 func (w *wait) reserve() (Grant, error) {
-	var refund float64
 	now := w.start
 	for {
-		paused := w.s.pauseSignal()
-		a := w.args(modeReserve, w.maxWait-now.Sub(w.start))
-		a.refund = refund
-		d, fb := w.l.take(w.ctx, w.s, a, now)
+		_, paused := w.s.pause()
+		d, fb := w.l.take(w.ctx, w.s, w.args(modeReserve, w.maxWait-now.Sub(w.start)), now)
 		if !d.granted {
 			return Grant{}, w.l.rejection(d, micros(d.wait))
 		}
 		if d.wait <= 0 {
 			return Grant{Waited: now.Sub(w.start), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
 		}
-		again, err := w.sleepReserved(micros(d.wait), fb, paused)
+		// The slot on the local clock, from before the call: with Redis it is a little later,
+		// so a slot near a pause's end counts as inside it.
+		slot := now.Add(micros(d.wait))
+		again, err := w.sleepReserved(micros(d.wait), slot, fb, paused)
 		if err != nil {
 			return Grant{}, err
 		}
 		if !again {
 			return Grant{Waited: w.elapsed(), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
 		}
-		refund = float64(w.n)
 		now = w.l.cfg.Now()
 	}
 }
 
 var errPaused = errors.New("ratelimit: scope paused")
 
-// sleepReserved sleeps until a reserved slot; again reports that a pause began meanwhile.
-func (w *wait) sleepReserved(d time.Duration, fallback bool, paused <-chan struct{}) (again bool, err error) {
+// sleepReserved sleeps until a reserved slot; again reports that a pause announced meanwhile
+// covers the slot.
+func (w *wait) sleepReserved(d time.Duration, slot time.Time, fallback bool, paused <-chan struct{}) (again bool, err error) {
 	w.markQueued()
 	if !fallback {
 		w.s.owed.Add(int64(w.n))
@@ -240,10 +244,18 @@ func (w *wait) sleepReserved(d time.Duration, fallback bool, paused <-chan struc
 	ctx, cancel := context.WithCancelCause(w.ctx)
 	defer cancel(nil)
 	go func() {
-		select {
-		case <-paused:
-			cancel(errPaused)
-		case <-ctx.Done():
+		for {
+			select {
+			case <-paused:
+			case <-ctx.Done():
+				return
+			}
+			var end time.Time
+			end, paused = w.s.pause()
+			if slot.Before(end.Add(pauseSlack)) {
+				cancel(errPaused)
+				return
+			}
 		}
 	}()
 	if err := w.l.sleep(ctx, d); err != nil {

@@ -126,3 +126,50 @@ func TestWaitGroupLargerThanBurst(t *testing.T) {
 			}
 		})
 }
+
+// Waiters whose slots a pause voided take new slots from the bucket one emission interval
+// apart after it, not all at its end (the finding: 26 calls in 250 ms when a pause ended,
+// then Remaining 0 and a second pause). Waiters whose slot lies after the pause keep it.
+func TestPauseSpreadsVoidedReservations(t *testing.T) {
+	tests := []struct {
+		name   string
+		pause  int // ms
+		voided int
+		want   []int // ms: every waiter's sleep once the voided ones reserved again
+	}{
+		// Every slot (100..500 ms) is inside the pause: new slots 1.0 s, 1.1 s, ... 1.4 s.
+		{"all voided", 1000, 5, []int{1000, 1100, 1200, 1300, 1400}},
+		// Slots 400 and 500 ms are after a 300 ms pause and stay; 100..300 follow them.
+		{"some kept", 300, 3, []int{400, 500, 600, 700, 800}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, clock, _ := embedded(t, Config{Rate: 10, Per: time.Second, Burst: 5, MaxWait: 5 * time.Second})
+			ctx := context.Background()
+			mustWait(t, l, ctx, "s", 5, Interactive) // bucket empty
+			const waiters = 5
+			done := make(chan Grant, waiters)
+			for i := range waiters {
+				go func() { done <- mustWait(t, l, ctx, "s", 1, Interactive) }()
+				clock.awaitSleepers(t, i+1) // slots 100ms, 200ms, ... 500ms
+			}
+			l.Observe("s", http.StatusTooManyRequests, ghlHeaders(100, tt.pause, -1))
+			clock.awaitSleeps(t, waiters+tt.voided)
+			ds := clock.awaitSleepers(t, waiters)
+			for i := range ds {
+				if ds[i] != time.Duration(tt.want[i])*time.Millisecond {
+					t.Fatalf("sleeps %v, want %v ms", ds, tt.want)
+				}
+			}
+			for range 14 {
+				clock.Advance(100 * time.Millisecond)
+			}
+			for range waiters {
+				<-done
+			}
+			if n := clock.sleeps(); n != waiters+tt.voided {
+				t.Fatalf("%d sleeps, want %d (a kept slot was given up)", n, waiters+tt.voided)
+			}
+		})
+	}
+}

@@ -47,7 +47,7 @@ end
 `
 
 // takeScript: KEYS[1] bucket; ARGV T, burst, n, mode, maxWait µs, warmReserve, dailyReserve,
-// ttl ms, refund. Reply: granted (1, 0, or -1 for a daily-reserve refusal), wait µs, tokens*1000,
+// ttl ms. Reply: granted (1, 0, or -1 for a daily-reserve refusal), wait µs, tokens*1000,
 // pause left µs, daily remaining, daily limit, learned max, learned interval ms, effective
 // T*1000, effective burst.
 var takeScript = redis.NewScript(scriptPrelude + `
@@ -59,8 +59,6 @@ local daily_reserve = tonumber(ARGV[7])
 local eT, eb = effective()
 local tau = eb * eT
 if tat == 0 then tat = now end
-local refund = tonumber(ARGV[9])
-if refund > 0 then tat = math.max(tat - refund * eT, math.max(now, pause) + tau - eT) end
 local base = math.max(tat, now)
 if mode == 2 and dr >= 0 and dr < daily_reserve then
   return reply(-1, 0, (now + tau - base) / eT, eT, eb)
@@ -144,7 +142,7 @@ func fnum(f float64) string { return strconv.FormatFloat(f, 'g', 17, 64) }
 
 func redisTake(ctx context.Context, rdb redis.Scripter, key string, c limits, a takeArgs) (decision, error) {
 	v, err := takeScript.Run(ctx, rdb, []string{key},
-		fnum(c.T), fnum(c.burst), fnum(a.n), a.mode, fnum(a.maxWait), fnum(a.warmReserve), fnum(a.dailyReserve), bucketTTL, fnum(a.refund)).Int64Slice()
+		fnum(c.T), fnum(c.burst), fnum(a.n), a.mode, fnum(a.maxWait), fnum(a.warmReserve), fnum(a.dailyReserve), bucketTTL).Int64Slice()
 	if err != nil {
 		return decision{}, fmt.Errorf("ratelimit: redis take: %w", err)
 	}

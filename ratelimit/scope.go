@@ -107,11 +107,12 @@ func (s *scope) extendPause(until time.Time) {
 	s.pauseNews = true
 }
 
-// pauseSignal is closed when a new pause is announced.
-func (s *scope) pauseSignal() <-chan struct{} {
+// pause is the end of the latest pause recorded and a channel closed when a new pause is
+// announced, read together so that no announcement falls between them.
+func (s *scope) pause() (until time.Time, announced <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.paused
+	return s.pauseUntil, s.paused
 }
 
 // seed is the state a new local bucket for this scope starts from.
@@ -124,12 +125,6 @@ func (s *scope) seed() bucketState {
 		b.pause = micro(s.pauseUntil)
 	}
 	return b
-}
-
-func (s *scope) pauseEnd() time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.pauseUntil
 }
 
 func (s *scope) dailyRemaining() float64 {
