@@ -160,7 +160,7 @@ func startBudgetReplicas(t *testing.T, n int, upstream string, b budget, env ...
 }
 
 // waitReplicas waits until every replica counts n replicas in Redis: the fallback share
-// (rate / replicas) is only right once they do. Replicas refresh the count every 5 s.
+// (rate / replicas) is only right once they do. Replicas re-read the count every second.
 func waitReplicas(t *testing.T, rs []*replica, n int) {
 	t.Helper()
 	for _, r := range rs {

@@ -498,6 +498,15 @@ func (l *Limiter) register() error {
 	return nil
 }
 
+// replicaRefresh is how often a healthy replica re-reads the replica count (and refreshes its
+// own registration, in the same script): the fallback share is only right if every replica
+// knows the count when Redis goes away, and a replica that started first must learn of the
+// others within a second, not a third of the TTL (5 s), or it falls back with the whole
+// budget. One small script per replica per second.
+const replicaRefresh = time.Second
+
+func (l *Limiter) beat() time.Duration { return min(replicaRefresh, l.cfg.ReplicaTTL/3) }
+
 // maintain runs until Close: the replica heartbeat, the probe that closes the breaker when
 // Redis answers again, and forgetting idle scopes.
 func (l *Limiter) maintain() {
@@ -519,7 +528,7 @@ func (l *Limiter) maintain() {
 					l.leaveDegraded()
 					lastBeat = time.Now()
 				}
-			case time.Since(lastBeat) >= l.cfg.ReplicaTTL/3:
+			case time.Since(lastBeat) >= l.beat():
 				if err := l.register(); err != nil {
 					l.redisFailed(err)
 				} else {

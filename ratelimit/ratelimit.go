@@ -85,7 +85,8 @@ type Config struct {
 	// is unreachable. Default random.
 	ReplicaID string
 	// ReplicaTTL: a replica that has not refreshed its registration for this long is no
-	// longer counted. Default 15s; refreshed every ReplicaTTL/3.
+	// longer counted. Default 15s. Every replica refreshes its registration and re-reads
+	// the count every second (every ReplicaTTL/3 if that is shorter).
 	ReplicaTTL time.Duration
 	// ProbeInterval: how often Redis is probed while the limiter runs on fallback buckets.
 	// Default 500ms.

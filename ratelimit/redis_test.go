@@ -185,3 +185,30 @@ func TestNewWithRedisDown(t *testing.T) {
 		t.Fatal("not on fallback")
 	}
 }
+
+// A replica that started first learns of the replicas that start after it within about a
+// second: its fallback share must not be the whole budget for the first seconds (it was
+// re-read only every ReplicaTTL/3 = 5 s, and a replica that fell back early sent 107% of
+// the budget).
+func TestReplicaCountFollowsPromptly(t *testing.T) {
+	_, rdb := startRedis(t)
+	cfg := Config{ProbeInterval: 50 * time.Millisecond, RedisTimeout: time.Second}
+	first, _ := newLimiter(t, cfg, rdb)
+	if first.Replicas() != 1 {
+		t.Fatalf("first replica counts %d", first.Replicas())
+	}
+	second, _ := newLimiter(t, cfg, rdb)
+	if second.Replicas() != 2 {
+		t.Fatalf("a replica that starts counts %d at once, want 2 (its registration reads the count)", second.Replicas())
+	}
+	start := time.Now()
+	for first.Replicas() != 2 {
+		// Polling a state with a deadline: the refresh is once a second, well inside it;
+		// before the fix it came after 5 s.
+		if time.Since(start) > 3*time.Second {
+			t.Fatalf("the first replica still counts %d replicas %s after the second started", first.Replicas(), time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("the first replica counted 2 replicas %s after the second started", time.Since(start).Round(time.Millisecond))
+}
