@@ -343,7 +343,13 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		return resp, err
 	}
-	resp, outcome, err := h.fold(r, x, key, cc, dedupe.Options{Tags: tags}, fetch)
+	o := dedupe.Options{Tags: tags}
+	if cacheable {
+		// The cache keeps the answer for its TTL and then serves it stale or refreshes it;
+		// a replay outliving the TTL would stretch the TTL and pre-empt stale-if-error.
+		o.Window = x.route.TTL
+	}
+	resp, outcome, err := h.fold(r, x, key, cc, o, fetch)
 	if stale != nil && time.Now().Before(stale.StaleIfError) && (err != nil || resp.Status >= 500 || resp.Status == http.StatusTooManyRequests) {
 		// stale-if-error: an answer a little old beats an error the app must handle.
 		x.outcome = metrics.OutcomeStale
@@ -521,13 +527,17 @@ func (h *Handler) scopedTags(x *exchange, tags []string) []string {
 	return out
 }
 
-// fold runs fetch through the Fold when this request may fold, else directly.
+// fold runs fetch through the Fold when this request may fold, else directly. A positive
+// o.Window caps the fold window: a cached read's answer must not be replayed past its TTL.
 func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl, o dedupe.Options,
 	fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, dedupe.Outcome, error) {
 	window, ok := h.foldWindow(r, x, cc)
 	if !ok {
 		resp, err := fetch(r.Context())
 		return resp, dedupe.Leader, err
+	}
+	if o.Window > 0 && o.Window < window {
+		window = o.Window
 	}
 	o.Window = window
 	o.Key = &x.cred.EncKey
@@ -538,7 +548,9 @@ func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl
 }
 
 func (h *Handler) foldWindow(r *http.Request, x *exchange, cc cacheControl) (time.Duration, bool) {
-	if h.cfg.Fold == nil || cc.noCache || r.Header.Get(headerNoFold) == "1" {
+	// no-cache asks for a fresh answer and no-store for one kept nowhere: neither may be
+	// answered from, or leave, a replay.
+	if h.cfg.Fold == nil || cc.noCache || cc.noStore || r.Header.Get(headerNoFold) == "1" {
 		return 0, false
 	}
 	if h.cfg.FoldMethods != nil && !h.cfg.FoldMethods[r.Method] {

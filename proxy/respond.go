@@ -40,6 +40,10 @@ func (h *Handler) writeFolded(w http.ResponseWriter, r *http.Request, x *exchang
 	var stored time.Time
 	if o == dedupe.Replay {
 		stored = resp.Date
+		if cacheStatus != "" {
+			// Nothing was forwarded for this request: it is a hit on the fold's store.
+			cacheStatus = "ghlproxy; hit; detail=fold-replay"
+		}
 	}
 	h.writeResponse(w, r, x, resp, cacheStatus, stored)
 }
