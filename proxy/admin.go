@@ -117,7 +117,7 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 	sel := PurgeSelector{Route: q.Get("route"), All: q.Get("all") == "true"}
 	cred := a.Handler.cfg.Identity.Resolve(r.Header.Get("Authorization"))
 	if t := q.Get("tag"); t != "" {
-		sel.Tag = cred.ScopeKey + ":" + t
+		sel.Tag = ScopedTag(cred.ScopeKey, t)
 	}
 	if sel.Route == "" && sel.Tag == "" && !sel.All {
 		if cred.Anonymous {
@@ -172,12 +172,12 @@ func (a *Admin) explain(w http.ResponseWriter, r *http.Request) {
 		out["key"] = key
 		if x.policy != routes.Write {
 			out["ttl_seconds"] = int(x.route.TTL / time.Second)
-			out["tags"] = h.scopedTags(x, x.route.Tags(x.params))
+			out["tags"] = x.route.Tags(x.params)
 			if a.CacheLookup != nil {
 				out["cache"] = a.CacheLookup(r.Context(), key, x.cred)
 			}
 		} else {
-			out["invalidates"] = h.scopedTags(x, x.route.Invalidates(x.params))
+			out["invalidates"] = x.route.Invalidates(x.params)
 		}
 		window, folds := h.foldWindow(in, x, parseCacheControl(in.Header.Get("Cache-Control")))
 		out["fold"] = map[string]any{"folds": folds, "window_seconds": int(window / time.Second)}

@@ -15,6 +15,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -517,14 +519,22 @@ func (h *Handler) invalidate(ctx context.Context, x *exchange) {
 	}
 }
 
-// scopedTags prefixes route tags with the scope: a write through one location's token
-// invalidates that location's entries for every credential of it, and nobody else's.
+// scopedTags turns route tags into the tags the stages keep: prefixed with the scope, so
+// a write through one location's token invalidates that location's entries for every
+// credential of it and nobody else's; and hashed, because route tags carry ids from paths
+// (contacts/<id>) and the stages keep tags in Redis key names and pub/sub messages.
 func (h *Handler) scopedTags(x *exchange, tags []string) []string {
 	out := make([]string, len(tags))
 	for i, t := range tags {
-		out[i] = x.cred.ScopeKey + ":" + t
+		out[i] = ScopedTag(x.cred.ScopeKey, t)
 	}
 	return out
+}
+
+// ScopedTag is the stored form of route tag t in scope scopeKey.
+func ScopedTag(scopeKey, t string) string {
+	sum := sha256.Sum256([]byte(t))
+	return scopeKey + ":" + hex.EncodeToString(sum[:12])
 }
 
 // fold runs fetch through the Fold when this request may fold, else directly. A positive
