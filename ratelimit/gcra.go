@@ -88,11 +88,6 @@ type bucketState struct {
 	dr    float64 // X-RateLimit-Daily-Remaining, -1 unknown
 	dl    float64 // X-RateLimit-Limit-Daily, -1 unknown
 
-	// owed is only read when a fallback bucket is created: the tokens this replica's waiters
-	// reserved on the shared bucket and have not spent yet. The fallback bucket starts that
-	// far in debt, so those waiters and the fallback's new grants do not add up to twice the
-	// rate while Redis is away.
-	owed float64
 }
 
 func newBucketState() *bucketState { return &bucketState{dr: -1, dl: -1} }

@@ -220,7 +220,7 @@ func (w *wait) reserve() (Grant, error) {
 		// The slot on the local clock, from before the call: with Redis it is a little later,
 		// so a slot near a pause's end counts as inside it.
 		slot := now.Add(micros(d.wait))
-		again, err := w.sleepReserved(micros(d.wait), slot, fb, paused)
+		again, err := w.sleepReserved(micros(d.wait), slot, paused)
 		if err != nil {
 			return Grant{}, err
 		}
@@ -235,12 +235,8 @@ var errPaused = errors.New("ratelimit: scope paused")
 
 // sleepReserved sleeps until a reserved slot; again reports that a pause announced meanwhile
 // covers the slot.
-func (w *wait) sleepReserved(d time.Duration, slot time.Time, fallback bool, paused <-chan struct{}) (again bool, err error) {
+func (w *wait) sleepReserved(d time.Duration, slot time.Time, paused <-chan struct{}) (again bool, err error) {
 	w.markQueued()
-	if !fallback {
-		w.s.owed.Add(int64(w.n))
-		defer w.s.owed.Add(-int64(w.n))
-	}
 	ctx, cancel := context.WithCancelCause(w.ctx)
 	defer cancel(nil)
 	go func() {
@@ -462,7 +458,6 @@ func (l *Limiter) leaveDegraded() {
 	if since == 0 {
 		return
 	}
-	l.mem.reset()
 	l.m.RedisUp.Set(1)
 	l.m.Degraded.Set(0)
 	l.log.Info("ratelimit: redis reachable again, back on the shared bucket",
@@ -472,13 +467,20 @@ func (l *Limiter) leaveDegraded() {
 // handBack moves the fallback buckets' outstanding reservations onto the shared buckets
 // before the limiter returns to them, so that requests already promised a slot by the
 // fallback and new requests on the shared bucket do not both go upstream in one window.
+// A debt handed back leaves the fallback bucket, so a quick second outage does not hand it
+// back again; the buckets themselves stay (see memStore).
 func (l *Limiter) handBack() error {
 	ctx, cancel := context.WithTimeout(context.Background(), l.probeTimeout())
 	defer cancel()
-	for scope, debt := range l.mem.debts(l.share()) {
+	share := l.share()
+	for scope, debt := range l.mem.debts(share) {
+		if debt <= 0 {
+			continue
+		}
 		if err := redisAbsorb(ctx, l.rdb, bucketKey(l.cfg.Prefix, scope), l.lim, debt); err != nil {
 			return err
 		}
+		l.mem.settle(scope, share, debt)
 	}
 	return nil
 }
@@ -641,9 +643,7 @@ func (l *Limiter) prune(idle time.Duration) {
 	for k, s := range l.scopes {
 		if s.idle(now, idle) {
 			delete(l.scopes, k)
-			if l.rdb == nil {
-				l.mem.forget(k)
-			}
+			l.mem.forget(k)
 		}
 	}
 }

@@ -107,7 +107,7 @@ func TestReplicasAtThreeTimesBudgetOnCluster(t *testing.T) {
 func TestReplicasSurviveRedisRestart(t *testing.T) {
 	srv, rdb := startRedis(t)
 	r := replicaLoad(t, loadRun{rdb: rdb, scale: loadScale(), outage: srv})
-	r.check(t, 0) // utilisation is reported, not required: the fallback starts empty
+	r.check(t, 0) // utilisation is reported, not required: the fallback shares are conservative
 	if r.fallback == 0 {
 		t.Error("no grant was made on the fallback bucket during the outage")
 	}

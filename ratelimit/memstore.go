@@ -4,33 +4,43 @@ import "sync"
 
 // memStore holds buckets in process: the embedded limiter (no Redis) and the fallback buckets
 // while Redis is unreachable. Same decision code as the shared bucket (gcra.go).
+//
+// A fallback bucket is not a bucket of its own that refills while the shared one is spent:
+// every decision on it first lifts it to at most this replica's share of the shared bucket's
+// last known level (scope.sync). So a call that times out now and then, or a Redis that
+// flaps, never finds a local bucket that refilled to full meanwhile, and a fallback does not
+// start afresh while the shared bucket was in debt. The buckets are kept across outages:
+// what they still hold is reservations the shared bucket has not heard of (handBack moves
+// them over on recovery; a single timed-out call does not).
 type memStore struct {
-	now func() float64 // µs, for debts
-	// startEmpty: a new bucket starts with no tokens. The fallback buckets do, because the
-	// shared bucket they replace was probably being spent when Redis went away.
-	startEmpty bool
+	now      func() float64 // µs, for debts
+	fallback bool
 
 	mu      sync.Mutex
 	buckets map[string]*bucketState
 }
 
-func newMemStore(now func() float64, startEmpty bool) *memStore {
-	return &memStore{now: now, startEmpty: startEmpty, buckets: map[string]*bucketState{}}
+func newMemStore(now func() float64, fallback bool) *memStore {
+	return &memStore{now: now, fallback: fallback, buckets: map[string]*bucketState{}}
 }
 
-// get returns the scope's bucket, creating it from what this replica knew about the scope
-// (learned limit, pause, daily count, owed reservations). Called with mu held.
+// get returns the scope's bucket, brought up to date with what this replica knows about the
+// scope. Called with mu held.
 func (m *memStore) get(s *scope, c limits, now float64) *bucketState {
 	b := m.buckets[s.name]
 	if b == nil {
-		seed := s.seed()
-		b = &seed
-		b.tat = 0
-		if m.startEmpty {
-			e := c.effective(b.lmax, b.lint)
-			b.tat = now + (e.burst+b.owed)*e.T
-		}
+		b = newBucketState()
 		m.buckets[s.name] = b
+	}
+	floor, ok := s.sync(b, c)
+	if m.fallback {
+		if !ok && b.tat == 0 {
+			// No shared decision seen (Redis away since start-up): start empty, the shared
+			// bucket was probably being spent by the other replicas.
+			e := c.effective(b.lmax, b.lint)
+			floor = now + e.burst*e.T
+		}
+		b.tat = max(b.tat, floor)
 	}
 	return b
 }
@@ -68,9 +78,11 @@ func (m *memStore) forget(scope string) {
 	m.mu.Unlock()
 }
 
-// reset drops every bucket: the fallback starts afresh at the next outage.
-func (m *memStore) reset() {
+// settle removes debt tokens handed back to the shared bucket from the scope's bucket.
+func (m *memStore) settle(scope string, c limits, debt float64) {
 	m.mu.Lock()
-	clear(m.buckets)
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	if b := m.buckets[scope]; b != nil {
+		b.tat -= debt * c.effective(b.lmax, b.lint).T
+	}
 }

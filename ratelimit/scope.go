@@ -21,7 +21,6 @@ type scope struct {
 	// key runs serially there anyway, and a burst of concurrent calls would only queue in
 	// the connection pool and time out together, looking like a Redis outage.
 	redisMu sync.Mutex
-	owed    atomic.Int64 // tokens this replica's waiters reserved on the shared bucket, not spent yet
 
 	mu          sync.Mutex
 	touched     time.Time
@@ -33,6 +32,10 @@ type scope struct {
 	pauseNews   bool          // a pause was recorded and not yet announced
 	lmax, lint  float64
 	dr, dl      float64
+	// The last decision of the shared bucket this replica saw: its token level (negative:
+	// reserved debt) at sharedAt. A fallback bucket starts from this replica's share of it.
+	sharedTokens float64
+	sharedAt     time.Time
 	nextSeq     uint64
 	queue       []*queueEntry // batch before warm, then arrival order
 	queueChange chan struct{} // closed and replaced whenever the head may have changed
@@ -53,6 +56,9 @@ func (s *scope) update(d decision, now time.Time, fallback bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.touched, s.tokens, s.eff, s.fallback = now, d.tokens, d.eff, fallback
+	if !fallback {
+		s.sharedTokens, s.sharedAt = d.tokens, now
+	}
 	if d.pauseLeft > 0 {
 		s.extendPause(now.Add(micros(d.pauseLeft)))
 	}
@@ -115,16 +121,32 @@ func (s *scope) pause() (until time.Time, announced <-chan struct{}) {
 	return s.pauseUntil, s.paused
 }
 
-// seed is the state a new local bucket for this scope starts from.
-func (s *scope) seed() bucketState {
+// sync brings a local bucket up to what this replica knows about the scope: the learned
+// limit, pause and daily count (replies of the shared bucket carry what any replica
+// observed). For a fallback bucket of limits c it also returns the earliest tat the bucket
+// may have: the last shared decision's token level, this replica's share of it, refilling at
+// the share's rate since; ok is false when no shared decision was seen.
+func (s *scope) sync(b *bucketState, c limits) (floor float64, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b := bucketState{lmax: s.lmax, lint: s.lint, dr: s.dr, dl: s.dl, owed: float64(s.owed.Load())}
-	if !s.pauseUntil.IsZero() {
-		// Local clock in µs, the memStore's clock.
-		b.pause = micro(s.pauseUntil)
+	if s.lmax > 0 && s.lint > 0 {
+		b.lmax, b.lint = s.lmax, s.lint
 	}
-	return b
+	if s.dr >= 0 {
+		b.dr = s.dr
+	}
+	if s.dl >= 0 {
+		b.dl = s.dl
+	}
+	if !s.pauseUntil.IsZero() {
+		b.pause = max(b.pause, micro(s.pauseUntil)) // local clock in µs, the memStore's
+	}
+	if s.sharedAt.IsZero() {
+		return 0, false
+	}
+	e := c.effective(b.lmax, b.lint)
+	level := min(s.sharedTokens/max(1, c.share), e.burst)
+	return micro(s.sharedAt) + (e.burst-level)*e.T, true
 }
 
 func (s *scope) dailyRemaining() float64 {
