@@ -22,23 +22,23 @@ type scope struct {
 	// the connection pool and time out together, looking like a Redis outage.
 	redisMu sync.Mutex
 
-	mu          sync.Mutex
-	touched     time.Time
-	tokens      float64
-	eff         limits
-	fallback    bool
-	pauseUntil  time.Time
-	paused      chan struct{} // closed and replaced when a new pause is announced
-	pauseNews   bool          // a pause was recorded and not yet announced
-	lmax, lint  float64
-	dr, dl      float64
+	mu         sync.Mutex
+	touched    time.Time
+	tokens     float64
+	eff        limits
+	fallback   bool
+	pauseUntil time.Time
+	paused     chan struct{} // closed and replaced when a new pause is announced
+	pauseNews  bool          // a pause was recorded and not yet announced
+	lmax, lint float64
+	dr, dl     float64
 	// The last decision of the shared bucket this replica saw: its token level (negative:
 	// reserved debt) at sharedAt. A fallback bucket starts from this replica's share of it.
 	sharedTokens float64
 	sharedAt     time.Time
-	nextSeq     uint64
-	queue       []*queueEntry // batch before warm, then arrival order
-	queueChange chan struct{} // closed and replaced whenever the head may have changed
+	nextSeq      uint64
+	queue        []*queueEntry // batch before warm, then arrival order
+	queueChange  chan struct{} // closed and replaced whenever the head may have changed
 }
 
 type queueEntry struct {
