@@ -125,6 +125,19 @@ var names = map[string]string{
 	"ghlproxy-redis": "ghlproxy, Redis",
 }
 
+// short names label the plots' x axes.
+var short = map[string]string{
+	"direct": "stand-in", "nginx-proxy": "nginx", "nginx": "nginx", "varnish": "Varnish",
+	"ghlproxy": "ghlproxy", "ghlproxy-redis": "ghlproxy+Redis",
+}
+
+func shortName(t string) string {
+	if n, ok := short[t]; ok {
+		return n
+	}
+	return t
+}
+
 func name(t string) string {
 	if n, ok := names[t]; ok {
 		return n
@@ -185,7 +198,7 @@ func writeHits(md *strings.Builder, w wrkRows, rawDir, out string, conns int) er
 			rss = fmt.Sprintf("%.0f MiB", float64(h)/1024)
 		}
 		fmt.Fprintf(md, "| %s | %.0f | %s | %s | %d | %s |\n", name(t), w.median(t, 0), us(w.median(t, 1)), us(w.median(t, 2)), upstream[t], rss)
-		fmt.Fprintf(&dat, "%q %.0f\n", name(t), w.median(t, 0))
+		fmt.Fprintf(&dat, "%q %.0f\n", shortName(t), w.median(t, 0))
 	}
 	md.WriteString("\n")
 	best, bestName := 0.0, ""
@@ -313,8 +326,8 @@ func writeMix(md *strings.Builder, rawDir, out string, secs int) error {
 	var dat strings.Builder
 	for _, c := range cs {
 		fmt.Fprintf(md, "### %d concurrent clients\n\n", c)
-		fmt.Fprintf(md, "| target | req/s | p50 | p99 | p99 of hits | upstream calls / client requests | upstream 429s | 429s to clients | other errors | leaks | stale reads | sidecar RSS peak |\n")
-		fmt.Fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(md, "| target | req/s | p50 | p99 | p99 of hits | updates p50 / p99 | upstream calls / client requests | upstream 429s | 429s to clients | other errors | leaks | stale reads | sidecar RSS peak |\n")
+		fmt.Fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, t := range order {
 			r, ok := byClients[c][t]
 			if !ok {
@@ -334,8 +347,9 @@ func writeMix(md *strings.Builder, rawDir, out string, secs int) error {
 			if h, cur := readRSS(filepath.Join(rawDir, fmt.Sprintf("mix-%d-%s.rss", c, t))); h > 0 {
 				rss = fmt.Sprintf("%.0f MiB (now %.0f)", float64(h)/1024, float64(cur)/1024)
 			}
-			fmt.Fprintf(md, "| %s | %.0f | %s | %s | %s | %.1f%% | %d | %d | %d | %d | %d | %s |\n",
-				name(t), r.RPS, us(r.All.P50), us(r.All.P99), hits, 100*r.UpstreamShare, r.Upstream429, r.Status[429], errs, r.Leaks, r.Stale, rss)
+			writes := fmt.Sprintf("%s / %s (%d)", us(r.Writes.P50), us(r.Writes.P99), r.Writes.N)
+			fmt.Fprintf(md, "| %s | %.0f | %s | %s | %s | %s | %.1f%% | %d | %d | %d | %d | %d | %s |\n",
+				name(t), r.RPS, us(r.All.P50), us(r.All.P99), hits, writes, 100*r.UpstreamShare, r.Upstream429, r.Status[429], errs, r.Leaks, r.Stale, rss)
 		}
 		md.WriteString("\n")
 		var plots []string
@@ -371,7 +385,7 @@ plot %s
 		fmt.Fprintf(md, "![mixed workload latency, %d clients](mix-latency-%d.png)\n\n", c, c)
 	}
 	for _, t := range order {
-		fmt.Fprintf(&dat, "%q", name(t))
+		fmt.Fprintf(&dat, "%q", shortName(t))
 		for _, c := range cs {
 			fmt.Fprintf(&dat, " %.0f", byClients[c][t].RPS)
 		}
