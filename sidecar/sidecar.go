@@ -34,9 +34,9 @@ type Sidecar struct {
 	Ops     *ops.Handler
 	rdb     redis.UniversalClient
 	closers []func() error
-	// degraded reports, per stage, whether it runs without its shared store.
-	degraded []func() bool
-	warm     *warm.Loop // nil unless warm.interval and warm.targets are set
+	// stageChecks report, per stage, whether it runs without its shared store (/readyz).
+	stageChecks []ops.Check
+	warm        *warm.Loop // nil unless warm.interval and warm.targets are set
 }
 
 // New builds a sidecar from cfg. It does not listen yet.
@@ -152,16 +152,18 @@ func (s *Sidecar) storeName() string {
 	return "redis"
 }
 
+// checks are /readyz's components. None is fatal: without Redis every stage serves on its
+// local fallback, and taking the pod out of service would turn that into an outage.
 func (s *Sidecar) checks() []ops.Check {
 	if s.rdb == nil {
 		return nil
 	}
-	return []ops.Check{{Name: "redis", Status: func() (string, bool) {
+	return append([]ops.Check{{Name: "redis", Status: func() (string, bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		if err := s.rdb.Ping(ctx).Err(); err != nil {
 			return "unreachable: " + err.Error() + " (serving on local fallbacks)", false
 		}
 		return "ok", false
-	}}}
+	}}}, s.stageChecks...)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/dedupe"
 	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/ops"
 	"github.com/ghlproxy/ghlproxy/proxy"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
 )
@@ -52,7 +53,12 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		}
 		return map[string]any{"scope": scopeKey, "note": "no request of this scope yet on this replica"}
 	}
-	s.degraded = append(s.degraded, lim.Degraded)
+	s.stageChecks = append(s.stageChecks, ops.Check{Name: "ratelimit", Status: func() (string, bool) {
+		if lim.Degraded() {
+			return "degraded: deciding on local buckets holding this replica's share of the budget", false
+		}
+		return "ok", false
+	}})
 
 	fold, err := dedupe.New(dedupe.Config{Window: cfg.Dedupe.Window}, s.rdb, s.Metrics, s.log)
 	if err != nil {
@@ -67,6 +73,12 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	}
 	s.closers = append(s.closers, c.Close)
 	pc.Cache = c
+	s.stageChecks = append(s.stageChecks, ops.Check{Name: "cache", Status: func() (string, bool) {
+		if !c.Stats().Coherent {
+			return "degraded: invalidations from other replicas are not confirmed; serving from Redis only, not from memory", false
+		}
+		return "ok", false
+	}})
 	admin.CacheStats = func() any { return c.Stats() }
 	admin.CachePurge = func(ctx context.Context, sel proxy.PurgeSelector) (int, error) {
 		return c.Purge(ctx, cache.Selector{Route: sel.Route, Tag: sel.Tag, CredHash: sel.CredHash, All: sel.All})
