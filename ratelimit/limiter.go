@@ -143,7 +143,7 @@ func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) 
 	var g Grant
 	var err error
 	if p == Interactive {
-		g, err = w.reserve()
+		g, err = w.reserve(start)
 	} else {
 		g, err = w.queue()
 	}
@@ -206,14 +206,17 @@ func (w *wait) elapsed() time.Duration { return w.l.cfg.Now().Sub(w.start) }
 // emptied the bucket up to its end, which swallowed the voided slots (giving them back as
 // well let every waiter of the pause take the same slot, its end, and all leave at once).
 // A slot after the pause's end still holds.
-func (w *wait) reserve() (Grant, error) {
-	now := w.start
+//
+// now is when the request asks (its start, or later for a batch request that aged out of the
+// local queue); a reservation made, it leaves the local queue so the next waiter can ask.
+func (w *wait) reserve(now time.Time) (Grant, error) {
 	for {
 		_, paused := w.s.pause()
 		d, fb := w.l.take(w.ctx, w.s, w.args(modeReserve, w.maxWait-now.Sub(w.start)), now)
 		if !d.granted {
 			return Grant{}, w.l.rejection(d, micros(d.wait))
 		}
+		w.leaveQueue()
 		if d.wait <= 0 {
 			return Grant{Waited: now.Sub(w.start), Remaining: tokensLeft(d.tokens), Fallback: fb}, nil
 		}
@@ -266,7 +269,11 @@ func (w *wait) sleepReserved(d time.Duration, slot time.Time, paused <-chan stru
 // queue is the batch and warm path: the replica's batch and warm requests of the scope line
 // up locally (batch first, then arrival order), and only the head asks the bucket, which
 // grants only tokens that are free now; otherwise the head sleeps for as long as the bucket
-// says and asks again. Interactive reservations therefore always go first.
+// says and asks again. Interactive reservations therefore go first, with one exception: a
+// batch request at the head that has waited a quarter of its wait bound (agedBatch) reserves
+// like an interactive request, in arrival order with them, so that a steady stream of
+// interactive reservations cannot starve writes until they are refused. Warm requests always
+// yield: warming must never delay an interactive request.
 func (w *wait) queue() (Grant, error) {
 	if w.p == Warm {
 		if dr := w.s.dailyRemaining(); dr >= 0 && dr < float64(w.l.cfg.DailyReserve) {
@@ -279,7 +286,11 @@ func (w *wait) queue() (Grant, error) {
 		if err := w.awaitHead(); err != nil {
 			return Grant{}, err
 		}
-		d, fb := w.l.take(w.ctx, w.s, w.args(mode, 0), w.l.cfg.Now())
+		now := w.l.cfg.Now()
+		if w.p == Batch && now.Sub(w.start) >= w.maxWait/agedBatch {
+			return w.reserve(now)
+		}
+		d, fb := w.l.take(w.ctx, w.s, w.args(mode, 0), now)
 		if d.dailyRefused {
 			return Grant{}, w.l.dailyRejection(w.s)
 		}
@@ -300,6 +311,19 @@ func (w *wait) queue() (Grant, error) {
 		if err := w.l.sleep(w.ctx, retry); err != nil {
 			return Grant{}, err
 		}
+	}
+}
+
+// agedBatch: a batch request that has waited 1/agedBatch of its wait bound (MaxWait, or
+// less when its context's deadline is sooner) stops yielding to interactive reservations.
+const agedBatch = 4
+
+// leaveQueue takes the request out of the scope's local queue (batch and warm only) once it
+// holds a reservation: the next waiter need not wait for its slot to pass.
+func (w *wait) leaveQueue() {
+	if w.entry != nil {
+		w.s.dequeue(w.entry)
+		w.entry = nil
 	}
 }
 

@@ -1,6 +1,12 @@
 // Package ratelimit is the token bucket every replica of an app shares, one per GHL
 // rate-limit scope (location or company, per app). Callers queue for tokens instead of
 // failing; past ratelimit.max_wait they get a RejectedError before anything went upstream.
+//
+// Priorities: interactive requests go before batched writes, both before warming. A batched
+// write that has waited a quarter of its wait bound (ratelimit.max_wait, or less when its
+// context's deadline is sooner) stops yielding: it reserves its slot like an interactive
+// request, in arrival order with them, so writes are never starved by sustained interactive
+// traffic. Warming always yields.
 package ratelimit
 
 import (
@@ -10,7 +16,8 @@ import (
 )
 
 // Priority orders waiters of one scope: interactive requests go before batched writes,
-// both before warming.
+// both before warming; a batched write that has waited a quarter of its wait bound queues
+// with interactive requests in arrival order (see the package doc).
 type Priority int
 
 const (

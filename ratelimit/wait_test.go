@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 )
@@ -192,4 +193,95 @@ func TestDailyReserve(t *testing.T) {
 			t.Fatalf("stats %+v", st)
 		}
 	})
+}
+
+type batchTag struct{}
+
+// A batch request behind a steady stream of interactive reservations (one per emission
+// interval, each taking the next slot) is never free to take a token "now"; once it has
+// waited a quarter of MaxWait it reserves in arrival order with them and is granted one
+// interval later, instead of starving until it is refused at MaxWait.
+func TestWaitBatchNotStarvedByInteractive(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	const maxWait = 4 * time.Second
+	l, clock, _ := embedded(t, Config{Rate: 10, Per: time.Second, Burst: 1, MaxWait: maxWait})
+	type sleep struct {
+		batch bool
+		d     time.Duration
+	}
+	sleeps := make(chan sleep, 16)
+	l.sleep = func(ctx context.Context, d time.Duration) error {
+		sleeps <- sleep{ctx.Value(batchTag{}) != nil, d}
+		return clock.Sleep(ctx, d)
+	}
+	begun := 0
+	// next returns the next sleep once it is registered with the clock: the test drives one
+	// waiter at a time, so sleeps and registrations come in the same order.
+	next := func() sleep {
+		t.Helper()
+		select {
+		case s := <-sleeps:
+			begun++
+			clock.awaitSleeps(t, begun)
+			return s
+		case <-time.After(5 * time.Second):
+			t.Fatal("no sleep began")
+			return sleep{}
+		}
+	}
+
+	mustWait(t, l, context.Background(), "s", 1, Interactive) // bucket empty
+	type result struct {
+		g   Grant
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		g, err := l.Wait(context.WithValue(context.Background(), batchTag{}, true), "s", 1, Batch)
+		done <- result{g, err}
+	}()
+	if s := next(); !s.batch {
+		t.Fatalf("first sleep %+v, want the batch request's", s)
+	}
+	var interactive sync.WaitGroup
+	defer func() {
+		// Let the last reservations run out so no waiter outlives the test.
+		for range 4 {
+			clock.Advance(interval)
+		}
+		interactive.Wait()
+	}()
+	for step := 0; step < int(maxWait/interval)+10; step++ {
+		interactive.Add(1)
+		go func() {
+			defer interactive.Done()
+			if _, err := l.Wait(context.Background(), "s", 1, Interactive); err != nil {
+				t.Errorf("interactive: %v", err)
+			}
+		}()
+		if s := next(); s.batch || s.d > 2*interval {
+			t.Fatalf("step %d: interactive sleep %+v, want a reservation within two intervals", step, s)
+		}
+		clock.Advance(interval)
+		// The batch request wakes every interval: it either sleeps again or is done.
+		select {
+		case r := <-done:
+			if r.err != nil {
+				t.Fatalf("batch request after %d intervals: %v (starved)", step+1, r.err)
+			}
+			if r.g.Waited < maxWait/4 || r.g.Waited > maxWait/4+2*interval {
+				t.Fatalf("batch request waited %s, want between MaxWait/4 (%s) and two intervals more", r.g.Waited, maxWait/4)
+			}
+			return
+		case s := <-sleeps:
+			begun++
+			clock.awaitSleeps(t, begun)
+			if !s.batch {
+				t.Fatalf("step %d: unexpected interactive sleep %+v", step, s)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("step %d: the batch request neither slept again nor returned", step)
+		}
+	}
+	t.Fatal("batch request never granted")
 }
