@@ -28,8 +28,18 @@
 // Failures. A write is either sent exactly once, or its caller gets an error before it was
 // sent: a caller whose ctx ends while its write is queued (also while the group waits for
 // its grant) gets ctx.Err() and the write is dropped from the queue; a limiter error (a
-// *ratelimit.RejectedError after ratelimit.max_wait) answers every write the group asked
-// for, and nothing of it is sent. Once a group is cut, its writes are sent whatever happens
+// *ratelimit.RejectedError after ratelimit.max_wait) answers the writes the group asked for,
+// and nothing of it is sent.
+//
+// The wait bound. A write waits in the batcher's queue (behind the groups ahead of it, one
+// grant at a time per scope) and then in the limiter, and the limiter's MaxWait only sees the
+// second part. So Config.MaxWait bounds the whole wait, Submit to grant: a group asks the
+// limiter with a deadline at its oldest write's time left, and a write whose time is up is
+// answered with a *ratelimit.RejectedError and dropped from the queue unsent, whether it is
+// found so before its group asks or the limiter's wait ran into that deadline. When the
+// limiter refuses a group, the writes that cannot make it (time left below the refusal's
+// RetryAfter, and always the oldest, whose time set the bound) get the refusal; the others
+// stay at the head of the queue and ask again. Once a group is cut, its writes are sent whatever happens
 // to their callers: Send runs on context.WithoutCancel of the caller's ctx, so a client
 // hanging up cannot abort a write half-way (GHL may or may not have applied it); Send must
 // bound itself (the proxy's round trip has its own upstream timeout). Submit then waits for
@@ -108,6 +118,10 @@ type Config struct {
 	// MaxQueue bounds the writes queued per scope (not yet sent); past it Submit fails at
 	// once with ErrQueueFull instead of letting memory and latency grow. Default 1000.
 	MaxQueue int
+	// MaxWait bounds a write's whole wait for its grant, queue included
+	// (ratelimit.max_wait); past it the write gets a *ratelimit.RejectedError, unsent. Zero:
+	// no bound of the batcher's own, only the limiter's per ask.
+	MaxWait time.Duration
 
 	// Now and After are the clock; nil means the real one. Tests substitute a fake to stage
 	// the linger deterministically.
@@ -131,6 +145,11 @@ var (
 	// writes; nothing was sent. The proxy answers it with a GHL-shaped 503.
 	ErrQueueFull = errors.New("batcher: write queue full, the write was not sent")
 )
+
+// expiredRetry is the Retry-After of a write refused by the batcher's own bound, when the
+// limiter gave no refusal to take one from: the limiter's emission interval is not known
+// here, and the 429's Retry-After is whole seconds anyway.
+const expiredRetry = time.Second
 
 // Batcher groups writes. Construct with New; safe for concurrent use.
 type Batcher struct {
@@ -345,9 +364,13 @@ func (b *Batcher) run(s *scope) {
 			b.mu.Unlock()
 			return
 		}
+		now := b.cfg.Now()
+		if b.expire(s, now) {
+			b.mu.Unlock()
+			continue
+		}
 		head := s.queue[:min(len(s.queue), b.cfg.Max)]
 		calls := len(b.plan(head))
-		now := b.cfg.Now()
 		due := s.queue[0].at.Add(b.cfg.Linger)
 		if len(head) < b.cfg.Max && calls < b.cfg.Min && !b.closed && now.Before(due) {
 			b.mu.Unlock()
@@ -359,6 +382,10 @@ func (b *Batcher) run(s *scope) {
 		}
 		askers := append([]*pending(nil), head...)
 		ctx, cancel := context.WithCancel(b.base)
+		if b.cfg.MaxWait > 0 {
+			// Bounded by the oldest write's time left: Close's cancel still reaches it.
+			ctx, cancel = context.WithTimeout(b.base, b.left(askers[0], now))
+		}
 		s.askCancel = cancel
 		b.mu.Unlock()
 
@@ -375,8 +402,20 @@ func (b *Batcher) run(s *scope) {
 		b.mu.Lock()
 		s.askCancel = nil
 		if err != nil {
-			if b.base.Err() != nil {
+			var rej *ratelimit.RejectedError
+			switch {
+			case b.base.Err() != nil:
 				err = fmt.Errorf("shutdown deadline passed while the write waited for a rate-limit token: %w", ErrClosed)
+			case b.cfg.MaxWait > 0 && errors.As(err, &rej):
+				b.refuse(s, askers, rej, rej.RetryAfter)
+				b.mu.Unlock()
+				continue
+			case b.cfg.MaxWait > 0 && errors.Is(err, context.DeadlineExceeded) && errors.Is(ctx.Err(), context.DeadlineExceeded):
+				// The deadline set above: the oldest write's time is up. Never the caller's
+				// context.DeadlineExceeded: it is the sidecar's 429.
+				b.refuse(s, askers, &ratelimit.RejectedError{RetryAfter: expiredRetry}, 0)
+				b.mu.Unlock()
+				continue
 			}
 			for _, p := range askers {
 				if p.queued {
@@ -390,6 +429,41 @@ func (b *Batcher) run(s *scope) {
 		g := b.cut(s, granted, grant.Waited)
 		b.mu.Unlock()
 		b.launch(g)
+	}
+}
+
+// left is how long p may still wait for its grant under MaxWait (<= 0: its time is up).
+func (b *Batcher) left(p *pending, now time.Time) time.Duration {
+	return p.at.Add(b.cfg.MaxWait).Sub(now)
+}
+
+// expire answers the writes at the front of s's queue whose time is up (they are in arrival
+// order) with a RejectedError and drops them unsent; it reports whether it dropped any.
+// Caller holds b.mu.
+func (b *Batcher) expire(s *scope, now time.Time) bool {
+	if b.cfg.MaxWait <= 0 {
+		return false
+	}
+	dropped := false
+	for len(s.queue) > 0 && b.left(s.queue[0], now) <= 0 {
+		p := s.queue[0]
+		b.dequeue(s, p)
+		p.done <- result{err: &ratelimit.RejectedError{RetryAfter: expiredRetry}}
+		dropped = true
+	}
+	return dropped
+}
+
+// refuse answers rej to the askers still queued whose time left is at most need (they
+// cannot wait until the tokens would be free), and always to the oldest one, whose time
+// bounded the ask; the others stay queued and their next group asks again. Caller holds b.mu.
+func (b *Batcher) refuse(s *scope, askers []*pending, rej *ratelimit.RejectedError, need time.Duration) {
+	now := b.cfg.Now()
+	for i, p := range askers {
+		if p.queued && (i == 0 || b.left(p, now) <= need) {
+			b.dequeue(s, p)
+			p.done <- result{err: rej}
+		}
 	}
 }
 

@@ -878,3 +878,84 @@ func TestWithSharedBucket(t *testing.T) {
 		t.Fatalf("%d calls upstream, want the first group's 3", n)
 	}
 }
+
+// TestWriteQueuedPastMaxWaitIsRefusedUnsent: MaxWait bounds a write's whole wait, the queue
+// behind other groups included. B waits behind A's group until its time is up: it gets the
+// sidecar's RejectedError and never reaches upstream, and its group never asks the limiter;
+// C, queued later, still has time and goes.
+func TestWriteQueuedPastMaxWaitIsRefusedUnsent(t *testing.T) {
+	const maxWait = 20 * time.Second
+	st := newStand(t)
+	clk := newFakeClock()
+	lim := gatedBucket()
+	b := New(Config{Min: 1, Max: 1, MaxWait: maxWait, Now: clk.Now, After: clk.After}, lim, nil, nil)
+	defer closeBatcher(t, b)
+	w := func(id string) Write {
+		return Write{Scope: "loc1", Entity: "contacts/" + id, Body: []byte(`{"x":1}`), Send: st.send(id, nil)}
+	}
+	a := submitInOrder(t, b, w("A"))
+	if got := <-lim.asks; got != 1 {
+		t.Fatalf("A's group asked for %d tokens, want 1", got)
+	}
+	clk.Advance(time.Second)
+	bw := submitInOrder(t, b, w("B"))[0] // queued behind A's group from t=1s: times out at 21s
+	clk.Advance(9 * time.Second)
+	cw := submitInOrder(t, b, w("C"))[0] // from t=10s: times out at 30s
+	clk.Advance(11 * time.Second)        // t=21s: A's grant still not here
+	lim.gate <- struct{}{}
+	if r := receive(t, a[0]); r.err != nil {
+		t.Fatalf("A (granted): %v", r.err)
+	}
+	r := receive(t, bw)
+	var rej *ratelimit.RejectedError
+	if !errors.As(r.err, &rej) || r.resp != nil {
+		t.Fatalf("B after %s in the queue: resp %v, err %v; want a *ratelimit.RejectedError", 20*time.Second, r.resp, r.err)
+	}
+	if rej.RetryAfter <= 0 {
+		t.Fatalf("B's RetryAfter %s, want > 0", rej.RetryAfter)
+	}
+	if got := <-lim.asks; got != 1 {
+		t.Fatalf("C's group asked for %d tokens, want 1", got)
+	}
+	lim.gate <- struct{}{}
+	if r := receive(t, cw); r.err != nil {
+		t.Fatalf("C (9s left): %v", r.err)
+	}
+	var ids []string
+	for _, c := range st.recorded() {
+		ids = append(ids, c.id)
+	}
+	if !slices.Equal(ids, []string{"A", "C"}) {
+		t.Fatalf("upstream saw %v, want [A C] (B refused unsent)", ids)
+	}
+	if n := len(lim.asks); n != 0 {
+		t.Fatalf("%d more asks, want none (B's group must not ask)", n)
+	}
+	if n := b.queued("loc1"); n != 0 {
+		t.Fatalf("%d writes still queued", n)
+	}
+}
+
+// TestLimiterWaitBoundedByOldestWrite: a group's limiter wait ends at its oldest write's time
+// left; the deadline the batcher set is answered as the sidecar's RejectedError, never as
+// context.DeadlineExceeded, and the write is not sent.
+func TestLimiterWaitBoundedByOldestWrite(t *testing.T) {
+	st := newStand(t)
+	lim := gatedBucket() // never opened: the wait can only end at the deadline
+	b := New(Config{Min: 1, Max: 1, MaxWait: 50 * time.Millisecond}, lim, nil, nil)
+	defer closeBatcher(t, b)
+	_, _, err := b.Submit(context.Background(), Write{Scope: "loc1", Entity: "contacts/A", Body: []byte(`{}`), Send: st.send("A", nil)})
+	var rej *ratelimit.RejectedError
+	if !errors.As(err, &rej) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit: %v, want a *ratelimit.RejectedError", err)
+	}
+	if rej.RetryAfter <= 0 {
+		t.Fatalf("RetryAfter %s, want > 0", rej.RetryAfter)
+	}
+	if got := <-lim.asks; got != 1 {
+		t.Fatalf("asked for %d tokens, want 1", got)
+	}
+	if calls := st.recorded(); len(calls) != 0 {
+		t.Fatalf("upstream saw %d calls, want none", len(calls))
+	}
+}

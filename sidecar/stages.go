@@ -108,6 +108,9 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		Max:    cfg.Batch.Max,
 		Linger: cfg.Batch.Linger,
 		Merge:  cfg.Batch.Merge,
+		// The limiter's bound covers the batcher's queue too (DESIGN.md: a write waits up
+		// to ratelimit.max_wait in all, then gets the sidecar's 429).
+		MaxWait: cfg.RateLimit.MaxWait,
 	}, lim, s.Metrics, s.log)
 	// Closed first (closers run in reverse): it answers every write it holds while the
 	// limiter and the fold are still there.
