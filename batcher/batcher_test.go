@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ghlproxy/ghlproxy/internal/poll"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/time/rate"
@@ -247,13 +249,7 @@ func (c *fakeClock) armed(at time.Time) bool {
 // waitUntil waits for cond, which another goroutine makes true; it fails the test after 10s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, what, cond)
 }
 
 func (b *Batcher) queued(scope string) int {

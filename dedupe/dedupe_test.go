@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ghlproxy/ghlproxy/internal/poll"
+
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
@@ -104,13 +106,7 @@ func saved(m *metrics.Metrics) int {
 // test if it does not hold within 5 s. Test outcomes never depend on how long it took.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, what, cond)
 }
 
 func inFlight(f *Fold, key string) bool {

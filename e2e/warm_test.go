@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ghlproxy/ghlproxy/internal/poll"
+
 	"github.com/ghlproxy/ghlproxy/fakeghl"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
 	"github.com/ghlproxy/ghlproxy/warm"
@@ -56,13 +58,7 @@ func runs(t *testing.T, r *replica, result string) []warm.Run {
 // goroutine of the sidecar, and its status endpoint is how an operator sees it too.
 func until(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, d, what, cond)
 }
 
 // seedContacts creates n contacts of location loc straight at the stand-in.

@@ -22,7 +22,7 @@ func routeTable(cfg *config.Config) (*routes.Table, map[string]proxy.Stale, erro
 	}
 	stale := map[string]proxy.Stale{}
 	for i, cr := range cfg.Cache.Routes {
-		method, template := splitRoute(cr.Route)
+		method, template := config.SplitRoute(cr.Route)
 		o := routes.Override{TTL: cr.TTL, Invalidates: cr.Invalidates}
 		if cr.Policy != "" {
 			p, err := routes.ParsePolicy(cr.Policy)
@@ -53,7 +53,7 @@ func routeTable(cfg *config.Config) (*routes.Table, map[string]proxy.Stale, erro
 func foldRoutes(cfg *config.Config) map[string]time.Duration {
 	m := map[string]time.Duration{}
 	for _, dr := range cfg.Dedupe.Routes {
-		method, template := splitRoute(dr.Route)
+		method, template := config.SplitRoute(dr.Route)
 		m[routeKey(method, template)] = dr.Window
 	}
 	return m
@@ -65,14 +65,6 @@ func foldMethods(cfg *config.Config) map[string]bool {
 		m[strings.ToUpper(meth)] = true
 	}
 	return m
-}
-
-// splitRoute reads "POST /contacts/" or "/contacts/".
-func splitRoute(s string) (method, template string) {
-	if m, t, ok := strings.Cut(strings.TrimSpace(s), " "); ok {
-		return strings.ToUpper(m), strings.TrimSpace(t)
-	}
-	return "", strings.TrimSpace(s)
 }
 
 // routeKey is how the proxy looks up per-route settings: "METHOD template" for one method,
