@@ -452,6 +452,10 @@ func (l *Limiter) redisCall(ctx context.Context, f func(context.Context) (decisi
 	}()
 	select {
 	case r := <-ch:
+		if r.err == nil {
+			// A good call ends a run of failures: the breaker counts consecutive ones.
+			l.br.success()
+		}
 		return r.d, r.err
 	case <-ctx.Done():
 		return decision{}, ctx.Err()

@@ -274,3 +274,29 @@ func TestFlappingRedisFallbackStartsFromSharedLevel(t *testing.T) {
 		t.Fatalf("fallback after the shared bucket went 20 tokens into debt waited %v, want >= 2s", got)
 	}
 }
+
+// TestBreakerCountsConsecutiveFailures: a good Redis call between failures starts the count
+// again, so isolated timeouts hours apart never add up to an open breaker (and a replica
+// flapping into degraded mode).
+func TestBreakerCountsConsecutiveFailures(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	l, _ := newLimiter(t, Config{Rate: 100, Per: time.Second, Burst: 10, RedisTimeout: time.Second}, rdb)
+	l.br.minSpan = 0 // the span rule is not under test here
+	timeout := errors.New("i/o timeout")
+	l.redisFailed(timeout)
+	l.redisFailed(timeout)
+	if g := mustWait(t, l, context.Background(), "s", 1, Interactive); g.Fallback {
+		t.Fatal("decided on the fallback bucket with Redis up")
+	}
+	l.redisFailed(timeout)
+	if l.br.isOpen() || l.Degraded() {
+		t.Fatal("two failures, a good call, one failure: the breaker opened")
+	}
+	l.redisFailed(timeout)
+	l.redisFailed(timeout)
+	if !l.br.isOpen() {
+		t.Fatal("three consecutive failures did not open the breaker")
+	}
+}
