@@ -124,10 +124,6 @@ func testPurge(t *testing.T, a, b *replica, clk *clock) {
 	t.Helper()
 	ctx := context.Background()
 	alice, bob := credOf("alice"), credOf("bob")
-	type stored struct {
-		key  string
-		cred string
-	}
 	set := func() {
 		for _, cr := range []string{"alice", "bob"} {
 			cred := credOf(cr)

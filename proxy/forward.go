@@ -33,9 +33,6 @@ var hopHeaders = []string{
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// errBodyTooLarge is what readBody reports for a body over the limit.
-var errBodyTooLarge = errors.New("request body too large")
-
 // readBody reads the whole request body, bounded: the fold and the cache key need all of it
 // before anything goes upstream. It answers 413 or 400 itself and reports false then.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, x *exchange) ([]byte, bool) {

@@ -135,19 +135,6 @@ func (c *fakeClock) sleeps() int {
 	return c.total
 }
 
-// changed is closed at the next sleeper change.
-func (c *fakeClock) changed() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.added
-}
-
-func (c *fakeClock) pending() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.sleepers)
-}
-
 func newLimiter(t testing.TB, cfg Config, rdb redis.UniversalClient) (*Limiter, *metrics.Metrics) {
 	t.Helper()
 	m := metrics.New()
