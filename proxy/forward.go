@@ -59,7 +59,8 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, x *exchange) 
 		ghlerror.Write(w, http.StatusBadRequest, ghlerror.CauseMalformed, "could not read request body: "+err.Error())
 		return nil, false
 	}
-	if isJSONContent(r.Header.Get("Content-Type")) && len(b) > 0 && !isJSON(b) {
+	x.bodyJSON = isJSON(b)
+	if isJSONContent(r.Header.Get("Content-Type")) && len(b) > 0 && !x.bodyJSON {
 		// GHL would reject it too, but answering here keeps a malformed body from costing
 		// a token and from being folded with anything.
 		x.status = http.StatusBadRequest

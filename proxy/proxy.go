@@ -205,6 +205,8 @@ type exchange struct {
 	version string
 	outcome string
 	status  int
+	// bodyJSON says the request body is one valid JSON document (readBody checks it once).
+	bodyJSON bool
 	// upstreamStart is when a streamed request went upstream.
 	upstreamStart time.Time
 	// queued is the rate-limit wait of the call this request led, in µs. Atomic because a
@@ -309,7 +311,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	cc := parseCacheControl(r.Header.Get("Cache-Control"))
 	key := h.key(r, x, body)
 	cacheable := h.cfg.Cache != nil && x.route.TTL > 0 && !cc.noStore &&
-		(x.policy == routes.Read || isJSON(body))
+		(x.policy == routes.Read || x.bodyJSON)
 
 	var stale *cache.Entry
 	if cacheable && !cc.noCache {
@@ -488,7 +490,7 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 			// Order per entity within the scope: two tokens of one location writing the
 			// same contact still write one entity upstream.
 			wr.Entity = x.cred.ScopeKey + "|" + x.route.Resource + "/" + id
-			if h.cfg.MergeRoutes[x.route.Method+" "+x.route.Template] && isJSON(body) {
+			if h.cfg.MergeRoutes[x.route.Method+" "+x.route.Template] && x.bodyJSON {
 				wr.MergeKey = x.cred.Hash + "|" + x.version + "|" + x.route.Method + " " + r.URL.EscapedPath() + "?" + r.URL.RawQuery
 			}
 		}
