@@ -4,4 +4,4 @@
 # the passthrough part of bench/run.sh (same ROUNDS and SECONDS variables).
 #
 #   bench/passthrough.sh
-exec env ONLY=passthrough TARGETS=${TARGETS:-direct,nginx,ghlproxy,ghlproxy-redis} "$(dirname "$0")/run.sh" "$@"
+exec env ONLY=passthrough TARGETS=${TARGETS:-direct,nginx,go,ghlproxy,ghlproxy-redis} "$(dirname "$0")/run.sh" "$@"

@@ -20,7 +20,9 @@
 # Environment: ROUNDS (3), SECONDS (4; also SECONDS_PER_RUN) per wrk run, CONNS (64), MIX_SECONDS (10)
 # measured per mixed run after MIX_WARMUP (25), MIX_CLIENTS ("250 2500"), MIX_THINK (2s),
 # MIX_CONTACTS (100, over 2 locations),
-# ONLY (passthrough,hits,mix), TARGETS (direct,nginx,varnish,ghlproxy,ghlproxy-redis).
+# ONLY (passthrough,hits,mix), TARGETS (direct,nginx,varnish,go,ghlproxy,ghlproxy-redis; "go" is
+# the Go floor: a plain httputil.ReverseProxy for pass-through and a bare net/http cache for hits,
+# what net/http costs with none of ghlproxy's work; it sits out the mixed workload).
 # Needs nginx, varnishd, wrk, redis-server, gnuplot (Debian packages nginx-light, varnish,
 # wrk, redis-server, gnuplot-nox; installed when missing and running as root), python3, go.
 set -euo pipefail
@@ -38,7 +40,7 @@ MIX_CLIENTS=${MIX_CLIENTS:-250 2500}
 MIX_THINK=${MIX_THINK:-2s}
 MIX_CONTACTS=${MIX_CONTACTS:-100}
 ONLY=${ONLY:-passthrough,hits,mix}
-TARGETS=${TARGETS:-direct,nginx,varnish,ghlproxy,ghlproxy-redis}
+TARGETS=${TARGETS:-direct,nginx,varnish,go,ghlproxy,ghlproxy-redis}
 OUT=${OUT:-bench/out}
 
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -226,6 +228,13 @@ start_sidecar() { # start_sidecar UPSTREAM_PORT embedded|redis throughput|ghl
   wait_port $PORT
 }
 
+start_floor() { # start_floor UPSTREAM_PORT proxy|cache: the Go floor peer (bench/mix floor)
+  PORT=$(free_port)
+  "$work/mix" floor --mode "$2" --listen 127.0.0.1:$PORT --upstream http://127.0.0.1:$1 & PID=$!
+  pids+=($PID)
+  wait_port $PORT
+}
+
 # start_target NAME UPSTREAM_PORT MODE: PORT of the target; SIDECAR_PID for ghlproxy;
 # EXTRA_PIDS lists what to stop afterwards.
 start_target() {
@@ -238,6 +247,7 @@ start_target() {
   varnish) start_varnish "$2" ;;
   ghlproxy) start_sidecar "$2" embedded "$3"; SIDECAR_PID=$PID ;;
   ghlproxy-redis) start_sidecar "$2" redis "$3"; SIDECAR_PID=$PID ;;
+  go-proxy | go-cache) start_floor "$2" "${1#go-}" ;;
   esac
   EXTRA_PIDS=("${pids[@]:n0}")
 }
@@ -252,9 +262,10 @@ if want passthrough; then
   echo "== pass-through, 1 connection, $ROUNDS x ${SECS}s" >&2
   start_static; up=$PORT
   list=()
-  for t in direct nginx-proxy ghlproxy ghlproxy-redis; do
+  for t in direct nginx-proxy go-proxy ghlproxy ghlproxy-redis; do
     [[ $t == nginx-proxy ]] && ! target_on nginx && continue
-    [[ $t != direct && $t != nginx-proxy ]] && ! target_on "$t" && continue
+    [[ $t == go-proxy ]] && ! target_on go && continue
+    [[ $t != direct && $t != nginx-proxy && $t != go-proxy ]] && ! target_on "$t" && continue
     start_target "$t" "$up" throughput
     list+=("$t:$PORT")
   done
@@ -282,6 +293,7 @@ if want hits; then
   list=()
   declare -A spid=()
   for t in ${TARGETS//,/ }; do
+    [[ $t == go ]] && t=go-cache
     start_target "$t" "$fake" throughput
     list+=("$t:$PORT")
     [[ -n $SIDECAR_PID ]] && spid[$t]=$SIDECAR_PID
@@ -313,6 +325,7 @@ fi
 if want mix; then
   for clients in $MIX_CLIENTS; do
     for t in ${TARGETS//,/ }; do
+      [[ $t == go ]] && continue # the floor cache never expires nor invalidates: no peer here
       echo "== mix, $clients clients, $t, ${MIX_WARMUP}s + ${MIX_SECONDS}s" >&2
       # A fresh stand-in per run: GHL's latency, its per-location limit, cold caches.
       start_fake 150ms 100; fake=$PORT; fake_pid=$PID

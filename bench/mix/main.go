@@ -6,6 +6,8 @@
 //	                                      closed-loop clients with think time; prints JSON
 //	mix report --raw bench/out/raw --out bench/out
 //	                                      results.md and gnuplot scripts from run.sh's raw files
+//	mix floor --mode proxy|cache --listen ADDR --upstream URL
+//	                                      the Go floor peers: a plain ReverseProxy, a bare cache
 //
 // The mixed workload is what one app's users do to a CRM: each client holds one
 // location's token and loops read / think, where a request is a read of a hot contact
@@ -41,7 +43,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: mix seed|run|report [flags]")
+		fmt.Fprintln(os.Stderr, "usage: mix seed|run|report|floor [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -52,8 +54,10 @@ func main() {
 		err = run(os.Args[2:])
 	case "report":
 		err = report(os.Args[2:])
+	case "floor":
+		err = floor(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown subcommand %q (seed, run or report)", os.Args[1])
+		err = fmt.Errorf("unknown subcommand %q (seed, run, report or floor)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mix:", err)

@@ -123,12 +123,15 @@ var names = map[string]string{
 	"varnish":        "Varnish 7",
 	"ghlproxy":       "ghlproxy, embedded store",
 	"ghlproxy-redis": "ghlproxy, Redis",
+	"go-proxy":       "Go floor: plain httputil.ReverseProxy",
+	"go-cache":       "Go floor: bare net/http cache (sync.Map)",
 }
 
 // short names label the plots' x axes.
 var short = map[string]string{
 	"direct": "stand-in", "nginx-proxy": "nginx", "nginx": "nginx", "varnish": "Varnish",
 	"ghlproxy": "ghlproxy", "ghlproxy-redis": "ghlproxy+Redis",
+	"go-proxy": "Go ReverseProxy", "go-cache": "Go sync.Map",
 }
 
 func shortName(t string) string {
@@ -158,20 +161,24 @@ func us(v float64) string {
 func writePassthrough(md *strings.Builder, w wrkRows, rounds, secs int) {
 	fmt.Fprintf(md, "## Pass-through: added latency, 1 connection\n\n")
 	fmt.Fprintf(md, "Upstream: nginx answering a fixed ~90-byte JSON body; path not in GHL's route table (streamed, rate limited with an unreachable limit).\n\n")
-	fmt.Fprintf(md, "| target | p50 | p99 | added p50 | added p99 | added p50 / nginx's |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(md, "| target | p50 | p99 | added p50 | added p99 | added p50 / nginx's | added p50 / Go floor's |\n|---|---|---|---|---|---|---|\n")
 	d50, d99 := w.median("direct", 1), w.median("direct", 2)
 	n50 := w.median("nginx-proxy", 1) - d50
+	g50 := w.median("go-proxy", 1) - d50
 	for _, t := range w.order {
 		p50, p99 := w.median(t, 1), w.median(t, 2)
 		if t == "direct" {
-			fmt.Fprintf(md, "| upstream directly | %s | %s | | | |\n", us(p50), us(p99))
+			fmt.Fprintf(md, "| upstream directly | %s | %s | | | | |\n", us(p50), us(p99))
 			continue
 		}
-		ratio := ""
+		ratio, gratio := "", ""
 		if n50 > 0 && t != "nginx-proxy" {
 			ratio = fmt.Sprintf("%.2f", (p50-d50)/n50)
 		}
-		fmt.Fprintf(md, "| %s | %s | %s | %+.0f µs | %+.0f µs | %s |\n", name(t), us(p50), us(p99), p50-d50, p99-d99, ratio)
+		if g50 > 0 && w.has("go-proxy") && strings.HasPrefix(t, "ghlproxy") {
+			gratio = fmt.Sprintf("%.2f", (p50-d50)/g50)
+		}
+		fmt.Fprintf(md, "| %s | %s | %s | %+.0f µs | %+.0f µs | %s | %s |\n", name(t), us(p50), us(p99), p50-d50, p99-d99, ratio, gratio)
 	}
 	md.WriteString("\n")
 }
@@ -213,7 +220,7 @@ func writeHits(md *strings.Builder, w wrkRows, rawDir, out string, conns int) er
 		}
 		rps, p99 := w.median(g, 0), w.median(g, 2)
 		var parts []string
-		for _, p := range []string{"nginx", "varnish", "direct"} {
+		for _, p := range []string{"nginx", "varnish", "go-cache", "direct"} {
 			if w.has(p) {
 				parts = append(parts, fmt.Sprintf("%.2f× %s", rps/w.median(p, 0), name(p)))
 			}
