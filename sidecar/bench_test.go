@@ -7,10 +7,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"testing"
 
 	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
+	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // BenchmarkPassThrough measures one sequential pass-through request (a path the route table
@@ -28,6 +31,15 @@ func BenchmarkPassThrough(b *testing.B) {
 	}))
 	b.Cleanup(up.Close)
 	b.Run("direct", func(b *testing.B) { benchGet(b, up.URL+"/bench/passthrough") })
+	b.Run("reverseproxy", func(b *testing.B) {
+		// The floor: a plain httputil.ReverseProxy with the sidecar's transport.
+		u, _ := url.Parse(up.URL)
+		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.Transport = upstream.NewTransport(upstream.TransportConfig{})
+		srv := httptest.NewServer(rp)
+		b.Cleanup(srv.Close)
+		benchGet(b, srv.URL+"/bench/passthrough")
+	})
 	b.Run("embedded", func(b *testing.B) {
 		benchGet(b, benchSidecar(b, up.URL, "")+"/bench/passthrough")
 	})
