@@ -20,9 +20,11 @@
 # Environment: ROUNDS (3), SECONDS (4; also SECONDS_PER_RUN) per wrk run, CONNS (64), MIX_SECONDS (10)
 # measured per mixed run after MIX_WARMUP (25), MIX_CLIENTS ("250 2500"), MIX_THINK (2s),
 # MIX_CONTACTS (100, over 2 locations),
-# ONLY (passthrough,hits,mix), TARGETS (direct,nginx,varnish,go,ghlproxy,ghlproxy-redis; "go" is
-# the Go floor: a plain httputil.ReverseProxy for pass-through and a bare net/http cache for hits,
-# what net/http costs with none of ghlproxy's work; it sits out the mixed workload).
+# ONLY (passthrough,hits,mix), TARGETS (direct,nginx,varnish,go,ghlproxy,ghlproxy-redis,
+# ghlproxy-redis-1cpu; "go" is the Go floor: a plain httputil.ReverseProxy for pass-through and a
+# bare net/http cache for hits, what net/http costs with none of ghlproxy's work; "-1cpu" runs the
+# sidecar with GOMAXPROCS=1, the one core nginx's single worker has, and what Go picks by itself
+# under a Kubernetes CPU limit of 1; both sit out the mixed workload).
 # Needs nginx, varnishd, wrk, redis-server, gnuplot (Debian packages nginx-light, varnish,
 # wrk, redis-server, gnuplot-nox; installed when missing and running as root), python3, go.
 set -euo pipefail
@@ -40,7 +42,7 @@ MIX_CLIENTS=${MIX_CLIENTS:-250 2500}
 MIX_THINK=${MIX_THINK:-2s}
 MIX_CONTACTS=${MIX_CONTACTS:-100}
 ONLY=${ONLY:-passthrough,hits,mix}
-TARGETS=${TARGETS:-direct,nginx,varnish,go,ghlproxy,ghlproxy-redis}
+TARGETS=${TARGETS:-direct,nginx,varnish,go,ghlproxy,ghlproxy-redis,ghlproxy-redis-1cpu}
 OUT=${OUT:-bench/out}
 
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -247,6 +249,8 @@ start_target() {
   varnish) start_varnish "$2" ;;
   ghlproxy) start_sidecar "$2" embedded "$3"; SIDECAR_PID=$PID ;;
   ghlproxy-redis) start_sidecar "$2" redis "$3"; SIDECAR_PID=$PID ;;
+  ghlproxy-1cpu) GOMAXPROCS=1 start_sidecar "$2" embedded "$3"; SIDECAR_PID=$PID ;;
+  ghlproxy-redis-1cpu) GOMAXPROCS=1 start_sidecar "$2" redis "$3"; SIDECAR_PID=$PID ;;
   go-proxy | go-cache) start_floor "$2" "${1#go-}" ;;
   esac
   EXTRA_PIDS=("${pids[@]:n0}")
@@ -262,7 +266,7 @@ if want passthrough; then
   echo "== pass-through, 1 connection, $ROUNDS x ${SECS}s" >&2
   start_static; up=$PORT
   list=()
-  for t in direct nginx-proxy go-proxy ghlproxy ghlproxy-redis; do
+  for t in direct nginx-proxy go-proxy ghlproxy ghlproxy-redis ghlproxy-1cpu ghlproxy-redis-1cpu; do
     [[ $t == nginx-proxy ]] && ! target_on nginx && continue
     [[ $t == go-proxy ]] && ! target_on go && continue
     [[ $t != direct && $t != nginx-proxy && $t != go-proxy ]] && ! target_on "$t" && continue
@@ -325,7 +329,9 @@ fi
 if want mix; then
   for clients in $MIX_CLIENTS; do
     for t in ${TARGETS//,/ }; do
-      [[ $t == go ]] && continue # the floor cache never expires nor invalidates: no peer here
+      # The floor cache never expires nor invalidates: no peer here. The 1-CPU variants are
+      # for the throughput and latency sections.
+      [[ $t == go || $t == *-1cpu ]] && continue
       echo "== mix, $clients clients, $t, ${MIX_WARMUP}s + ${MIX_SECONDS}s" >&2
       # A fresh stand-in per run: GHL's latency, its per-location limit, cold caches.
       start_fake 150ms 100; fake=$PORT; fake_pid=$PID

@@ -117,14 +117,16 @@ func median(v []float64) float64 {
 }
 
 var names = map[string]string{
-	"direct":         "stand-in directly",
-	"nginx-proxy":    "nginx proxy_pass",
-	"nginx":          "nginx proxy_cache",
-	"varnish":        "Varnish 7",
-	"ghlproxy":       "ghlproxy, embedded store",
-	"ghlproxy-redis": "ghlproxy, Redis",
-	"go-proxy":       "Go floor: plain httputil.ReverseProxy",
-	"go-cache":       "Go floor: bare net/http cache (sync.Map)",
+	"direct":              "stand-in directly",
+	"nginx-proxy":         "nginx proxy_pass",
+	"nginx":               "nginx proxy_cache",
+	"varnish":             "Varnish 7",
+	"ghlproxy":            "ghlproxy, embedded store",
+	"ghlproxy-redis":      "ghlproxy, Redis",
+	"ghlproxy-1cpu":       "ghlproxy, embedded store, 1 CPU (GOMAXPROCS=1)",
+	"ghlproxy-redis-1cpu": "ghlproxy, Redis, 1 CPU (GOMAXPROCS=1)",
+	"go-proxy":            "Go floor: plain httputil.ReverseProxy",
+	"go-cache":            "Go floor: bare net/http cache (sync.Map)",
 }
 
 // short names label the plots' x axes.
@@ -132,6 +134,7 @@ var short = map[string]string{
 	"direct": "stand-in", "nginx-proxy": "nginx", "nginx": "nginx", "varnish": "Varnish",
 	"ghlproxy": "ghlproxy", "ghlproxy-redis": "ghlproxy+Redis",
 	"go-proxy": "Go ReverseProxy", "go-cache": "Go sync.Map",
+	"ghlproxy-1cpu": "ghlproxy 1cpu", "ghlproxy-redis-1cpu": "ghlproxy+Redis 1cpu",
 }
 
 func shortName(t string) string {
@@ -214,7 +217,7 @@ func writeHits(md *strings.Builder, w wrkRows, rawDir, out string, conns int) er
 			best, bestName = v, p
 		}
 	}
-	for _, g := range []string{"ghlproxy", "ghlproxy-redis"} {
+	for _, g := range []string{"ghlproxy", "ghlproxy-redis", "ghlproxy-1cpu", "ghlproxy-redis-1cpu"} {
 		if !w.has(g) {
 			continue
 		}
