@@ -96,7 +96,7 @@ start_fake() { # start_fake LATENCY LIMIT
   PORT=$(free_port)
   "$work/ghlproxy" fakeghl --listen 127.0.0.1:$PORT --latency "$1" --limit "$2" \
     --daily 1000000000 --log-level warn --base-url http://127.0.0.1:$PORT & PID=$!
-  pids+=($PID)
+  pids+=("$PID")
   wait_port $PORT
 }
 
@@ -121,7 +121,7 @@ http {
 }
 NGINX
   nginx -c "$work/static/nginx.conf" -p "$work/static" & PID=$!
-  pids+=($PID)
+  pids+=("$PID")
   wait_port $PORT
 }
 
@@ -163,7 +163,7 @@ http {
 }
 NGINX
   nginx -c "$d/nginx.conf" -p "$d" & PID=$!
-  pids+=($PID)
+  pids+=("$PID")
   wait_port $PORT
 }
 
@@ -196,7 +196,7 @@ VCL
   chmod -R a+rX "$d"
   varnishd -F -a 127.0.0.1:$PORT -f "$d/bench.vcl" -s malloc,256m -n "$d/n" \
     -p listen_depth=4096 >"$d/log" 2>&1 & PID=$!
-  pids+=($PID)
+  pids+=("$PID")
   wait_port $PORT 30
 }
 
@@ -204,7 +204,7 @@ start_redis() {
   PORT=$(free_port)
   redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     --loglevel warning --dir "$work" >"$work/redis-$PORT.log" 2>&1 & PID=$!
-  pids+=($PID)
+  pids+=("$PID")
   wait_port $PORT
 }
 
@@ -215,7 +215,7 @@ start_sidecar() { # start_sidecar UPSTREAM_PORT embedded|redis throughput|ghl
   if [[ $2 == redis ]]; then
     local port=$PORT
     start_redis
-    args+=(--redis.url redis://127.0.0.1:$PORT)
+    args+=(--redis.url "redis://127.0.0.1:$PORT")
     PORT=$port
   fi
   if [[ $3 == throughput ]]; then
@@ -226,14 +226,14 @@ start_sidecar() { # start_sidecar UPSTREAM_PORT embedded|redis throughput|ghl
   "$work/ghlproxy" serve --listen 127.0.0.1:$PORT --ops_listen 127.0.0.1:$ops \
     --upstream http://127.0.0.1:$1 --log.level warn --identity.secret bench-secret \
     "${args[@]}" >>"$work/sidecar.log" 2>&1 & PID=$!
-  pids+=($PID)
+  pids+=("$PID")
   wait_port $PORT
 }
 
 start_floor() { # start_floor UPSTREAM_PORT proxy|cache: the Go floor peer (bench/mix floor)
   PORT=$(free_port)
   "$work/mix" floor --mode "$2" --listen 127.0.0.1:$PORT --upstream http://127.0.0.1:$1 & PID=$!
-  pids+=($PID)
+  pids+=("$PID")
   wait_port $PORT
 }
 
