@@ -1,12 +1,12 @@
 // Package redistest starts real redis-server processes for tests: a single node on a free
-// loopback port, or a Redis Cluster of several masters. The test script installs Debian's
+// loopback port, a Redis Cluster of several masters, or a primary and its replica watched by
+// a Redis Sentinel (redis-server --sentinel). The test script installs Debian's
 // redis-server; when it is missing a test skips locally but fails under CI (CI=true), so a
 // broken install step can never turn the Redis tests into silent skips.
 package redistest
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ghlproxy/ghlproxy/internal/poll"
 )
 
 // Server is one redis-server process.
@@ -50,12 +52,20 @@ func binary(t testing.TB) string {
 // Start runs a single redis-server on a free port and stops it when the test ends.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
+	return startWith(t, func(s *Server) []string {
+		return append([]string{
+			"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--dir", s.dir, "--protected-mode", "no",
+		}, extra...)
+	})
+}
+
+// startWith runs redis-server with the arguments args makes for a fresh port and directory.
+func startWith(t testing.TB, args func(s *Server) []string) *Server {
+	t.Helper()
 	bin := binary(t)
 	s := &Server{Port: freePort(t), dir: t.TempDir(), t: t}
-	s.args = append([]string{
-		"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", s.dir, "--protected-mode", "no",
-	}, extra...)
+	s.args = args(s)
 	s.start(bin)
 	t.Cleanup(s.Stop)
 	return s
@@ -180,16 +190,17 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Cluster is a Redis Cluster of masters with no replicas.
+// Cluster is a Redis Cluster of masters, each with one replica or none.
 type Cluster struct {
-	Nodes []*Server
+	Nodes    []*Server // the masters
+	Replicas []*Server // Replicas[i] replicates Nodes[i]; empty for a cluster of masters alone
 }
 
-// Addrs lists the nodes' addresses, for redis.addrs.
+// Addrs lists every node's address (masters, then replicas), for redis.addrs.
 func (c *Cluster) Addrs() []string {
-	a := make([]string, len(c.Nodes))
-	for i, n := range c.Nodes {
-		a[i] = n.Addr()
+	var a []string
+	for _, n := range append(append([]*Server(nil), c.Nodes...), c.Replicas...) {
+		a = append(a, n.Addr())
 	}
 	return a
 }
@@ -198,10 +209,28 @@ func (c *Cluster) Addrs() []string {
 // until the cluster reports state ok on every node.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return startCluster(t, n, false)
+}
+
+// StartClusterWithReplicas is StartCluster with one replica per master, in sync before it
+// returns; a replica takes over when its master fails for the node timeout (2s), unless
+// replicaArgs say otherwise (--cluster-replica-no-failover yes).
+func StartClusterWithReplicas(t testing.TB, n int, replicaArgs ...string) *Cluster {
+	t.Helper()
+	return startCluster(t, n, true, replicaArgs...)
+}
+
+func startCluster(t testing.TB, n int, replicas bool, replicaArgs ...string) *Cluster {
+	t.Helper()
+	// A replica's first sync would otherwise wait 5s for more replicas to join it.
+	clusterArgs := []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+		"--repl-diskless-sync-delay", "0"}
 	c := &Cluster{}
 	for i := 0; i < n; i++ {
-		c.Nodes = append(c.Nodes, Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000"))
+		c.Nodes = append(c.Nodes, Start(t, clusterArgs...))
+		if replicas {
+			c.Replicas = append(c.Replicas, Start(t, append(clusterArgs, replicaArgs...)...))
+		}
 	}
 	// Assign slots by hand (CLUSTER ADDSLOTSRANGE, Redis 7) and introduce the nodes: this is
 	// what redis-cli --cluster create does, without needing its interactive confirmation.
@@ -215,27 +244,89 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			t.Fatalf("cluster addslots on %s: %v", s.Addr(), err)
 		}
 	}
-	for _, s := range c.Nodes[1:] {
+	all := append(append([]*Server(nil), c.Nodes...), c.Replicas...)
+	for _, s := range all[1:] {
 		if _, err := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(c.Nodes[0].Port)); err != nil {
 			t.Fatalf("cluster meet: %v", err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for _, s := range c.Nodes {
-		for {
-			info, err := clusterInfo(s.Addr())
-			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(n)) {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("redis cluster on %s not ok: %v %q", s.Addr(), err, info)
-			case <-time.After(50 * time.Millisecond):
-			}
+	for i, r := range c.Replicas {
+		id, err := c.Nodes[i].Do("CLUSTER", "MYID")
+		if err != nil {
+			t.Fatalf("cluster myid: %v", err)
 		}
+		// The replica must have heard of its master through the cluster bus first.
+		poll.Until(t, 20*time.Second, "replica "+r.Addr()+" to accept CLUSTER REPLICATE", func() bool {
+			_, err := r.Do("CLUSTER", "REPLICATE", id)
+			return err == nil
+		})
+		poll.Until(t, 20*time.Second, "replica "+r.Addr()+" in sync", func() bool {
+			info, err := r.Do("INFO", "replication")
+			return err == nil && strings.Contains(info, "master_link_status:up")
+		})
+	}
+	for _, s := range all {
+		poll.Until(t, 20*time.Second, "redis cluster state ok on "+s.Addr(), func() bool {
+			info, err := clusterInfo(s.Addr())
+			return err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(len(all)))
+		})
 	}
 	return c
 }
 
 func clusterInfo(addr string) (string, error) { return do(addr, "CLUSTER", "INFO") }
+
+// Sentinel is a primary with one replica, watched by one Redis Sentinel that fails over to
+// the replica when the primary stops answering for a second.
+type Sentinel struct {
+	Name             string // the master name, for redis.master_name
+	Primary, Replica *Server
+	Sentinel         *Server
+}
+
+// Addrs lists the Sentinel addresses, for redis.addrs.
+func (s *Sentinel) Addrs() []string { return []string{s.Sentinel.Addr()} }
+
+// StartSentinel runs the primary, its replica and the Sentinel (quorum 1), and waits until
+// the replica is in sync and the Sentinel knows both, so that a failover can happen.
+func StartSentinel(t testing.TB, name string) *Sentinel {
+	t.Helper()
+	primary := Start(t, "--repl-diskless-sync-delay", "0") // the replica's first sync goes at once
+	replica := Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port))
+	sentinel := startWith(t, func(s *Server) []string {
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		// Sentinel rewrites its configuration file, so it gets one of its own.
+		body := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\n"+
+			"sentinel monitor %s 127.0.0.1 %d 1\n"+
+			"sentinel down-after-milliseconds %s 1000\n"+
+			"sentinel failover-timeout %s 10000\n", s.Port, s.dir, name, primary.Port, name, name)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return []string{conf, "--sentinel"}
+	})
+	s := &Sentinel{Name: name, Primary: primary, Replica: replica, Sentinel: sentinel}
+	poll.Until(t, 20*time.Second, "the replica in sync with the primary", func() bool {
+		info, err := replica.Do("INFO", "replication")
+		return err == nil && strings.Contains(info, "master_link_status:up")
+	})
+	poll.Until(t, 20*time.Second, "the Sentinel to know the primary and its replica", func() bool {
+		info, err := sentinel.Do("INFO", "sentinel")
+		return err == nil && strings.Contains(info, "status=ok") && strings.Contains(info, "slaves=1")
+	})
+	return s
+}
+
+// MasterAddr is where the Sentinel says the primary is now (host:port).
+func (s *Sentinel) MasterAddr() (string, error) {
+	info, err := s.Sentinel.Do("INFO", "sentinel")
+	if err != nil {
+		return "", err
+	}
+	_, rest, ok := strings.Cut(info, "address=")
+	if !ok {
+		return "", fmt.Errorf("sentinel knows no master: %q", info)
+	}
+	addr, _, _ := strings.Cut(rest, ",")
+	return addr, nil
+}
