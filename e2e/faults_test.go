@@ -74,9 +74,10 @@ type node struct {
 const maxHeap = 256 << 20
 
 // TestFaultMatrix drives a mixed load of three credentials (creates, partial updates and
-// reads) through two replicas sharing Redis while one fault is on, and checks for each:
-// no write lost or applied twice (the stand-in's write log against the clients' answers),
-// no answer reaching a credential it was not made for (the stand-in's "_caller" in every
+// reads) through two replicas sharing a store (Redis, Sentinel or Cluster) in three waves
+// around one fault, and checks for each: every client that did not hang up answered, no
+// write lost or applied twice (the stand-in's write log against the clients' answers), no
+// answer reaching a credential it was not made for (the stand-in's "_caller" in every
 // body), no goroutine left behind once the replicas stop, and memory within maxHeap.
 func TestFaultMatrix(t *testing.T) {
 	for _, f := range []fault{
