@@ -56,6 +56,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -83,6 +84,23 @@ type Write struct {
 	// is called at most once per Write or merged run, after the group's grant, on a context
 	// that is not cancelled when the caller's is: Send must bound its own duration.
 	Send func(ctx context.Context, body []byte) (*upstream.Response, error)
+	// Bulk, when non-nil (and Config.Bulk), lets this write go out in one bulk call with
+	// other writes of the same Bulk.Key to other entities. Needs a non-empty Entity.
+	Bulk *Bulk
+}
+
+// Bulk describes the bulk call a write may share. Writes with one Key must differ only in
+// the entity they write (same operation, credential, Version and arguments): the bulk call
+// for their ids must then do what their single calls would have done, each on its entity.
+type Bulk struct {
+	Key string
+	// ID is the write's entity in the bulk call (e.g. the contact id).
+	ID string
+	// Send makes one bulk call for ids (distinct, in arrival order) and returns one answer
+	// per id, in the same order, each in the shape of the single call's answer; an error
+	// answers every write of the call. Called instead of Write.Send, as Send is, when the
+	// call carries two writes or more; a lone write goes out with its own Send.
+	Send func(ctx context.Context, ids []string) ([]*upstream.Response, error)
 }
 
 // Info describes the group a write went out in, for X-Ghlproxy-Batch.
@@ -92,6 +110,9 @@ type Info struct {
 	// Merged is how many writes the caller's upstream call carried: 1 unmerged, k > 1 when
 	// k writes were merged into one call (all k callers got that call's answer).
 	Merged int
+	// Bulk is how many writes (one per entity) the caller's bulk call carried; 0 when the
+	// write did not go out in a bulk call. Each caller got its own entity's answer.
+	Bulk int
 	// Waited is how long the group waited for its rate-limit grant (X-Ghlproxy-Queue-Ms).
 	Waited time.Duration
 }
@@ -113,8 +134,12 @@ type Config struct {
 	// Linger is the longest the oldest queued write of a scope waits before its group asks
 	// for tokens, however small the group (batch.linger, default 25ms).
 	Linger time.Duration
-	// Merge lets consecutive writes with one MergeKey within a group become one call.
+	// Merge lets consecutive writes with one MergeKey of an entity become one call, while
+	// the earlier one is queued or waits for its entity's previous call to finish.
 	Merge bool
+	// Bulk lets writes with one Write.Bulk.Key to distinct entities go out as one bulk call
+	// of at most Max writes, taking one token.
+	Bulk bool
 	// MaxQueue bounds the writes queued per scope (not yet sent); past it Submit fails at
 	// once with ErrQueueFull instead of letting memory and latency grow. Default 1000.
 	MaxQueue int
@@ -168,9 +193,10 @@ type Batcher struct {
 	mu     sync.Mutex
 	closed bool
 	scopes map[string]*scope
-	// tails holds, per entity, a channel closed when the last call cut for that entity has
-	// finished: the next call of the entity waits for it.
-	tails map[string]chan struct{}
+	// tails holds, per entity, the last call cut for that entity until it has finished: the
+	// next call of the entity waits for it, and a write may merge into it while it waits
+	// for the one before.
+	tails map[string]*call
 	// wg counts scope loops and calls in flight; Close waits for it.
 	wg sync.WaitGroup
 
@@ -239,7 +265,7 @@ func New(cfg Config, lim Limiter, m *metrics.Metrics, log *slog.Logger) *Batcher
 		cfg: cfg, lim: lim, m: m, log: log,
 		idPrefix: hex.EncodeToString(p[:]) + "-",
 		scopes:   make(map[string]*scope),
-		tails:    make(map[string]chan struct{}),
+		tails:    make(map[string]*call),
 	}
 	b.base, b.cancel = context.WithCancel(context.Background())
 	return b
@@ -273,6 +299,19 @@ func (b *Batcher) Submit(ctx context.Context, w Write) (*upstream.Response, Info
 		b.scopes[w.Scope] = s
 		b.wg.Add(1)
 		go b.run(s)
+	}
+	if c := b.tails[w.Entity]; p.fields != nil && c != nil && c.accepts(p) && !s.holds(w.Entity) {
+		// The entity's latest call is cut but waits for the call before it: it has not
+		// been sent, so w merges into it at no cost in tokens or delay (w would have to
+		// wait for it anyway).
+		c.writes = append(c.writes, p)
+		b.arrived++
+		if b.enqueued != nil {
+			b.enqueued(w)
+		}
+		b.mu.Unlock()
+		r := <-p.done
+		return r.resp, r.info, r.err
 	}
 	if len(s.queue) >= b.cfg.MaxQueue {
 		b.mu.Unlock()
@@ -369,10 +408,13 @@ func (b *Batcher) run(s *scope) {
 			b.mu.Unlock()
 			continue
 		}
-		head := s.queue[:min(len(s.queue), b.cfg.Max)]
-		calls := len(b.plan(head))
+		head := b.head(b.plan(s.queue), now)
+		calls, writes := len(head), 0
+		for _, ws := range head {
+			writes += len(ws)
+		}
 		due := s.queue[0].at.Add(b.cfg.Linger)
-		if len(head) < b.cfg.Max && calls < b.cfg.Min && !b.closed && now.Before(due) {
+		if writes < b.cfg.Max && calls < b.cfg.Min && !b.closed && now.Before(due) {
 			b.mu.Unlock()
 			select {
 			case <-s.wake:
@@ -380,7 +422,10 @@ func (b *Batcher) run(s *scope) {
 			}
 			continue
 		}
-		askers := append([]*pending(nil), head...)
+		askers := make([]*pending, 0, writes) // oldest first: head[0][0] is s.queue[0]
+		for _, ws := range head {
+			askers = append(askers, ws...)
+		}
 		ctx, cancel := context.WithCancel(b.base)
 		if b.cfg.MaxWait > 0 {
 			// Bounded by the oldest write's time left: Close's cancel still reaches it.
@@ -467,31 +512,79 @@ func (b *Batcher) refuse(s *scope, askers []*pending, rej *ratelimit.RejectedErr
 	}
 }
 
-// plan splits head (in arrival order) into upstream calls: a write merges into its entity's
-// latest call when both may merge and share a MergeKey, else it starts a call. Caller holds
-// b.mu.
-func (b *Batcher) plan(head []*pending) [][]*pending {
+// plan splits the queue (in arrival order) into upstream calls. A write merges into its
+// entity's latest call when both may merge and share a MergeKey. A bulk write joins the
+// earliest bulk call of its Key that holds fewer than Max writes, none of its entity, and
+// comes after its entity's latest call (so it never overtakes an earlier write of its
+// entity). Otherwise it starts a call. Caller holds b.mu.
+func (b *Batcher) plan(queue []*pending) [][]*pending {
 	var calls [][]*pending
-	var last map[string]int
-	for _, p := range head {
-		if p.fields != nil {
-			if i, ok := last[p.w.Entity]; ok {
-				first := calls[i][0]
-				if first.fields != nil && first.w.MergeKey == p.w.MergeKey {
-					calls[i] = append(calls[i], p)
-					continue
-				}
+	last := map[string]int{}
+	var bulks map[string][]int // Bulk.Key -> its calls
+	for _, p := range queue {
+		e := p.w.Entity
+		i, seen := last[e]
+		if p.fields != nil && seen {
+			if first := calls[i][0]; first.fields != nil && first.w.Entity == e && first.w.MergeKey == p.w.MergeKey {
+				calls[i] = append(calls[i], p)
+				continue
 			}
 		}
-		calls = append(calls, []*pending{p})
-		if p.w.Entity != "" {
-			if last == nil {
-				last = make(map[string]int)
+		if b.bulkable(p) {
+			joined := false
+			for _, j := range bulks[p.w.Bulk.Key] {
+				if len(calls[j]) < b.cfg.Max && (!seen || i < j) {
+					calls[j] = append(calls[j], p)
+					last[e], joined = j, true
+					break
+				}
 			}
-			last[p.w.Entity] = len(calls) - 1
+			if joined {
+				continue
+			}
+			if bulks == nil {
+				bulks = make(map[string][]int)
+			}
+			bulks[p.w.Bulk.Key] = append(bulks[p.w.Bulk.Key], len(calls))
+		}
+		calls = append(calls, []*pending{p})
+		if e != "" {
+			last[e] = len(calls) - 1
 		}
 	}
 	return calls
+}
+
+// head is the calls the next group asks tokens for: the first Max planned calls, but not a
+// trailing bulk call that still has room and time to fill (its oldest write has waited less
+// than Linger): it would go out part-full now and the next writes of its Key would need a
+// call of their own. Still a prefix of planned, so cutting it keeps every entity's order.
+// Caller holds b.mu.
+func (b *Batcher) head(planned [][]*pending, now time.Time) [][]*pending {
+	head := planned[:min(len(planned), b.cfg.Max)]
+	for len(head) > 1 && !b.closed {
+		last := head[len(head)-1]
+		if len(last) >= b.cfg.Max || !b.bulkable(last[0]) || !now.Before(last[0].at.Add(b.cfg.Linger)) {
+			break
+		}
+		head = head[:len(head)-1]
+	}
+	return head
+}
+
+// bulkable says p may share a bulk call. Merging writes never do: a call is one or the other.
+func (b *Batcher) bulkable(p *pending) bool {
+	return b.cfg.Bulk && p.w.Bulk != nil && p.w.Entity != "" && p.fields == nil
+}
+
+// holds says whether the queue holds a write of entity e. Caller holds b.mu.
+func (s *scope) holds(e string) bool {
+	for _, p := range s.queue {
+		if p.w.Entity == e {
+			return true
+		}
+	}
+	return false
 }
 
 type group struct {
@@ -500,30 +593,44 @@ type group struct {
 }
 
 type call struct {
-	writes []*pending
-	after  <-chan struct{} // the entity's previous call; nil: none
-	done   chan struct{}
+	writes   []*pending        // guarded by Batcher.mu until started
+	entities []string          // distinct, in order: one, or a bulk call's
+	after    []<-chan struct{} // the entities' previous calls
+	started  bool              // writes fixed: nothing may merge in any more
+	done     chan struct{}
 }
 
-// cut takes the first n calls of s's head out of the queue as one group and links each call
-// behind its entity's previous call. Caller holds b.mu.
+// accepts says w may merge into c: c has not started and is a merging run of w's entity
+// and MergeKey. Caller holds b.mu.
+func (c *call) accepts(p *pending) bool {
+	first := c.writes[0]
+	return !c.started && first.fields != nil && first.w.Entity == p.w.Entity && first.w.MergeKey == p.w.MergeKey
+}
+
+// cut takes the first n calls of s's queue out of it as one group and links each call
+// behind its entities' previous calls. Caller holds b.mu.
 func (b *Batcher) cut(s *scope, n int, waited time.Duration) *group {
-	planned := b.plan(s.queue[:min(len(s.queue), b.cfg.Max)])
-	planned = planned[:min(n, len(planned))]
+	planned := b.plan(s.queue)
+	planned = planned[:min(n, len(planned), b.cfg.Max)]
 	g := &group{info: Info{ID: b.idPrefix + strconv.FormatUint(b.seq.Add(1), 16), Waited: waited}}
 	for _, ws := range planned {
 		c := &call{writes: ws, done: make(chan struct{})}
-		if e := ws[0].w.Entity; e != "" {
-			c.after = b.tails[e]
-			b.tails[e] = c.done
-		}
 		for _, p := range ws {
-			b.dequeue(s, p)
+			if e := p.w.Entity; e != "" && !slices.Contains(c.entities, e) {
+				if t := b.tails[e]; t != nil {
+					c.after = append(c.after, t.done)
+				}
+				b.tails[e] = c
+				c.entities = append(c.entities, e)
+			}
+			p.queued = false
 		}
 		g.info.Size += len(ws)
 		g.calls = append(g.calls, c)
 	}
-	if len(g.calls) > 0 {
+	if g.info.Size > 0 {
+		s.queue = slices.DeleteFunc(s.queue, func(p *pending) bool { return !p.queued })
+		b.m.QueueDepth.WithLabelValues("batch").Sub(float64(g.info.Size))
 		b.wg.Add(len(g.calls))
 	}
 	return g
@@ -542,24 +649,55 @@ func (b *Batcher) launch(g *group) {
 
 func (b *Batcher) send(info Info, c *call) {
 	defer b.wg.Done()
-	if c.after != nil {
-		<-c.after
-	}
-	first := c.writes[0]
-	body := first.w.Body
-	if len(c.writes) > 1 {
-		body = merge(c.writes)
-		b.m.UpstreamSaved.WithLabelValues(metrics.SavedMerge).Add(float64(len(c.writes) - 1))
-	}
-	resp, err := first.w.Send(context.WithoutCancel(first.ctx), body)
-	info.Merged = len(c.writes)
-	for _, p := range c.writes {
-		p.done <- result{resp: resp, info: info, err: err}
+	for _, prev := range c.after {
+		<-prev
 	}
 	b.mu.Lock()
-	e := first.w.Entity
-	if b.tails[e] == c.done {
-		delete(b.tails, e)
+	c.started = true
+	ws := c.writes
+	b.mu.Unlock()
+
+	first := ws[0]
+	ctx := context.WithoutCancel(first.ctx)
+	answers := make([]result, len(ws))
+	switch {
+	case len(ws) > 1 && first.fields == nil: // a bulk call: merging writes have fields
+		ids := make([]string, len(ws))
+		for i, p := range ws {
+			ids[i] = p.w.Bulk.ID
+		}
+		b.m.UpstreamSaved.WithLabelValues(metrics.SavedBulk).Add(float64(len(ws) - 1))
+		resps, err := first.w.Bulk.Send(ctx, ids)
+		if err == nil && len(resps) != len(ws) {
+			err = fmt.Errorf("batcher: the bulk call answered %d answers for %d writes; they may have been applied", len(resps), len(ws))
+		}
+		info.Merged, info.Bulk = 1, len(ws)
+		for i := range answers {
+			answers[i] = result{info: info, err: err}
+			if err == nil {
+				answers[i].resp = resps[i]
+			}
+		}
+	default:
+		body := first.w.Body
+		if len(ws) > 1 {
+			body = merge(ws)
+			b.m.UpstreamSaved.WithLabelValues(metrics.SavedMerge).Add(float64(len(ws) - 1))
+		}
+		resp, err := first.w.Send(ctx, body)
+		info.Merged = len(ws)
+		for i := range answers {
+			answers[i] = result{resp: resp, info: info, err: err}
+		}
+	}
+	for i, p := range ws {
+		p.done <- answers[i]
+	}
+	b.mu.Lock()
+	for _, e := range c.entities {
+		if b.tails[e] == c {
+			delete(b.tails, e)
+		}
 	}
 	b.mu.Unlock()
 	close(c.done)

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,6 +43,8 @@ type stand struct {
 	hold func(id string) chan struct{}
 	// arrived, when set, receives every call's id as it arrives.
 	arrived chan string
+	// delay, when set, is the upstream's latency for every call.
+	delay func() time.Duration
 }
 
 type record struct {
@@ -67,13 +70,16 @@ func newStand(t testing.TB) *stand {
 		if s.hold != nil {
 			hold = s.hold(id)
 		}
-		arrived := s.arrived
+		arrived, delay := s.arrived, s.delay
 		s.mu.Unlock()
 		if arrived != nil {
 			arrived <- id
 		}
 		if hold != nil {
 			<-hold
+		}
+		if delay != nil {
+			time.Sleep(delay()) // the upstream's own latency, not synchronisation
 		}
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(body, &fields); err != nil {
@@ -95,9 +101,125 @@ func newStand(t testing.TB) *stand {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(out)
 	})
+	// Tag adds, single and bulk, as GHL does them: tags a contact lacks are appended in order.
+	mux.HandleFunc("POST /contacts/{id}/tags", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		var in struct{ Tags []string }
+		body, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(body, &in)
+		tags := s.apply(record{id: id, body: body, start: time.Now()}, []string{id}, in.Tags)[0]
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write(mustJSONBytes(map[string]any{"tags": tags}))
+	})
+	mux.HandleFunc("POST /contacts/bulk/tags/update/add", func(w http.ResponseWriter, r *http.Request) {
+		var in struct{ Contacts, Tags []string }
+		body, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(body, &in)
+		after := s.apply(record{id: "bulk", body: body, start: time.Now()}, in.Contacts, in.Tags)
+		var entries []map[string]any
+		for i, id := range in.Contacts {
+			entries = append(entries, map[string]any{"contactId": id, "type": "success", "tags": after[i]})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write(mustJSONBytes(map[string]any{"succeded": true, "responses": entries}))
+	})
 	s.srv = httptest.NewServer(mux)
 	t.Cleanup(s.srv.Close)
 	return s
+}
+
+// apply adds tags to each of ids (after the stand's latency) and records rec as one call;
+// it returns each contact's tags after.
+func (s *stand) apply(rec record, ids, tags []string) [][]string {
+	s.mu.Lock()
+	for _, id := range ids {
+		s.inflight[id]++
+		if s.inflight[id] > 1 {
+			s.overlaps = append(s.overlaps, id)
+		}
+	}
+	delay := s.delay
+	s.mu.Unlock()
+	if delay != nil {
+		time.Sleep(delay()) // the upstream's own latency, not synchronisation
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([][]string, len(ids))
+	for i, id := range ids {
+		st := s.state[id]
+		if st == nil {
+			st = map[string]json.RawMessage{}
+			s.state[id] = st
+		}
+		var have []string
+		_ = json.Unmarshal(st["tags"], &have)
+		for _, t := range tags {
+			if !slices.Contains(have, t) {
+				have = append(have, t)
+			}
+		}
+		st["tags"] = mustJSONBytes(have)
+		out[i] = have
+		s.inflight[id]--
+	}
+	rec.end = time.Now()
+	s.calls = append(s.calls, rec)
+	return out
+}
+
+// tagSend returns a Write.Send that adds the body's tags to contact id.
+func (s *stand) tagSend(id string) func(context.Context, []byte) (*upstream.Response, error) {
+	return func(ctx context.Context, body []byte) (*upstream.Response, error) {
+		return s.post(ctx, "/contacts/"+id+"/tags", body)
+	}
+}
+
+// bulkTag returns the Write.Bulk of a tag add to contact id: the bulk call's answer is split
+// into {"tags": ...} per contact, the single call's shape.
+func (s *stand) bulkTag(id string, tags ...string) *Bulk {
+	return &Bulk{Key: "tok|add|" + strings.Join(tags, ","), ID: id,
+		Send: func(ctx context.Context, ids []string) ([]*upstream.Response, error) {
+			resp, err := s.post(ctx, "/contacts/bulk/tags/update/add", mustJSONBytes(map[string]any{"contacts": ids, "tags": tags, "locationId": "loc1"}))
+			if err != nil {
+				return nil, err
+			}
+			var out struct{ Responses []struct{ Tags []string } }
+			if err := json.Unmarshal(resp.Body, &out); err != nil || len(out.Responses) != len(ids) {
+				return nil, fmt.Errorf("bulk answer %s: %v", resp.Body, err)
+			}
+			answers := make([]*upstream.Response, len(ids))
+			for i, e := range out.Responses {
+				answers[i] = &upstream.Response{Status: resp.Status, Body: mustJSONBytes(map[string]any{"tags": e.Tags})}
+			}
+			return answers, nil
+		}}
+}
+
+func (s *stand) post(ctx context.Context, path string, body []byte) (*upstream.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.srv.URL+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.srv.Client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &upstream.Response{Status: resp.StatusCode, Header: resp.Header, Body: b, Date: time.Now()}, nil
+}
+
+func mustJSONBytes(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
 }
 
 // send returns a Write.Send that PUTs to the stand, as the proxy's round trip does.

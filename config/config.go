@@ -166,8 +166,9 @@ type Batch struct {
 	// Merge consecutive partial updates of one entity within a group into one call when the
 	// result is provably the same.
 	Merge bool `yaml:"merge"`
-	// Send groups of writes that GHL has a bulk endpoint for (e.g. tag updates) as one bulk
-	// call.
+	// Send single tag adds (or removes) of one location token with the same tags, queued
+	// together for distinct contacts, as one call to GHL's bulk tag endpoint (one token);
+	// each caller still gets its own contact's answer.
 	Bulk bool `yaml:"bulk"`
 }
 

@@ -11,7 +11,7 @@ import (
 )
 
 // stateful are the routes with handlers of their own, tested elsewhere.
-var stateful = regexp.MustCompile(`^(POST|GET|PUT|DELETE) /(contacts|opportunities|conversations)/(\{[a-zA-Z]+\}|search|upsert)?(/tags|/status)?$`)
+var stateful = regexp.MustCompile(`^(POST|GET|PUT|DELETE) /(contacts|opportunities|conversations)/(\{[a-zA-Z]+\}|search|upsert|bulk/tags/update/\{type\})?(/tags|/status)?$`)
 
 // TestEveryRouteHasAPlausibleAnswer asks every operation of the route table, in both the
 // v2 and v3 flavour, and expects the spec's success status with a JSON body that carries

@@ -24,6 +24,7 @@ func (s *Server) addStateful() {
 		{"DELETE", "/contacts/{contactId}", deleteContact},
 		{"POST", "/contacts/{contactId}/tags", addTags},
 		{"DELETE", "/contacts/{contactId}/tags", removeTags},
+		{"POST", "/contacts/bulk/tags/update/{type}", bulkTags},
 
 		{"POST", "/opportunities/", createOpportunity},
 		{"GET", "/opportunities/search", searchOpportunities},
@@ -201,23 +202,7 @@ func (q *request) changeTags(add bool) reply {
 	if bad != nil {
 		return *bad
 	}
-	tags := strs(r.fields["tags"])
-	for _, t := range strs(body["tags"]) {
-		i := slices.Index(tags, t)
-		switch {
-		case add && i < 0:
-			tags = append(tags, t)
-		case !add && i >= 0:
-			tags = slices.Delete(tags, i, i+1)
-		}
-	}
-	list := make([]any, len(tags))
-	for i, t := range tags {
-		list[i] = t
-	}
-	r.fields["tags"] = list
-	r.fields["dateUpdated"] = stamp(q.now)
-	r.encode()
+	list, _, _ := q.applyTags(r, strs(body["tags"]), add, false)
 	status := http.StatusOK
 	if add {
 		status = http.StatusCreated
@@ -225,6 +210,95 @@ func (q *request) changeTags(add bool) reply {
 	q.logWrite(r.id, raw, status, "")
 	b, _ := json.Marshal(map[string]any{"tags": list})
 	return reply{status: status, body: b}
+}
+
+// applyTags adds tags to r's (those it lacks, appended in order) or removes them (all of
+// r's when all is set), and returns r's tags after, and those actually added or removed.
+// Call with st.mu held.
+func (q *request) applyTags(r *record, tags []string, add, all bool) (after []any, added, removed []string) {
+	have := strs(r.fields["tags"])
+	if all {
+		removed, have = have, nil
+	}
+	for _, t := range tags {
+		i := slices.Index(have, t)
+		switch {
+		case add && i < 0:
+			have = append(have, t)
+			added = append(added, t)
+		case !add && i >= 0:
+			have = slices.Delete(have, i, i+1)
+			removed = append(removed, t)
+		}
+	}
+	after = make([]any, len(have))
+	for i, t := range have {
+		after[i] = t
+	}
+	r.fields["tags"] = after
+	r.fields["dateUpdated"] = stamp(q.now)
+	r.encode()
+	return after, added, removed
+}
+
+// bulkTags is POST /contacts/bulk/tags/update/{type}: the same tags added to (type add) or
+// removed from (type remove, or all of them with removeAllTags) many contacts of one
+// location, each as the single call would, with one entry per contact in the answer.
+func bulkTags(q *request) reply {
+	op := q.params[0].Value
+	body, raw, loc, bad := q.bodyAt()
+	if bad != nil {
+		return *bad
+	}
+	ids, tags := strs(body["contacts"]), strs(body["tags"])
+	all, _ := body["removeAllTags"].(bool)
+	switch {
+	case op != "add" && op != "remove":
+		return reply{status: http.StatusUnprocessableEntity,
+			body: []byte(`{"statusCode":422,"message":["type must be one of the following values: add, remove"],"error":"Unprocessable Entity"}`)}
+	case len(ids) == 0:
+		return reply{status: http.StatusUnprocessableEntity,
+			body: []byte(`{"statusCode":422,"message":["contacts should not be empty"],"error":"Unprocessable Entity"}`)}
+	case all && op != "remove":
+		return errorReply(http.StatusBadRequest, "removeAllTags can only be used with remove type")
+	case len(tags) == 0 && !all:
+		return reply{status: http.StatusUnprocessableEntity,
+			body: []byte(`{"statusCode":422,"message":["tags should not be empty"],"error":"Unprocessable Entity"}`)}
+	}
+	st := q.st.store
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	type entry struct {
+		ContactID string `json:"contactId"`
+		Message   string `json:"message"`
+		Type      string `json:"type"`
+		// any: an error entry has none of the three, a success entry has them all, even
+		// empty.
+		OldTags     any `json:"oldTags,omitempty"`
+		TagsAdded   any `json:"tagsAdded,omitempty"`
+		TagsRemoved any `json:"tagsRemoved,omitempty"`
+	}
+	entries := make([]entry, 0, len(ids))
+	errors := 0
+	for _, id := range ids {
+		r := st.contacts.byID[id]
+		switch {
+		case r == nil:
+			entries = append(entries, entry{ContactID: id, Message: "contact not found", Type: "error"})
+			errors++
+		case r.loc != loc:
+			entries = append(entries, entry{ContactID: id, Message: "contact does not belong to location", Type: "error"})
+			errors++
+		default:
+			old := strs(r.fields["tags"])
+			_, added, removed := q.applyTags(r, tags, op == "add", all)
+			q.logWrite(r.id, raw, http.StatusCreated, "")
+			entries = append(entries, entry{ContactID: id, Message: "Tags updated", Type: "success",
+				OldTags: append([]string{}, old...), TagsAdded: append([]string{}, added...), TagsRemoved: append([]string{}, removed...)})
+		}
+	}
+	b, _ := json.Marshal(map[string]any{"succeded": true, "errorCount": errors, "responses": entries})
+	return reply{status: http.StatusCreated, body: b}
 }
 
 // strs reads a JSON string or array of strings.

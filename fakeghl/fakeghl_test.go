@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -585,4 +587,62 @@ func equalJSON(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
+}
+
+// TestBulkTagsEqualSingles: the bulk tag route does to each contact what the single add and
+// remove routes do, answers one entry per contact (errors for unknown contacts and those of
+// another location), and is counted as one call under its own route.
+func TestBulkTagsEqualSingles(t *testing.T) {
+	fake, ts := start(t, fakeghl.Config{Seed: 3})
+	c := newClient(t, ts, fakeghl.Token("Location", "loc1", ""))
+	other := newClient(t, ts, fakeghl.Token("Location", "loc2", ""))
+	mk := func(c client, email string, tags []string) string {
+		return c.expect(201, "POST", "/contacts/", map[string]any{"email": email, "tags": tags})["contact"].(map[string]any)["id"].(string)
+	}
+	starts := [][]string{{"a"}, {"b", "x"}, {}}
+	var single, bulk []string
+	for i, tags := range starts {
+		single = append(single, mk(c, fmt.Sprintf("s%d@x.io", i), tags))
+		bulk = append(bulk, mk(c, fmt.Sprintf("b%d@x.io", i), tags))
+	}
+	foreign := mk(other, "f@x.io", []string{})
+	ops := []struct {
+		method, op string
+		tags       []string
+	}{{"POST", "add", []string{"x", "y"}}, {"DELETE", "remove", []string{"a", "y"}}}
+	for _, o := range ops {
+		for _, id := range single {
+			c.expect(map[string]int{"POST": 201, "DELETE": 200}[o.method], o.method, "/contacts/"+id+"/tags", map[string]any{"tags": o.tags})
+		}
+		ans := c.expect(201, "POST", "/contacts/bulk/tags/update/"+o.op, map[string]any{
+			"contacts": append(slices.Clone(bulk), "nope", foreign), "tags": o.tags, "locationId": "loc1"})
+		if ans["succeded"] != true || ans["errorCount"] != float64(2) {
+			t.Errorf("%s: answer %v", o.op, ans)
+		}
+		rs := ans["responses"].([]any)
+		if len(rs) != len(bulk)+2 || rs[len(bulk)].(map[string]any)["type"] != "error" || rs[len(bulk)+1].(map[string]any)["message"] != "contact does not belong to location" {
+			t.Errorf("%s: entries %v", o.op, rs)
+		}
+		if e := rs[1].(map[string]any); e["contactId"] != bulk[1] || e["type"] != "success" || e["oldTags"] == nil {
+			t.Errorf("%s: entry %v", o.op, e)
+		}
+	}
+	for i := range starts {
+		s := c.expect(200, "GET", "/contacts/"+single[i], nil)["contact"].(map[string]any)["tags"]
+		b := c.expect(200, "GET", "/contacts/"+bulk[i], nil)["contact"].(map[string]any)["tags"]
+		if !equalJSON(s, b) {
+			t.Errorf("contact %d: tags %v via singles, %v via bulk", i, s, b)
+		}
+	}
+	if got := other.expect(200, "GET", "/contacts/"+foreign, nil)["contact"].(map[string]any)["tags"]; !equalJSON(got, []string{}) {
+		t.Errorf("another location's contact changed: %v", got)
+	}
+	st := fake.Stats()
+	if n := st.Count("POST /contacts/bulk/tags/update/{type}", 201); n != 2 {
+		t.Errorf("%d bulk calls counted, want 2", n)
+	}
+	if n := len(st.Writes[bulk[0]]); n != 3 {
+		t.Errorf("%d writes logged for a bulk-tagged contact, want create + 2 bulk", n)
+	}
+	c.expect(422, "POST", "/contacts/bulk/tags/update/replace", map[string]any{"contacts": bulk, "tags": []string{"a"}, "locationId": "loc1"})
 }

@@ -493,6 +493,7 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 			if h.cfg.MergeRoutes[x.route.Method+" "+x.route.Template] && x.bodyJSON {
 				wr.MergeKey = x.cred.Hash + "|" + x.version + "|" + x.route.Method + " " + r.URL.EscapedPath() + "?" + r.URL.RawQuery
 			}
+			wr.Bulk = h.bulkTags(r, x, id, body)
 		}
 	}
 	resp, info, err := h.cfg.Batcher.Submit(ctx, wr)

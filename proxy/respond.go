@@ -148,6 +148,9 @@ func batchHeader(i *batcher.Info) string {
 	if i.Merged > 1 {
 		s += "; merged=" + strconv.Itoa(i.Merged)
 	}
+	if i.Bulk > 1 {
+		s += "; bulk=" + strconv.Itoa(i.Bulk)
+	}
 	return s
 }
 

@@ -108,6 +108,7 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		Max:    cfg.Batch.Max,
 		Linger: cfg.Batch.Linger,
 		Merge:  cfg.Batch.Merge,
+		Bulk:   cfg.Batch.Bulk,
 		// The limiter's bound covers the batcher's queue too (DESIGN.md: a write waits up
 		// to ratelimit.max_wait in all, then gets the sidecar's 429).
 		MaxWait: cfg.RateLimit.MaxWait,
