@@ -1,14 +1,22 @@
 // Package batcher groups writes per scope into batches of batch.min to batch.max behind one
-// rate-limit grant, keeps writes to one entity in arrival order, and merges consecutive
-// partial updates of one entity where the result is provably the same.
+// rate-limit grant, keeps writes to one entity in arrival order, merges consecutive
+// partial updates of one entity where the result is provably the same, and sends writes
+// that share a bulk endpoint as one bulk call.
+//
+// Calls. The scope's queue (arrival order) is planned into upstream calls: a write merges
+// into its entity's latest queued call when both may merge and share a MergeKey, wherever
+// that call is in the queue (nothing of the entity lies between them, so the merged body is
+// the writes applied in order); a bulk write joins the earliest bulk call of its Bulk.Key
+// that has room (at most Max writes), does not hold its entity and comes after its entity's
+// latest call; any other write starts a call. A call's position is its first write's.
 //
 // How a group forms. Each scope with queued writes has one loop goroutine. It looks at the
-// head of the scope's queue (the oldest writes, at most Max of them) and asks the limiter
-// for one token per upstream call those writes need (after merging) as soon as one of these
-// holds:
+// head of the plan (the first Max calls, less a trailing bulk call that still has room and
+// linger left) and asks the limiter for one token per call as soon as one of these holds:
 //   - the head holds Max writes;
-//   - the head needs at least Min upstream calls (merged writes need no token of their own,
-//     so a burst of updates to one contact keeps collecting until Max or the linger);
+//   - the head needs at least Min upstream calls (merged and bulked writes need no token of
+//     their own, so a burst of updates to one contact keeps collecting until Max or the
+//     linger);
 //   - the oldest write has waited Linger (a lone write never waits longer than that before
 //     it asks for its token);
 //   - the batcher is closing.
@@ -16,14 +24,19 @@
 // The grant arrives when the scope's bucket has the tokens. Writes keep joining the queue
 // while the loop waits, and the group is cut only when the grant arrives: its first n calls
 // (n = tokens granted) go out; a joiner that merged into one of them rides along for free,
-// a joiner that needs a call of its own stays at the head of the queue for the next group.
-// So under a full bucket groups grow towards Max and merge more, and with tokens to spare a
-// group goes out as soon as it holds Min calls.
+// a joiner that needs a call of its own stays in the queue for the next group. So under a
+// full bucket the queue grows and merges more, and with tokens to spare a group goes out as
+// soon as it holds Min calls.
+//
+// A write whose entity's latest call is cut but has not started (it waits for the entity's
+// call before it, still upstream) and that may merge with it joins that call directly: it
+// takes no token and waits no longer than it would have anyway.
 //
 // Sending. The calls of one group go upstream concurrently, each in its own goroutine,
 // except calls for the same Entity: those run one after another in arrival order, within a
 // group and across groups (a per-entity tail links each call to the previous call of its
-// entity, which it waits for before it sends).
+// entity, which it waits for before it sends; a bulk call waits for those of all its
+// entities). A bulk call of k writes gets k answers from Bulk.Send, one per caller.
 //
 // Failures. A write is either sent exactly once, or its caller gets an error before it was
 // sent: a caller whose ctx ends while its write is queued (also while the group waits for
