@@ -39,7 +39,8 @@
 // entities). A bulk call of k writes gets k answers from Bulk.Send, one per caller.
 //
 // Failures. A write is either sent exactly once, or its caller gets an error before it was
-// sent: a caller whose ctx ends while its write is queued (also while the group waits for
+// sent (a write carried by another write's merged or bulk call is marked as sent through its
+// Sending hook first, and left out unsent if that fails): a caller whose ctx ends while its write is queued (also while the group waits for
 // its grant) gets ctx.Err() and the write is dropped from the queue; a limiter error (a
 // *ratelimit.RejectedError after ratelimit.max_wait) answers the writes the group asked for,
 // and nothing of it is sent.
@@ -100,6 +101,11 @@ type Write struct {
 	// Bulk, when non-nil (and Config.Bulk), lets this write go out in one bulk call with
 	// other writes of the same Bulk.Key to other entities. Needs a non-empty Entity.
 	Bulk *Bulk
+	// Sending, when set, is called right before a call that carries this write but is made
+	// by another write's Send (a merged or bulk call) goes upstream: the proxy records
+	// there that the write may now be applied, as its own Send would have. An error takes
+	// the write out of the call unsent; its caller gets the error.
+	Sending func() error
 }
 
 // Bulk describes the bulk call a write may share. Writes with one Key must differ only in
@@ -670,6 +676,7 @@ func (b *Batcher) send(info Info, c *call) {
 	ws := c.writes
 	b.mu.Unlock()
 
+	ws = b.marked(ws)
 	first := ws[0]
 	ctx := context.WithoutCancel(first.ctx)
 	answers := make([]result, len(ws))
@@ -714,6 +721,22 @@ func (b *Batcher) send(info Info, c *call) {
 	}
 	b.mu.Unlock()
 	close(c.done)
+}
+
+// marked calls Sending of the writes ws[0]'s Send carries besides its own, answers those
+// whose Sending fails with its error (they are not sent) and returns the rest.
+func (b *Batcher) marked(ws []*pending) []*pending {
+	out := ws[:1:1]
+	for _, p := range ws[1:] {
+		if p.w.Sending != nil {
+			if err := p.w.Sending(); err != nil {
+				p.done <- result{err: err}
+				continue
+			}
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // jsonObject returns body's top-level fields when body is one JSON object, else nil.

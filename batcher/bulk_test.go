@@ -261,3 +261,55 @@ func TestMergeAcrossTheQueue(t *testing.T) {
 		}
 	}
 }
+
+// TestSendingMarksCarriedWrites: a merged or bulk call calls Sending of every write it
+// carries besides the one whose Send makes it; a write whose Sending fails is left out,
+// unsent, with that error.
+func TestSendingMarksCarriedWrites(t *testing.T) {
+	lost := errors.New("lease lost")
+	t.Run("merge", func(t *testing.T) {
+		st := newStand(t)
+		b := New(Config{Min: 3, Max: 3, Linger: time.Hour, Merge: true}, openBucket(), nil, nil)
+		marks := make([]int, 3)
+		w := func(i int) Write {
+			return Write{Scope: "s", Entity: "contacts/A", MergeKey: "k", Body: fmt.Appendf(nil, `{"f%d":%d}`, i, i), Send: st.send("A", nil),
+				Sending: func() error {
+					marks[i]++
+					if i == 1 {
+						return lost
+					}
+					return nil
+				}}
+		}
+		chs := submitInOrder(t, b, w(0), w(1), w(2))
+		rs := []answer{receive(t, chs[0]), receive(t, chs[1]), receive(t, chs[2])}
+		closeBatcher(t, b)
+		if rs[0].err != nil || !errors.Is(rs[1].err, lost) || rs[2].err != nil || rs[0].info.Merged != 2 {
+			t.Fatalf("answers %+v", rs)
+		}
+		if !slices.Equal(marks, []int{0, 1, 1}) {
+			t.Errorf("Sending called %v times, want [0 1 1] (the first write's Send marks itself)", marks)
+		}
+		if calls := st.recorded(); len(calls) != 1 || string(calls[0].body) != `{"f0":0,"f2":2}` {
+			t.Errorf("upstream got %+v, want one call without the unmarked write", calls)
+		}
+	})
+	t.Run("bulk", func(t *testing.T) {
+		st := newStand(t)
+		b := New(Config{Min: 3, Max: 3, Linger: time.Hour, Bulk: true}, openBucket(), nil, nil)
+		w := func(id string, err error) Write {
+			wr := tagAdd(st, id, "t")
+			wr.Sending = func() error { return err }
+			return wr
+		}
+		chs := submitInOrder(t, b, w("A", nil), w("B", lost), w("C", nil))
+		rs := []answer{receive(t, chs[0]), receive(t, chs[1]), receive(t, chs[2])}
+		closeBatcher(t, b)
+		if rs[0].err != nil || !errors.Is(rs[1].err, lost) || rs[2].err != nil || rs[0].info.Bulk != 2 {
+			t.Fatalf("answers %+v", rs)
+		}
+		if calls := st.recorded(); len(calls) != 1 || string(calls[0].body) != `{"contacts":["A","C"],"locationId":"loc1","tags":["t"]}` {
+			t.Errorf("upstream got %+v, want one bulk call for A and C", calls)
+		}
+	})
+}

@@ -333,3 +333,56 @@ func TestBatchSIGTERMDuringBurst(t *testing.T) {
 		t.Errorf("%d of the %d writes accepted before SIGTERM were answered 2xx; the replica should have flushed them all", ok2xx, burst)
 	}
 }
+
+// TestBatchMergedWriteTimeoutNotResent: two partial updates of one contact merge into one
+// call, which times out. Neither is resent when its client retries within the fold window:
+// both retries get the "may have been applied" answer, the merged-in one as much as the one
+// whose request made the call.
+func TestBatchMergedWriteTimeoutNotResent(t *testing.T) {
+	up := startLoggedStandIn(t, fakeghl.Config{Limit: 100000})
+	token := fakeghl.Token("Location", "loc-unconf", "app-1")
+	id := createContact(t, up.URL, token, "loc-unconf", "unconf@example.com")
+	// A linger long enough that both updates are queued together, whatever the host's load.
+	r := startReplica(t, testConfig(t, up.URL, "GHLPROXY_BATCH_LINGER=2s",
+		"GHLPROXY_TRANSPORT_TIMEOUT=300ms", "GHLPROXY_TRANSPORT_HEADER_TIMEOUT=300ms"))
+	up.Fake.SetExtraDelay(5 * time.Second)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
+	defer client.CloseIdleConnections()
+	bodies := []string{`{"firstName":"Merged"}`, `{"lastName":"Twice"}`}
+	put := func() []answer {
+		out := make([]answer, len(bodies))
+		var wg sync.WaitGroup
+		for i, b := range bodies {
+			wg.Go(func() { out[i] = send(client, "PUT", r.URL+"/contacts/"+id, b, ghlHeaders(token), 30*time.Second, nil) })
+		}
+		wg.Wait()
+		return out
+	}
+	first := put()
+	for i, a := range first {
+		if a.Err != nil || a.Status != http.StatusGatewayTimeout {
+			t.Fatalf("update %d: %v %d %s, want the upstream timeout", i, a.Err, a.Status, a.Body)
+		}
+	}
+	// Counted as they reach the stand-in: it counts a call only once its client is gone.
+	puts := func() int {
+		n := 0
+		for _, a := range up.Log.arrivals() {
+			if a.Method == "PUT" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := puts(); n != 1 {
+		t.Fatalf("%d upstream PUTs for two concurrent updates, want one merged call", n)
+	}
+	for i, a := range put() {
+		if a.Err != nil || a.Status != http.StatusBadGateway || !strings.Contains(string(a.Body), "may have been applied") {
+			t.Errorf("retry %d: %v %d %s, want the fold's \"may have been applied\" answer", i, a.Err, a.Status, a.Body)
+		}
+	}
+	if n := puts(); n != 1 {
+		t.Errorf("%d upstream PUTs after the retries, want still 1: a timed-out write is never resent", n)
+	}
+}

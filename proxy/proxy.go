@@ -484,7 +484,11 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 		}
 		return send(ctx, body)
 	}
-	wr := batcher.Write{Scope: x.cred.ScopeKey, Body: body, Send: send}
+	// A merged or bulk call that carries this write is made by another write's send: the
+	// fold's marker of this one must say "sent" then too, or a retry after a timeout would
+	// be sent again instead of told it may have been applied.
+	mark := func() error { return dedupe.MarkSent(ctx) }
+	wr := batcher.Write{Scope: x.cred.ScopeKey, Body: body, Send: send, Sending: mark}
 	if x.route.Entity != "" {
 		if id := x.params.Get(x.route.Entity); id != "" {
 			// Order per entity within the scope: two tokens of one location writing the
