@@ -143,18 +143,19 @@ type Selector struct {
 }
 
 // Stats describes the store, for GET /_ghlproxy/cache.
+// The JSON names are those of the other /_ghlproxy/ answers (snake_case).
 type Stats struct {
-	Entries   int64 // in the in-process layer
-	Bytes     int64 // approximate bytes held by the in-process layer
-	LocalHits uint64
-	RedisHits uint64
-	Misses    uint64
-	Evictions int64 // in-process entries evicted for space
-	Redis     bool  // a Redis store is configured
-	RedisUp   bool  // the last Redis call succeeded
+	Entries   int64  `json:"entries"` // in the in-process layer
+	Bytes     int64  `json:"bytes"`   // approximate bytes held by the in-process layer
+	LocalHits uint64 `json:"local_hits"`
+	RedisHits uint64 `json:"redis_hits"`
+	Misses    uint64 `json:"misses"`
+	Evictions int64  `json:"evictions"` // in-process entries evicted for space
+	Redis     bool   `json:"redis"`     // a Redis store is configured
+	RedisUp   bool   `json:"redis_up"`  // the last Redis call succeeded
 	// Coherent is true while in-process entries may be served: always without Redis; with
 	// Redis while the replica's heartbeat comes back within CoherenceBound.
-	Coherent bool
+	Coherent bool `json:"coherent"`
 }
 
 // ErrInvalidated is returned by Set when the answer predates an invalidation of one of its

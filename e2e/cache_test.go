@@ -138,7 +138,9 @@ func localHits(t *testing.T, r *replica) uint64 {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /_ghlproxy/cache: %d %s", resp.StatusCode, b)
 	}
-	var s struct{ LocalHits uint64 }
+	var s struct {
+		LocalHits uint64 `json:"local_hits"`
+	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatalf("GET /_ghlproxy/cache: %v: %s", err, b)
 	}
