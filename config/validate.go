@@ -29,7 +29,8 @@ func (c *Config) Validate() error {
 		func() error {
 			return first(
 				positive("limits.max_body_bytes", c.Limits.MaxBodyBytes),
-				positive("limits.max_response_bytes", c.Limits.MaxResponseBytes))
+				positive("limits.max_response_bytes", c.Limits.MaxResponseBytes),
+				nonNegative("limits.gc_heap_floor", c.Limits.GCHeapFloor))
 		},
 		c.checkRedis,
 		c.checkRateLimit,

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ghlproxy/ghlproxy/config"
+	"github.com/ghlproxy/ghlproxy/gctune"
 	"github.com/ghlproxy/ghlproxy/logging"
 	"github.com/ghlproxy/ghlproxy/sidecar"
 )
@@ -48,6 +49,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Warn(w)
 	}
 	redis.SetLogger(redisLog{log})
+	if floor := cfg.Limits.GCHeapFloor; floor > 0 && os.Getenv("GOGC") == "" {
+		// Process-wide, so here rather than in sidecar.New: tests run many sidecars in
+		// one process.
+		defer gctune.Start(uint64(floor)).Stop()
+	}
 	s, err := sidecar.New(cfg, log)
 	if err != nil {
 		return err
