@@ -595,6 +595,60 @@ func TestForgetWhileReadInFlightIsNotReplayed(t *testing.T) {
 	}
 }
 
+// A write that lands while a read is in flight, with the record of an earlier forgotten
+// read ('N', kept for that call's waiters) still in Redis: the tombstone cannot replace
+// that record, and without naming the leader in flight its answer, fetched before the
+// write, was replayed for the whole window — across later writes too, since the Forget had
+// emptied the tag's index. bench/soak.sh found it: thousands of stale reads on two
+// replicas, none on the embedded store.
+func TestForgetOverSharedRecordWhileReadInFlight(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	a, _ := newFold(t, testConfig(), rdb)
+	var calls atomic.Int64
+	holds := []chan struct{}{make(chan struct{}), make(chan struct{})}
+	starts := []chan struct{}{make(chan struct{}), make(chan struct{})}
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		n := calls.Add(1)
+		if n <= 2 {
+			close(starts[n-1])
+			<-holds[n-1]
+		}
+		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", n)}, nil
+	}
+	read := Options{Tags: []string{"t1"}}
+	ctx := context.Background()
+	// 1: a read in flight across a write: its answer is stored for its waiters only ('N').
+	first := goDo(ctx, a, "k", read, fetch)
+	<-starts[0]
+	if err := a.Forget(ctx, []string{"t1"}); err != nil {
+		t.Fatal(err)
+	}
+	close(holds[0])
+	<-first
+	// 2: the next read leads (the 'N' record is not replayable) and a second write lands
+	// while it is in flight.
+	second := goDo(ctx, a, "k", read, fetch)
+	<-starts[1]
+	if err := a.Forget(ctx, []string{"t1"}); err != nil {
+		t.Fatal(err)
+	}
+	close(holds[1])
+	<-second
+	// 3: the answer fetched across the second write must not be replayed.
+	r, out, err := a.Do(ctx, "k", read, fetch)
+	if err != nil || out == Replay {
+		t.Fatalf("after the second write: %v %v %q (fetched across the write)", out, err, r.Body)
+	}
+	if string(r.Body) != "answer 3" {
+		t.Fatalf("after the second write: %q, want a new fetch", r.Body)
+	}
+	// That new answer is replayed as usual.
+	if r, out, err := a.Do(ctx, "k", read, fetch); err != nil || out != Replay || string(r.Body) != "answer 3" {
+		t.Fatalf("the next call: %v %v %q", out, err, r.Body)
+	}
+}
+
 // A retry-heavy workload: 40 distinct creates, each sent once and retried 4 times by
 // impatient clients through three replicas, partly while the first is in flight.
 func TestRetryHeavyWorkloadSavesUpstreamCalls(t *testing.T) {

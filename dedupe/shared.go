@@ -24,6 +24,8 @@ import (
 //	<prefix>:{fold:K}:sent    "<token>" once a write may have reached upstream, until the
 //	                          answer is stored (PX max(window, WaitBound), refreshed)
 //	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord)
+//	<prefix>:{fold:K}:forgot  "<token>" of the leader in flight when a Forget reached K,
+//	                          PX CallTimeout: its answer may predate the write
 //
 // and per invalidation tag T a set <prefix>:{foldtag:H(T)} (H: 128 bits of SHA-256, as
 // tags name entities) of the fold keys of reads carrying it. Callers of K on other replicas find the lock, wait for the "done" message naming K on
@@ -86,12 +88,12 @@ if l ~= 'p:' .. ARGV[1] and l ~= 's:' .. ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if string.sub(l, 1, 1) == 's' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 return 1`),
-		// KEYS lock, sent, result; ARGV token, record, ttl ms, channel, key, short ttl ms.
-		// -> the kind stored: an answer forgotten while it was fetched is stored as 'N'.
+		// KEYS lock, sent, result, forgot; ARGV token, record, ttl ms, channel, key, short
+		// ttl ms. -> the kind stored: an answer forgotten while it was fetched is stored as 'N'.
 		finish: redis.NewScript(`
 local rec, ttl = ARGV[2], ARGV[3]
 local cur = redis.call('GET', KEYS[3])
-if cur and string.sub(cur, 1, 1) == 'X' and string.sub(rec, 1, 1) == 'R' then
+if string.sub(rec, 1, 1) == 'R' and ((cur and string.sub(cur, 1, 1) == 'X') or redis.call('GET', KEYS[4]) == ARGV[1]) then
   rec, ttl = 'N' .. string.sub(rec, 2), ARGV[6]
 end
 redis.call('SET', KEYS[3], rec, 'PX', ttl)
@@ -100,9 +102,13 @@ local l = redis.call('GET', KEYS[1])
 if l == 'p:' .. ARGV[1] or l == 's:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return string.sub(rec, 1, 1)`),
-		// KEYS result; ARGV ttl ms. Replaces a replayable answer, or nothing, with a
-		// tombstone; leaves records that waiters of a call in flight still need.
+		// KEYS result, lock, forgot; ARGV ttl ms. Names the leader in flight, if any, so
+		// that its answer is not replayed; replaces a replayable answer, or nothing, with a
+		// tombstone; leaves records that waiters of an earlier call still need (a leader
+		// in flight over such a record is stopped by the first step alone).
 		tomb: redis.NewScript(`
+local l = redis.call('GET', KEYS[2])
+if l then redis.call('SET', KEYS[3], string.sub(l, 3), 'PX', ARGV[1]) end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local k = string.sub(cur, 1, 1)
@@ -118,11 +124,11 @@ return m`),
 	}
 }
 
-type keys struct{ lock, sent, result string }
+type keys struct{ lock, sent, result, forgot string }
 
 func (f *Fold) keysOf(key string) keys {
 	base := f.cfg.Prefix + ":{fold:" + key + "}"
-	return keys{lock: base + ":lock", sent: base + ":sent", result: base + ":result"}
+	return keys{lock: base + ":lock", sent: base + ":sent", result: base + ":result", forgot: base + ":forgot"}
 }
 
 // tagKey names a tag's set by a hash of the tag: tags carry entity ids from paths
@@ -336,7 +342,7 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 		return true
 	}
 	before := time.Now()
-	kind, ferr := f.scripts.finish.Run(ctx, f.rdb, []string{k.lock, k.sent, k.result},
+	kind, ferr := f.scripts.finish.Run(ctx, f.rdb, []string{k.lock, k.sent, k.result, k.forgot},
 		tok, rec, ms(ttl), f.doneChannel(), c.key, ms(f.shortTTL())).Text()
 	switch {
 	case ferr != nil:
@@ -444,7 +450,8 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
 				continue
 			}
 			seen[m] = true
-			note(f.scripts.tomb.Run(ctx, f.rdb, []string{f.keysOf(m).result}, ms(f.cfg.CallTimeout)).Err())
+			k := f.keysOf(m)
+			note(f.scripts.tomb.Run(ctx, f.rdb, []string{k.result, k.lock, k.forgot}, ms(f.cfg.CallTimeout)).Err())
 		}
 	}
 	note(f.rdb.Publish(ctx, f.forgetChannel(), strings.Join(tags, "\n")).Err())
