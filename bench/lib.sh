@@ -1,5 +1,9 @@
-# Shared helpers for the bench scripts: free ports, waiting for listeners, wrk parsing.
-# Sourced, not run.
+# shellcheck shell=bash
+# shellcheck disable=SC2154 # $work and pids belong to the sourcing script
+# Shared helpers for the bench scripts: tools, free ports, waiting for listeners, starting
+# the stand-in, Redis and sidecars, wrk parsing. Sourced, not run. The start_* helpers need
+# the caller's $work (a scratch directory holding the ghlproxy binary) and pids (an array of
+# what to stop on exit); each sets PORT and PID.
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -38,3 +42,68 @@ wrk_run() {
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# need_tools COMMAND=PACKAGE...: installs the Debian packages of missing commands when root,
+# else names them and exits. The packages' own services are stopped: the scripts start their
+# own instances on free ports.
+need_tools() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%=*}" >/dev/null || missing+=("${pair#*=}")
+  done
+  ((${#missing[@]})) || return 0
+  if ((EUID != 0)); then
+    echo "missing tools: ${missing[*]} (apt-get install them, or run as root)" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  local s
+  for s in nginx varnish redis-server; do service "$s" stop >/dev/null 2>&1 || true; done
+}
+
+start_fake() { # start_fake LATENCY LIMIT: the GHL stand-in
+  PORT=$(free_port)
+  "$work/ghlproxy" fakeghl --listen "127.0.0.1:$PORT" --latency "$1" --limit "$2" \
+    --daily 1000000000 --log-level warn --base-url "http://127.0.0.1:$PORT" & PID=$!
+  pids+=("$PID")
+  wait_port "$PORT"
+}
+
+start_redis() {
+  PORT=$(free_port)
+  redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    --loglevel warning --dir "$work" >"$work/redis-$PORT.log" 2>&1 & PID=$!
+  pids+=("$PID")
+  wait_port "$PORT"
+}
+
+# start_sidecar UPSTREAM_PORT STORE MODE: STORE is embedded, redis (a Redis of its own) or a
+# redis:// URL (shared with other replicas); MODE is throughput (a bucket too large to
+# matter, 60 s TTLs) or ghl (the defaults). Also sets OPS (its ops listener's port); logs go
+# to $work/sidecar-PORT.log.
+start_sidecar() {
+  PORT=$(free_port)
+  local args=()
+  OPS=$(free_port)
+  case $2 in
+  redis)
+    local port=$PORT
+    start_redis
+    args+=(--redis.url "redis://127.0.0.1:$PORT")
+    PORT=$port
+    ;;
+  redis://*) args+=(--redis.url "$2") ;;
+  esac
+  if [[ $3 == throughput ]]; then
+    # A bucket too large to matter: these runs measure the pipeline, not the limit. The
+    # same 60 s TTL as the peers' proxy_cache_valid and beresp.ttl.
+    args+=(--ratelimit.rate 1000000000 --ratelimit.burst 1000000000 --cache.default_ttl 60s)
+  fi
+  "$work/ghlproxy" serve --listen "127.0.0.1:$PORT" --ops_listen "127.0.0.1:$OPS" \
+    --upstream "http://127.0.0.1:$1" --log.level warn --identity.secret bench-secret \
+    "${args[@]}" >>"$work/sidecar-$PORT.log" 2>&1 & PID=$!
+  pids+=("$PID")
+  wait_port "$PORT"
+}

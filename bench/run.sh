@@ -48,25 +48,7 @@ OUT=${OUT:-bench/out}
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 target_on() { [[ ",$TARGETS," == *",$1,"* ]]; }
 
-install_missing() {
-  local missing=()
-  command -v nginx >/dev/null || missing+=(nginx-light)
-  command -v varnishd >/dev/null || missing+=(varnish)
-  command -v wrk >/dev/null || missing+=(wrk)
-  command -v redis-server >/dev/null || missing+=(redis-server)
-  command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
-  ((${#missing[@]})) || return 0
-  if ((EUID != 0)); then
-    echo "missing tools: ${missing[*]} (apt-get install them, or run as root)" >&2
-    exit 1
-  fi
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  # The packages start their own services; the benchmark starts its own instances.
-  for s in nginx varnish redis-server; do service "$s" stop >/dev/null 2>&1 || true; done
-}
-install_missing
+need_tools nginx=nginx-light varnishd=varnish wrk=wrk redis-server=redis-server gnuplot=gnuplot-nox
 
 # 2,500 clients need 2,500 sockets in the generator, as many in the proxy and more upstream.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -91,14 +73,6 @@ raw=$OUT/raw
 uptime >"$raw/uptime.before"
 
 # --- components; each start_* sets PORT (and PID) ---------------------------------------
-
-start_fake() { # start_fake LATENCY LIMIT
-  PORT=$(free_port)
-  "$work/ghlproxy" fakeghl --listen 127.0.0.1:$PORT --latency "$1" --limit "$2" \
-    --daily 1000000000 --log-level warn --base-url http://127.0.0.1:$PORT & PID=$!
-  pids+=("$PID")
-  wait_port $PORT
-}
 
 start_static() { # an nginx answering one fixed contact: the pass-through upstream
   PORT=$(free_port)
@@ -198,36 +172,6 @@ VCL
     -p listen_depth=4096 >"$d/log" 2>&1 & PID=$!
   pids+=("$PID")
   wait_port $PORT 30
-}
-
-start_redis() {
-  PORT=$(free_port)
-  redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --loglevel warning --dir "$work" >"$work/redis-$PORT.log" 2>&1 & PID=$!
-  pids+=("$PID")
-  wait_port $PORT
-}
-
-start_sidecar() { # start_sidecar UPSTREAM_PORT embedded|redis throughput|ghl
-  PORT=$(free_port)
-  local ops args=()
-  ops=$(free_port)
-  if [[ $2 == redis ]]; then
-    local port=$PORT
-    start_redis
-    args+=(--redis.url "redis://127.0.0.1:$PORT")
-    PORT=$port
-  fi
-  if [[ $3 == throughput ]]; then
-    # A bucket too large to matter: these runs measure the pipeline, not the limit. The
-    # same 60 s TTL as the peers' proxy_cache_valid and beresp.ttl.
-    args+=(--ratelimit.rate 1000000000 --ratelimit.burst 1000000000 --cache.default_ttl 60s)
-  fi
-  "$work/ghlproxy" serve --listen 127.0.0.1:$PORT --ops_listen 127.0.0.1:$ops \
-    --upstream http://127.0.0.1:$1 --log.level warn --identity.secret bench-secret \
-    "${args[@]}" >>"$work/sidecar.log" 2>&1 & PID=$!
-  pids+=("$PID")
-  wait_port $PORT
 }
 
 start_floor() { # start_floor UPSTREAM_PORT proxy|cache: the Go floor peer (bench/mix floor)

@@ -2,7 +2,7 @@
 //
 //	mix seed --upstream URL --out DIR     create contacts and tokens; write DIR/hits.txt
 //	                                      (the wrk read mix) and DIR/mix.json (the mixed one)
-//	mix run --target URL --seed DIR/mix.json --clients 250 --duration 20s [--stats URL]
+//	mix run --target URL[,URL...] --seed DIR/mix.json --clients 250 --duration 20s [--stats URL]
 //	                                      closed-loop clients with think time; prints JSON
 //	mix report --raw bench/out/raw --out bench/out
 //	                                      results.md and gnuplot scripts from run.sh's raw files
@@ -184,6 +184,11 @@ type Result struct {
 	// a write acknowledged before they began.
 	Leaks int64 `json:"leaks"`
 	Stale int64 `json:"stale"`
+	// How long after the newer update's acknowledgement the stalest of the stale reads
+	// began, and how many began more than 1 s after it (replicas promise to drop an entry
+	// another replica invalidated within 1 s).
+	StaleMaxLagMs float64 `json:"staleMaxLagMs"`
+	StaleOver1s   int64   `json:"staleOver1s"`
 	// Upstream is the stand-in's count over the measured window, when --stats is given.
 	UpstreamCalls int64    `json:"upstreamCalls"`
 	Upstream429   int64    `json:"upstream429"`
@@ -262,6 +267,26 @@ type written struct {
 	mu       sync.Mutex
 	ack      map[string]int64
 	inflight map[string]int
+	acks     map[string][]ackAt // the last acknowledgements per contact, oldest first
+}
+
+type ackAt struct {
+	seq int64
+	at  time.Time
+}
+
+// lag is how long before start the first acknowledged update newer than seen was
+// acknowledged: how stale a read that returned seen is. Past the kept history it is a
+// lower bound.
+func (w *written) lag(id string, seen int64, start time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, a := range w.acks[id] {
+		if a.seq > seen {
+			return start.Sub(a.at)
+		}
+	}
+	return 0
 }
 
 func (w *written) get(id string) int64 {
@@ -281,13 +306,16 @@ func (w *written) done(id string, seq int64, ok bool) {
 	w.inflight[id]--
 	if ok && w.inflight[id] == 0 && seq > w.ack[id] {
 		w.ack[id] = seq
+		h := append(w.acks[id], ackAt{seq, time.Now()})
+		w.acks[id] = h[max(0, len(h)-32):]
 	}
 	w.mu.Unlock()
 }
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	target := fs.String("target", "http://127.0.0.1:8080", "where to send the workload")
+	target := fs.String("target", "http://127.0.0.1:8080",
+		"where to send the workload; a comma-separated list spreads each request over replicas at random, so a read often follows a write made through another replica")
 	seedFile := fs.String("seed", "mix.json", "mix.json written by seed")
 	clients := fs.Int("clients", 250, "concurrent clients, each on its own connection")
 	duration := fs.Duration("duration", 20*time.Second, "measured time")
@@ -298,6 +326,7 @@ func run(args []string) error {
 	queries := fs.Int("queries", 2, "distinct searches per location")
 	stats := fs.String("stats", "", "the stand-in's base URL, for upstream calls and 429s over the measured window")
 	timeout := fs.Duration("timeout", 60*time.Second, "per-request timeout")
+	staleLog := fs.String("stale-log", "", "a file for one line per stale read (when, target, contact, the update seen and the one expected, lag, Cache-Status) and per update (when, target, contact, sequence, status, duration)")
 	_ = fs.Parse(args)
 
 	raw, err := os.ReadFile(*seedFile)
@@ -307,6 +336,16 @@ func run(args []string) error {
 	var s Seed
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return fmt.Errorf("%s: %w", *seedFile, err)
+	}
+	targets := strings.Split(*target, ",")
+	var staleOut io.Writer = io.Discard
+	if *staleLog != "" {
+		f, err := os.Create(*staleLog)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		staleOut = f
 	}
 	markers := map[string]string{}
 	for _, l := range s.Locations {
@@ -328,7 +367,9 @@ func run(args []string) error {
 		leaks     atomic.Int64
 		stale     atomic.Int64
 		seq       atomic.Int64
-		acked     = &written{ack: map[string]int64{}, inflight: map[string]int{}}
+		acked     = &written{ack: map[string]int64{}, inflight: map[string]int{}, acks: map[string][]ackAt{}}
+		lagMu     sync.Mutex
+		staleLags []time.Duration
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -367,7 +408,8 @@ func run(args []string) error {
 				if kind == "reads" {
 					before = acked.get(contact)
 				}
-				req, _ := http.NewRequestWithContext(ctx, method, *target+path, strings.NewReader(body))
+				to := targets[rng.IntN(len(targets))]
+				req, _ := http.NewRequestWithContext(ctx, method, to+path, strings.NewReader(body))
 				if body == "" {
 					req.Body, req.ContentLength = nil, 0
 				} else {
@@ -381,12 +423,13 @@ func run(args []string) error {
 				start := time.Now()
 				resp, err := client.Do(req)
 				var b []byte
-				status, hit, msg := 0, false, ""
+				status, hit, msg, cacheStatus := 0, false, "", ""
 				if err == nil {
 					b, err = io.ReadAll(resp.Body)
 					resp.Body.Close()
 					status = resp.StatusCode
-					hit = strings.HasPrefix(strings.TrimPrefix(resp.Header.Get("Cache-Status"), "ghlproxy; "), "hit")
+					cacheStatus = resp.Header.Get("Cache-Status")
+					hit = strings.HasPrefix(strings.TrimPrefix(cacheStatus, "ghlproxy; "), "hit")
 				}
 				us := float64(time.Since(start).Microseconds())
 				if err != nil {
@@ -400,12 +443,22 @@ func run(args []string) error {
 					if m := callerMarker(b); m != "" && m != markers[auth] {
 						leaks.Add(1)
 					}
-					if kind == "reads" && status == 200 && before > 0 && companySeq(b) < before {
+					if seen := companySeq(b); kind == "reads" && status == 200 && before > 0 && seen < before {
 						stale.Add(1)
+						l := acked.lag(contact, seen, start)
+						lagMu.Lock()
+						staleLags = append(staleLags, l)
+						fmt.Fprintf(staleOut, "%s\t%s\t%s\tseen=%d\twant=%d\tlag=%s\t%s\n", start.UTC().Format("15:04:05.000"),
+							to, contact, seen, before, l.Round(time.Millisecond), cacheStatus)
+						lagMu.Unlock()
 					}
 				}
 				if kind == "writes" {
 					acked.done(contact, wseq, status >= 200 && status < 300)
+					lagMu.Lock()
+					fmt.Fprintf(staleOut, "%s\t%s\t%s\twrite=%d\tstatus=%d\ttook=%s\n", start.UTC().Format("15:04:05.000"),
+						to, contact, wseq, status, time.Since(start).Round(time.Millisecond))
+					lagMu.Unlock()
 				}
 				sleep(ctx, time.Duration(rng.ExpFloat64()*float64(*think)))
 			}
@@ -435,6 +488,12 @@ func run(args []string) error {
 	}
 
 	r := Result{Clients: *clients, Seconds: elapsed, Status: rec.stat, Leaks: leaks.Load(), Stale: stale.Load(), Errors: rec.errs}
+	for _, l := range staleLags {
+		r.StaleMaxLagMs = max(r.StaleMaxLagMs, float64(l.Microseconds())/1000)
+		if l > time.Second {
+			r.StaleOver1s++
+		}
+	}
 	r.Workload = Workload{Locations: len(s.Locations), TokensPerLocation: len(s.Locations[0].Tokens),
 		ContactsPerLocation: len(s.Locations[0].Contacts), Queries: *queries,
 		Think: think.String(), Warmup: warmup.String(), Search: *searchShare, Write: *writeShare}
