@@ -12,18 +12,27 @@ import (
 func TestPercent(t *testing.T) {
 	const mib = 1 << 20
 	for _, tt := range []struct {
-		floor, live uint64
-		want        int
+		floor, live, roots uint64
+		want               int
 	}{
-		{64 * mib, 8 * mib, 700},   // goal 64 MiB: 8 + 7×8
-		{64 * mib, 32 * mib, 100},  // twice the live heap is the floor
-		{64 * mib, 100 * mib, 100}, // above the floor: GOGC=100 as usual
-		{64 * mib, 16 * mib, 300},
-		{64 * mib, 1024, maxPercent}, // a process that just started
-		{64 * mib, 0, 100},           // nothing measured yet
+		{64 * mib, 8 * mib, 0, 700},       // goal 64 MiB: 8 + 8·7
+		{64 * mib, 8 * mib, 8 * mib, 350}, // 8 + 16·3.5: the roots count towards the goal
+		{64 * mib, 32 * mib, 0, 100},      // twice the live heap is the floor
+		{64 * mib, 28 * mib, 8 * mib, 100},
+		{64 * mib, 100 * mib, 0, 100},   // above the floor: GOGC=100 as usual
+		{64 * mib, 1024, 0, maxPercent}, // a process that just started
+		{64 * mib, 0, 0, 100},           // nothing measured yet
 	} {
-		if got := Percent(tt.floor, tt.live); got != tt.want {
-			t.Errorf("Percent(%d MiB, %d B) = %d, want %d", tt.floor/mib, tt.live, got, tt.want)
+		got := Percent(tt.floor, tt.live, tt.roots)
+		if got != tt.want {
+			t.Errorf("Percent(%d MiB, %d B, %d B) = %d, want %d", tt.floor/mib, tt.live, tt.roots, got, tt.want)
+		}
+		if got > 100 && got < maxPercent {
+			// The goal the runtime computes from it is the floor.
+			goal := float64(tt.live) + float64(tt.live+tt.roots)*float64(got)/100
+			if d := goal - float64(tt.floor); d > mib || d < -mib {
+				t.Errorf("Percent(%d MiB, %d B, %d B): goal %.1f MiB", tt.floor/mib, tt.live, tt.roots, goal/mib)
+			}
 		}
 	}
 }
