@@ -190,6 +190,12 @@ type Cache struct {
 	tombMu sync.Mutex
 	tombs  map[string]int64
 
+	// orphans are entries a failed Set may have left in Redis without their index (see
+	// redisSet), by key, with the time they expire anyway; orphanLoop deletes them.
+	orphanMu   sync.Mutex
+	orphans    map[string]time.Time
+	orphanWake chan struct{}
+
 	stop  context.CancelFunc
 	done  sync.WaitGroup
 	subMu sync.Mutex
@@ -251,6 +257,9 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		replica: hex.EncodeToString(rid[:]),
 		tombs:   make(map[string]int64),
 		ping:    make(chan struct{}, 1),
+		orphans: make(map[string]time.Time),
+
+		orphanWake: make(chan struct{}, 1),
 	}
 	c.redisUp.Store(true)
 	if rdb == nil {
@@ -262,9 +271,10 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
 	c.subscribe(ctx)
-	c.done.Add(2)
+	c.done.Add(3)
 	go c.listen(ctx)
 	go c.heartbeat(ctx)
+	go c.orphanLoop(ctx)
 	return c, nil
 }
 

@@ -109,6 +109,9 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 	existed, err := setEntry.Run(ctx, c.rdb, []string{ek}, v, ttl.Milliseconds()+1).Int()
 	c.up(err)
 	if err != nil {
+		// A reply that timed out does not mean the SET did not happen: an entry no index
+		// lists would outlive every invalidation until its TTL.
+		c.orphan(ek, rec.end)
 		return fmt.Errorf("cache: redis set: %w", err)
 	}
 
@@ -128,8 +131,10 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		}
 	}
 	if err != nil || refused {
-		// Unlisted under some id, the entry could outlive an invalidation: take it back.
-		_ = c.rdb.Del(ctx, ek).Err()
+		// Unlisted under some id, the entry could outlive an invalidation: take it back,
+		// on a context of its own (ctx may be the one that just timed out) and until it
+		// works.
+		c.orphan(ek, rec.end)
 		if err != nil {
 			return fmt.Errorf("cache: redis index: %w", err)
 		}
@@ -139,6 +144,58 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		c.publish(ctx, msgKeys, []string{key})
 	}
 	return nil
+}
+
+// orphan hands the entry ek, which expires at end, to orphanLoop for deletion.
+func (c *Cache) orphan(ek string, end time.Time) {
+	c.orphanMu.Lock()
+	c.orphans[ek] = end
+	c.orphanMu.Unlock()
+	select {
+	case c.orphanWake <- struct{}{}:
+	default:
+	}
+}
+
+// orphanLoop deletes orphaned entries: at once when one is handed over, then every
+// CoherenceBound while Redis keeps failing, until each is gone or has expired by itself.
+func (c *Cache) orphanLoop(ctx context.Context) {
+	defer c.done.Done()
+	t := time.NewTicker(c.cfg.CoherenceBound)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.orphanWake:
+		case <-t.C:
+		}
+		c.orphanMu.Lock()
+		now := c.now()
+		todo := make(map[string]time.Time, len(c.orphans))
+		for k, end := range c.orphans {
+			if now.After(end) {
+				delete(c.orphans, k)
+				continue
+			}
+			todo[k] = end
+		}
+		c.orphanMu.Unlock()
+		for k, end := range todo {
+			dctx, cancel := c.timeout(ctx)
+			err := c.rdb.Del(dctx, k).Err()
+			cancel()
+			if err != nil {
+				c.log.Debug("cache: deleting an entry a failed store may have left; will retry", "err", err)
+				continue
+			}
+			c.orphanMu.Lock()
+			if c.orphans[k] == end { // not handed over again meanwhile
+				delete(c.orphans, k)
+			}
+			c.orphanMu.Unlock()
+		}
+	}
 }
 
 // redisDrop invalidates ids: tombstones them, deletes the entries they list, and tells the

@@ -1,0 +1,154 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ghlproxy/ghlproxy/internal/poll"
+	"github.com/ghlproxy/ghlproxy/internal/redistest"
+)
+
+// stallProxy is a TCP proxy in front of a real Redis that passes every command on but, once
+// a command containing its trigger went through a connection, holds back that connection's
+// replies until release: a store that Redis applied but whose reply never came back in
+// time, as on a loaded network.
+type stallProxy struct {
+	ln      net.Listener
+	trigger []byte
+	mu      sync.Mutex
+	resume  chan struct{} // closed by release
+}
+
+func startStallProxy(t *testing.T, target, trigger string) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln, trigger: []byte(trigger), resume: make(chan struct{})}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); p.release(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			var stalled atomic.Bool
+			wg.Go(func() {
+				defer r.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if bytes.Contains(buf[:n], p.trigger) {
+							stalled.Store(true)
+						}
+						if _, werr := r.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+			wg.Go(func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := r.Read(buf)
+					if n > 0 {
+						if stalled.Load() {
+							p.mu.Lock()
+							resume := p.resume
+							p.mu.Unlock()
+							<-resume
+						}
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	return p
+}
+
+func (p *stallProxy) addr() string { return p.ln.Addr().String() }
+
+// release lets every held reply through (the connections stay stalled-then-released).
+func (p *stallProxy) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.resume:
+	default:
+		close(p.resume)
+	}
+}
+
+// TestStoreWithLostReplyLeavesNoOrphan: the soak run found cache hits served for up to the
+// TTL after a write had invalidated their contact, on entries stored while Redis answered
+// past redis.timeout. The entry's SET was applied but its reply came too late, so Set gave
+// up before indexing it under its tags, and no invalidation could ever reach it. Set now
+// hands such an entry to a loop that deletes it once Redis answers again.
+func TestStoreWithLostReplyLeavesNoOrphan(t *testing.T) {
+	srv := redistest.Start(t)
+	k := fp("GET /contacts/1 alice")
+	ek := (keyspace{prefix: "ghlproxy"}).entry(k)
+	px := startStallProxy(t, srv.Addr(), ek)
+	clk := newClock()
+	c := newReplica(t, newClient(t, px.addr()), Config{Now: clk.Now, RedisTimeout: 200 * time.Millisecond})
+	alice := credOf("alice")
+	// Scripts loaded (EVALSHA finds them) and a connection or two in the pool, as on a
+	// replica that has been serving.
+	mustSet(t, c, fp("warm-up"), alice, answer(`{}`, clk.Now()), Policy{TTL: time.Hour, Tags: []string{"s:contact:0"}})
+
+	err := c.Set(context.Background(), k, alice, answer(`{"id":"1"}`, clk.Now()), Policy{TTL: time.Hour, Tags: []string{"s:contact:1"}})
+	if err == nil {
+		t.Fatal("a store whose reply never came: no error")
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("want a timeout, got %v", err)
+	}
+	// The scenario: Redis ran the SET (its reply is what got lost), and the entry is queued
+	// for deletion until a DEL's reply comes back. The DEL itself reaches Redis even now.
+	if stats, err := srv.Do("INFO", "commandstats"); err != nil || !strings.Contains(stats, "cmdstat_set:calls=2,") {
+		t.Fatalf("Redis did not run the SET (%v): nothing to test\n%s", err, stats)
+	}
+	c.orphanMu.Lock()
+	_, queued := c.orphans[ek]
+	c.orphanMu.Unlock()
+	if !queued {
+		t.Fatal("the entry whose store timed out was not queued for deletion")
+	}
+	px.release()
+	poll.Until(t, 10*time.Second, "the unindexed entry deleted", func() bool {
+		n, err := srv.Do("EXISTS", ek)
+		return err == nil && n == "0"
+	})
+	c.orphanMu.Lock()
+	left := len(c.orphans)
+	c.orphanMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d orphans still queued after the delete", left)
+	}
+}
