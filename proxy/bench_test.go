@@ -1,10 +1,11 @@
 package proxy
 
 import (
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/ghlproxy/ghlproxy/internal/benchhttp"
 )
 
 // benchUpstream answers every request with a fixed ~100-byte JSON body, like a contact.
@@ -19,35 +20,15 @@ func benchUpstream(b *testing.B) *httptest.Server {
 	return srv
 }
 
-func benchGet(b *testing.B, url string) {
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
-	req, _ := http.NewRequest("GET", url, nil)
-	req.Header.Set("Authorization", "Bearer pit-bench-token")
-	req.Header.Set("Version", "2021-07-28")
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		resp, err := c.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
-	}
-}
-
 // BenchmarkPassThrough measures one sequential request through the streaming path (a route
 // the table does not know) against the same request straight to the upstream: the
 // difference is what the sidecar adds.
 func BenchmarkPassThrough(b *testing.B) {
 	up := benchUpstream(b)
-	b.Run("direct", func(b *testing.B) { benchGet(b, up.URL+"/bench/passthrough") })
+	b.Run("direct", func(b *testing.B) { benchhttp.Get(b, up.URL+"/bench/passthrough") })
 	b.Run("ghlproxy", func(b *testing.B) {
 		px := benchProxy(b, up.URL)
-		benchGet(b, px.URL+"/bench/passthrough")
+		benchhttp.Get(b, px.URL+"/bench/passthrough")
 	})
 }
 

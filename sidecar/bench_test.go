@@ -2,7 +2,7 @@ package sidecar
 
 import (
 	"context"
-	"io"
+	"github.com/ghlproxy/ghlproxy/internal/benchhttp"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,7 +30,7 @@ func BenchmarkPassThrough(b *testing.B) {
 		_, _ = w.Write(body)
 	}))
 	b.Cleanup(up.Close)
-	b.Run("direct", func(b *testing.B) { benchGet(b, up.URL+"/bench/passthrough") })
+	b.Run("direct", func(b *testing.B) { benchhttp.Get(b, up.URL+"/bench/passthrough") })
 	b.Run("reverseproxy", func(b *testing.B) {
 		// The floor: a plain httputil.ReverseProxy with the sidecar's transport.
 		u, _ := url.Parse(up.URL)
@@ -38,13 +38,13 @@ func BenchmarkPassThrough(b *testing.B) {
 		rp.Transport = upstream.NewTransport(upstream.TransportConfig{})
 		srv := httptest.NewServer(rp)
 		b.Cleanup(srv.Close)
-		benchGet(b, srv.URL+"/bench/passthrough")
+		benchhttp.Get(b, srv.URL+"/bench/passthrough")
 	})
 	b.Run("embedded", func(b *testing.B) {
-		benchGet(b, benchSidecar(b, up.URL, "")+"/bench/passthrough")
+		benchhttp.Get(b, benchSidecar(b, up.URL, "")+"/bench/passthrough")
 	})
 	b.Run("redis", func(b *testing.B) {
-		benchGet(b, benchSidecar(b, up.URL, redistest.Start(b).URL())+"/bench/passthrough")
+		benchhttp.Get(b, benchSidecar(b, up.URL, redistest.Start(b).URL())+"/bench/passthrough")
 	})
 }
 
@@ -73,23 +73,4 @@ func benchSidecar(b *testing.B, upstream, redisURL string) string {
 	go func() { done <- s.Serve(ctx, pl, ol) }()
 	b.Cleanup(func() { cancel(); <-done })
 	return "http://" + pl.Addr().String()
-}
-
-func benchGet(b *testing.B, url string) {
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
-	req, _ := http.NewRequest("GET", url, nil)
-	req.Header.Set("Authorization", "Bearer pit-bench-token")
-	req.Header.Set("Version", "2021-07-28")
-	b.ReportAllocs()
-	for b.Loop() {
-		resp, err := c.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
-	}
 }
