@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"github.com/ghlproxy/ghlproxy/internal/benchhttp"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ghlproxy/ghlproxy/config"
+	"github.com/ghlproxy/ghlproxy/internal/benchhttp"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
