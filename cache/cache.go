@@ -195,6 +195,11 @@ type Cache struct {
 	orphanMu   sync.Mutex
 	orphans    map[string]time.Time
 	orphanWake chan struct{}
+	// undropped are ids whose invalidation Redis did not confirm, with the time to give up
+	// (every entry listed under them has expired by then); orphanLoop retries them, and Get
+	// does not take an entry listed under one from Redis meanwhile.
+	undropped  map[string]time.Time
+	nUndropped atomic.Int64
 
 	stop  context.CancelFunc
 	done  sync.WaitGroup
@@ -258,6 +263,8 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		tombs:   make(map[string]int64),
 		ping:    make(chan struct{}, 1),
 		orphans: make(map[string]time.Time),
+
+		undropped: make(map[string]time.Time),
 
 		orphanWake: make(chan struct{}, 1),
 	}
@@ -324,7 +331,7 @@ func (c *Cache) Get(ctx context.Context, key string, cred *identity.Credential) 
 		return nil, err
 	}
 	rec, err := open(&cred.EncKey, key, v)
-	if err != nil || now >= rec.end.UnixNano() {
+	if err != nil || now >= rec.end.UnixNano() || c.isUndropped(rec.ids) {
 		c.misses.Add(1)
 		return nil, nil
 	}
@@ -422,6 +429,11 @@ func (c *Cache) dropIDs(ctx context.Context, idl []string) (int, error) {
 	n, err := c.redisDrop(ctx, idl)
 	// Drop locally even when Redis failed: this replica at least stops serving.
 	c.local.dropIDs(idl)
+	if err != nil {
+		// The write this invalidates has been answered: keep trying, or its old answers
+		// would be served until their TTL.
+		c.retryDrop(idl)
+	}
 	return n, err
 }
 

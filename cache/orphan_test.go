@@ -152,3 +152,43 @@ func TestStoreWithLostReplyLeavesNoOrphan(t *testing.T) {
 		t.Fatalf("%d orphans still queued after the delete", left)
 	}
 }
+
+// TestInvalidateWithLostReplyIsRetried: an invalidation whose reply does not come back in
+// time (Redis ran the first step; the caller saw a timeout) is retried until Redis confirms
+// it, and meanwhile the replica does not take the invalidated entry from Redis. Before, the
+// first step also emptied the index, so the entries it listed were out of reach for good.
+func TestInvalidateWithLostReplyIsRetried(t *testing.T) {
+	srv := redistest.Start(t)
+	const tag = "s:contact:1"
+	px := startStallProxy(t, srv.Addr(), (keyspace{prefix: "ghlproxy"}).index(tagID(kindTag, tag)))
+	clk := newClock()
+	cfg := Config{Now: clk.Now, RedisTimeout: 200 * time.Millisecond}
+	a := newReplica(t, newClient(t, px.addr()), cfg) // behind the proxy
+	b := newReplica(t, newClient(t, srv.Addr()), cfg)
+	alice := credOf("alice")
+	k := fp("GET /contacts/1 alice")
+	ek := a.keys.entry(k)
+	mustSet(t, b, k, alice, answer(`{"id":"1","v":1}`, clk.Now()), Policy{TTL: time.Hour, Tags: []string{tag}})
+
+	if err := a.Invalidate(context.Background(), []string{tag}); err == nil {
+		t.Fatal("an invalidation whose reply never came: no error")
+	}
+	if n, err := srv.Do("EXISTS", ek); err != nil || n != "1" {
+		t.Fatalf("EXISTS entry = %q, %v: the invalidation went through after all, nothing to test", n, err)
+	}
+	if e := mustGet(t, a, k, alice); e != nil {
+		t.Fatalf("the invalidating replica took the entry from Redis while its invalidation was pending: %q", body(e))
+	}
+
+	px.release()
+	poll.Until(t, 10*time.Second, "the invalidated entry deleted from Redis", func() bool {
+		n, err := srv.Do("EXISTS", ek)
+		return err == nil && n == "0"
+	})
+	poll.Until(t, 10*time.Second, "the other replica's copy dropped", func() bool {
+		return mustGet(t, b, k, alice) == nil
+	})
+	if a.nUndropped.Load() != 0 {
+		t.Fatalf("%d invalidations still pending after Redis confirmed", a.nUndropped.Load())
+	}
+}

@@ -51,16 +51,16 @@ local pt = redis.call('PTTL', KEYS[1])
 if pt < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return 1`)
 
-// indexDrop marks an id invalidated now and hands back (and deletes) its members.
+// indexDrop marks an id invalidated now and hands back its members. It leaves them listed:
+// redisDrop unlists them only once their entries are deleted, so that a reply lost on the way
+// (the script ran, the caller saw a timeout) leaves the members for the retry to find.
 //
 //	KEYS: index, tombstone; ARGV: now (ms), tombstone ttl (ms)
 var indexDrop = redis.NewScript(`
 local t = redis.call('GET', KEYS[2])
 if not t or tonumber(t) < tonumber(ARGV[1]) then t = ARGV[1] end
 redis.call('SET', KEYS[2], t, 'PX', ARGV[2])
-local m = redis.call('ZRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return m`)
+return redis.call('ZRANGE', KEYS[1], 0, -1)`)
 
 func (c *Cache) timeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.cfg.RedisTimeout)
@@ -131,10 +131,14 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		}
 	}
 	if err != nil || refused {
-		// Unlisted under some id, the entry could outlive an invalidation: take it back,
-		// on a context of its own (ctx may be the one that just timed out) and until it
-		// works.
-		c.orphan(ek, rec.end)
+		// Unlisted under some id, the entry could outlive an invalidation: take it back now,
+		// on a context of its own (ctx may be the one that just timed out), or else in the
+		// background until it works.
+		dctx, dcancel := c.timeout(context.Background())
+		if c.rdb.Del(dctx, ek).Err() != nil {
+			c.orphan(ek, rec.end)
+		}
+		dcancel()
 		if err != nil {
 			return fmt.Errorf("cache: redis index: %w", err)
 		}
@@ -157,6 +161,40 @@ func (c *Cache) orphan(ek string, end time.Time) {
 	}
 }
 
+// maxEntryLife bounds how long an entry can live in Redis (TTL plus stale windows): past it
+// a failed invalidation or delete need not be retried any more.
+const maxEntryLife = time.Hour
+
+// retryDrop hands ids whose invalidation failed to orphanLoop.
+func (c *Cache) retryDrop(idl []string) {
+	giveUp := c.now().Add(maxEntryLife)
+	c.orphanMu.Lock()
+	for _, id := range idl {
+		c.undropped[id] = giveUp
+	}
+	c.nUndropped.Store(int64(len(c.undropped)))
+	c.orphanMu.Unlock()
+	select {
+	case c.orphanWake <- struct{}{}:
+	default:
+	}
+}
+
+// isUndropped says whether any of ids has an invalidation Redis has not confirmed yet.
+func (c *Cache) isUndropped(ids []string) bool {
+	if c.nUndropped.Load() == 0 {
+		return false
+	}
+	c.orphanMu.Lock()
+	defer c.orphanMu.Unlock()
+	for _, id := range ids {
+		if _, ok := c.undropped[id]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // orphanLoop deletes orphaned entries: at once when one is handed over, then every
 // CoherenceBound while Redis keeps failing, until each is gone or has expired by itself.
 func (c *Cache) orphanLoop(ctx context.Context) {
@@ -170,6 +208,7 @@ func (c *Cache) orphanLoop(ctx context.Context) {
 		case <-c.orphanWake:
 		case <-t.C:
 		}
+		c.redoDrops(ctx)
 		c.orphanMu.Lock()
 		now := c.now()
 		todo := make(map[string]time.Time, len(c.orphans))
@@ -198,6 +237,47 @@ func (c *Cache) orphanLoop(ctx context.Context) {
 	}
 }
 
+func stringsToAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, v := range ss {
+		out[i] = v
+	}
+	return out
+}
+
+// redoDrops retries the invalidations Redis did not confirm, all in one call.
+func (c *Cache) redoDrops(ctx context.Context) {
+	c.orphanMu.Lock()
+	now := c.now()
+	idl := make([]string, 0, len(c.undropped))
+	since := make(map[string]time.Time, len(c.undropped))
+	for id, giveUp := range c.undropped {
+		if now.After(giveUp) {
+			delete(c.undropped, id)
+			continue
+		}
+		idl = append(idl, id)
+		since[id] = giveUp
+	}
+	c.nUndropped.Store(int64(len(c.undropped)))
+	c.orphanMu.Unlock()
+	if len(idl) == 0 {
+		return
+	}
+	if _, err := c.redisDrop(ctx, idl); err != nil {
+		c.log.Debug("cache: retrying an invalidation Redis did not confirm", "ids", len(idl), "err", err)
+		return
+	}
+	c.orphanMu.Lock()
+	for _, id := range idl {
+		if c.undropped[id] == since[id] { // not failed again meanwhile
+			delete(c.undropped, id)
+		}
+	}
+	c.nUndropped.Store(int64(len(c.undropped)))
+	c.orphanMu.Unlock()
+}
+
 // redisDrop invalidates ids: tombstones them, deletes the entries they list, and tells the
 // other replicas. It returns how many entries it deleted.
 func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
@@ -217,8 +297,10 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
 	seen := make(map[string]struct{})
 	pipe = c.rdb.Pipeline()
 	var dels []*redis.IntCmd
-	for _, cmd := range cmds {
+	listed := make([][]string, len(cmds))
+	for i, cmd := range cmds {
 		members, _ := cmd.StringSlice()
+		listed[i] = members
 		for _, fp := range members {
 			if _, ok := seen[fp]; ok {
 				continue
@@ -232,11 +314,26 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
 		_, err = pipe.Exec(ctx)
 		c.up(err)
 		if err != nil {
+			// The index is gone already, so a retry of the ids would find nothing to
+			// delete: the entries themselves are what is left to retry.
+			giveUp := c.now().Add(maxEntryLife)
+			for fp := range seen {
+				c.orphan(c.keys.entry(fp), giveUp)
+			}
 			return 0, fmt.Errorf("cache: redis delete: %w", err)
 		}
 		for _, d := range dels {
 			n += int(d.Val())
 		}
+		// Unlist what was deleted (only that: an entry stored since, after the tombstone,
+		// stays listed). A failure leaves members of deleted entries, which cost nothing.
+		pipe = c.rdb.Pipeline()
+		for i, id := range idl {
+			if len(listed[i]) > 0 {
+				pipe.ZRem(ctx, c.keys.index(id), stringsToAny(listed[i])...)
+			}
+		}
+		_, _ = pipe.Exec(ctx)
 	}
 	c.publish(ctx, msgIDs, idl)
 	return n, nil

