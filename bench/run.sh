@@ -283,8 +283,13 @@ if want mix; then
       start_target "$t" "$fake" ghl
       "$work/mix" run --target "http://127.0.0.1:$PORT" --seed "$work/seed-mix/mix.json" \
         --clients "$clients" --duration "${MIX_SECONDS}s" --warmup "${MIX_WARMUP}s" \
-        --think "$MIX_THINK" --stats "http://127.0.0.1:$fake" >"$raw/mix-$clients-$t.json"
-      if [[ -n $SIDECAR_PID ]]; then rss_of "$SIDECAR_PID" >"$raw/mix-$clients-$t.rss"; fi
+        --think "$MIX_THINK" --stats "http://127.0.0.1:$fake" \
+        --stale-log "$raw/mix-$clients-$t.stale.tsv" >"$raw/mix-$clients-$t.json"
+      if [[ -n $SIDECAR_PID ]]; then
+        rss_of "$SIDECAR_PID" >"$raw/mix-$clients-$t.rss"
+        # Its warnings explain odd figures (stale reads, errors) after the fact.
+        cp "$work/sidecar-$PORT.log" "$raw/mix-$clients-$t.log" 2>/dev/null || true
+      fi
       python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], "rps=%.0f p50=%.0fus p99=%.0fus upstream=%.1f%% 429up=%d status=%s leaks=%d stale=%d" % (r["rps"], r["all"]["p50"], r["all"]["p99"], 100*r["upstreamShare"], r["upstream429"], r["status"], r["leaks"], r["stale"]))' \
         "$raw/mix-$clients-$t.json" "$t" >&2
       for p in "${EXTRA_PIDS[@]}"; do stop "$p"; done
