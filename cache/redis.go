@@ -51,9 +51,12 @@ local pt = redis.call('PTTL', KEYS[1])
 if pt < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return 1`)
 
-// indexDrop marks an id invalidated now and hands back its members. It leaves them listed:
-// redisDrop unlists them only once their entries are deleted, so that a reply lost on the way
-// (the script ran, the caller saw a timeout) leaves the members for the retry to find.
+// indexDrop marks an id invalidated now and hands back its members. It leaves them listed,
+// so that a reply lost on the way (the script ran, the caller saw a timeout) leaves them for
+// the retry to find. Nothing unlists them afterwards either: a member goes when it expires
+// (indexAdd trims by score), and unlisting after the delete could race with a store of the
+// same key that lists it again, leaving that fresh entry out of reach of invalidations. A
+// listed member whose entry is gone costs a DEL of nothing.
 //
 //	KEYS: index, tombstone; ARGV: now (ms), tombstone ttl (ms)
 var indexDrop = redis.NewScript(`
@@ -237,14 +240,6 @@ func (c *Cache) orphanLoop(ctx context.Context) {
 	}
 }
 
-func stringsToAny(ss []string) []any {
-	out := make([]any, len(ss))
-	for i, v := range ss {
-		out[i] = v
-	}
-	return out
-}
-
 // redoDrops retries the invalidations Redis did not confirm, all in one call.
 func (c *Cache) redoDrops(ctx context.Context) {
 	c.orphanMu.Lock()
@@ -297,10 +292,8 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
 	seen := make(map[string]struct{})
 	pipe = c.rdb.Pipeline()
 	var dels []*redis.IntCmd
-	listed := make([][]string, len(cmds))
-	for i, cmd := range cmds {
+	for _, cmd := range cmds {
 		members, _ := cmd.StringSlice()
-		listed[i] = members
 		for _, fp := range members {
 			if _, ok := seen[fp]; ok {
 				continue
@@ -314,26 +307,12 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
 		_, err = pipe.Exec(ctx)
 		c.up(err)
 		if err != nil {
-			// The index is gone already, so a retry of the ids would find nothing to
-			// delete: the entries themselves are what is left to retry.
-			giveUp := c.now().Add(maxEntryLife)
-			for fp := range seen {
-				c.orphan(c.keys.entry(fp), giveUp)
-			}
+			// The members stay listed: the caller's retry of the ids finds them again.
 			return 0, fmt.Errorf("cache: redis delete: %w", err)
 		}
 		for _, d := range dels {
 			n += int(d.Val())
 		}
-		// Unlist what was deleted (only that: an entry stored since, after the tombstone,
-		// stays listed). A failure leaves members of deleted entries, which cost nothing.
-		pipe = c.rdb.Pipeline()
-		for i, id := range idl {
-			if len(listed[i]) > 0 {
-				pipe.ZRem(ctx, c.keys.index(id), stringsToAny(listed[i])...)
-			}
-		}
-		_, _ = pipe.Exec(ctx)
 	}
 	c.publish(ctx, msgIDs, idl)
 	return n, nil
