@@ -199,9 +199,14 @@ func (s *stand) bulkTag(id string, tags ...string) *Bulk {
 }
 
 func (s *stand) post(ctx context.Context, path string, body []byte) (*upstream.Response, error) {
+	return s.do(ctx, http.MethodPost, path, body)
+}
+
+// do makes one call to the stand, as the proxy's round trip does.
+func (s *stand) do(ctx context.Context, method, path string, body []byte) (*upstream.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.srv.URL+path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, method, s.srv.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -228,22 +233,7 @@ func (s *stand) send(id string, started func()) func(context.Context, []byte) (*
 		if started != nil {
 			started()
 		}
-		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodPut, s.srv.URL+"/contacts/"+id, bytes.NewReader(body))
-		if err != nil {
-			return nil, err
-		}
-		resp, err := s.srv.Client().Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return nil, err
-		}
-		return &upstream.Response{Status: resp.StatusCode, Header: resp.Header, Body: b, Date: time.Now()}, nil
+		return s.do(ctx, http.MethodPut, "/contacts/"+id, body)
 	}
 }
 
