@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
+	"github.com/ghlproxy/ghlproxy/internal/poll"
 )
 
 // batchInfo reads X-Ghlproxy-Batch: "id=<id>; size=<n>[; merged=<k>]".
@@ -280,7 +281,7 @@ func TestBatchSIGTERMDuringBurst(t *testing.T) {
 	applied.Wait() // and GHL has some of them: the rest are queued in the replica
 	p.Terminate()
 	terminated := time.Now()
-	if _, ok := eventually(5*time.Second, func() bool {
+	if _, ok := poll.Within(5*time.Second, func() bool {
 		_, err := http.Get(p.URL + "/contacts/x")
 		return err != nil
 	}); !ok {

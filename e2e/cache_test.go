@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
+	"github.com/ghlproxy/ghlproxy/internal/poll"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
 )
 
@@ -766,7 +767,7 @@ func TestCacheServesThroughOutage(t *testing.T) {
 	// second (no failed answer is replayed or cached).
 	for _, id := range append(append([]string{}, uncached...), cached...) {
 		var last string
-		if _, ok := eventually(time.Second, func() bool {
+		if _, ok := poll.Within(time.Second, func() bool {
 			resp, b := call(t, http.DefaultClient, "GET", rs[0].URL+"/contacts/"+id, "", ghlHeaders(token))
 			last = fmt.Sprintf("%d %s %s", resp.StatusCode, cacheStatus(resp), b)
 			return resp.StatusCode == http.StatusOK

@@ -117,7 +117,7 @@ func TestFaultMatrix(t *testing.T) {
 		{name: "redis sentinel failover", store: "sentinel", standIn: fakeghl.Config{Latency: 50 * time.Millisecond}, degrades: true,
 			start: func(t *testing.T, r *rig) { r.sentinel.Primary.Stop() },
 			heal: func(t *testing.T, r *rig) {
-				took, ok := eventually(30*time.Second, func() bool {
+				took, ok := poll.Within(30*time.Second, func() bool {
 					addr, err := r.sentinel.MasterAddr()
 					return err == nil && addr == r.sentinel.Replica.Addr()
 				})
@@ -142,7 +142,7 @@ func TestFaultMatrix(t *testing.T) {
 				if _, err := r.cluster.Replicas[0].Do("CONFIG", "SET", "cluster-replica-no-failover", "no"); err != nil {
 					t.Fatal(err)
 				}
-				took, ok := eventually(30*time.Second, func() bool {
+				took, ok := poll.Within(30*time.Second, func() bool {
 					info, err := r.cluster.Replicas[0].Do("INFO", "replication")
 					if err != nil || !strings.Contains(info, "role:master") {
 						return false
@@ -168,7 +168,7 @@ func TestFaultMatrix(t *testing.T) {
 				}
 				r.procs[0].Terminate()
 				addr := strings.TrimPrefix(r.procs[0].URL, "http://")
-				if _, ok := eventually(10*time.Second, func() bool {
+				if _, ok := poll.Within(10*time.Second, func() bool {
 					c, err := net.DialTimeout("tcp", addr, time.Second)
 					if err == nil {
 						c.Close()
@@ -399,7 +399,7 @@ func faultRun(t *testing.T, f fault) {
 		default:
 		}
 		var n float64
-		if _, ok := eventually(10*time.Second, func() bool {
+		if _, ok := poll.Within(10*time.Second, func() bool {
 			n, _ = metricValue(t, p.OpsURL, "go_goroutines")
 			return n <= routinesBefore[i]+10
 		}); !ok {
@@ -419,7 +419,7 @@ func faultRun(t *testing.T, f fault) {
 func waitReady(t *testing.T, r *rig) {
 	t.Helper()
 	for i, n := range r.replicas {
-		took, ok := eventually(30*time.Second, func() bool { return readyState(n.OpsURL) == "ready" })
+		took, ok := poll.Within(30*time.Second, func() bool { return readyState(n.OpsURL) == "ready" })
 		if !ok {
 			t.Fatalf("replica %d not back on the shared store within 30s: %s", i, readyState(n.OpsURL))
 		}

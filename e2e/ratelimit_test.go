@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
+	"github.com/ghlproxy/ghlproxy/internal/poll"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
 )
 
@@ -164,7 +165,7 @@ func startBudgetReplicas(t *testing.T, n int, upstream string, b budget, env ...
 func waitReplicas(t *testing.T, rs []*replica, n int) {
 	t.Helper()
 	for _, r := range rs {
-		if _, ok := eventually(8*time.Second, func() bool { return statsReplicas(r) >= n }); !ok {
+		if _, ok := poll.Within(8*time.Second, func() bool { return statsReplicas(r) >= n }); !ok {
 			t.Fatalf("replica %s counts %d replicas, want %d", r.URL, statsReplicas(r), n)
 		}
 	}
@@ -329,7 +330,7 @@ func TestRedisKilledMidRun(t *testing.T) {
 	srv.Stop()
 	killed := time.Now()
 	for _, r := range rs {
-		if _, ok := eventually(10*time.Second, func() bool {
+		if _, ok := poll.Within(10*time.Second, func() bool {
 			v, _ := metricValue(t, r.OpsURL, "ghlproxy_degraded")
 			return v == 1 && readyState(r.OpsURL) == "degraded"
 		}); !ok {
@@ -344,7 +345,7 @@ func TestRedisKilledMidRun(t *testing.T) {
 	back := time.Now()
 	var slowest time.Duration
 	for _, r := range rs {
-		took, ok := eventually(5*time.Second-time.Since(back), func() bool {
+		took, ok := poll.Within(5*time.Second-time.Since(back), func() bool {
 			v, ok := metricValue(t, r.OpsURL, "ghlproxy_degraded")
 			return ok && v == 0 && readyState(r.OpsURL) == "ready"
 		})
@@ -373,7 +374,7 @@ func TestRedisKilledMidRun(t *testing.T) {
 // waitUpstream waits until n requests reached the stand-in.
 func waitUpstream(t *testing.T, up *standIn, n int) {
 	t.Helper()
-	if _, ok := eventually(30*time.Second, func() bool { return len(up.Log.arrivals()) >= n }); !ok {
+	if _, ok := poll.Within(30*time.Second, func() bool { return len(up.Log.arrivals()) >= n }); !ok {
 		t.Fatalf("only %d requests reached the stand-in, want %d", len(up.Log.arrivals()), n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
+	"github.com/ghlproxy/ghlproxy/internal/poll"
 )
 
 // longRuns reports whether the long variants (the issues' full durations at GHL's real
@@ -252,27 +253,12 @@ func readyState(opsURL string) string {
 	return v.Status
 }
 
-// eventually polls cond every 50ms until it holds or bound passes, and reports how long
-// it took.
-func eventually(bound time.Duration, cond func() bool) (time.Duration, bool) {
-	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start), true
-		}
-		if time.Since(start) > bound {
-			return time.Since(start), false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // checkGoroutines waits (bounded) for the goroutine count to come back to within slack of
 // base, and fails with a dump when it does not.
 func checkGoroutines(t *testing.T, base, slack int) {
 	t.Helper()
 	var n int
-	if _, ok := eventually(10*time.Second, func() bool {
+	if _, ok := poll.Within(10*time.Second, func() bool {
 		n = runtime.NumGoroutine()
 		return n <= base+slack
 	}); ok {
