@@ -107,3 +107,21 @@ start_sidecar() {
   pids+=("$PID")
   wait_port "$PORT"
 }
+
+# workdir NAME: a temporary directory in $work for the processes the script starts, whose
+# PIDs go into pids; all are stopped and the directory removed when the script exits. Also
+# raises the open-file limit: 2,500 clients need 2,500 sockets in the generator, as many in
+# the proxy and more upstream.
+workdir() {
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  work=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$work" # varnishd drops privileges and must read its workdir
+  pids=()
+  trap cleanup EXIT
+}
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}

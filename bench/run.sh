@@ -50,18 +50,7 @@ target_on() { [[ ",$TARGETS," == *",$1,"* ]]; }
 
 need_tools nginx=nginx-light varnishd=varnish wrk=wrk redis-server=redis-server gnuplot=gnuplot-nox
 
-# 2,500 clients need 2,500 sockets in the generator, as many in the proxy and more upstream.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-work=$(mktemp -d /tmp/ghlbench.XXXXXX)
-chmod 755 "$work" # varnishd drops privileges and must read its workdir
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+workdir ghlbench
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 echo "building ghlproxy and bench/mix" >&2

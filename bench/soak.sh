@@ -39,16 +39,7 @@ PPROF=${PPROF:-0}
 OUT=${OUT:-bench/out}
 
 need_tools redis-server=redis-server gnuplot=gnuplot-nox curl=curl
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-work=$(mktemp -d /tmp/ghlsoak.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+workdir ghlsoak
 
 echo "building ghlproxy and bench/mix" >&2
 tags=()
