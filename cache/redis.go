@@ -198,50 +198,61 @@ func (c *Cache) isUndropped(ids []string) bool {
 	return false
 }
 
-// orphanLoop deletes orphaned entries: at once when one is handed over, then every
-// CoherenceBound while Redis keeps failing, until each is gone or has expired by itself.
+// orphanLoop deletes orphaned entries and re-runs unconfirmed invalidations: at once when
+// one is handed over, then every CoherenceBound while Redis keeps failing, until each is
+// done or past its time. With nothing pending it only waits.
 func (c *Cache) orphanLoop(ctx context.Context) {
 	defer c.done.Done()
-	t := time.NewTicker(c.cfg.CoherenceBound)
-	defer t.Stop()
+	var retry <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.orphanWake:
-		case <-t.C:
+		case <-retry:
 		}
-		c.redoDrops(ctx)
-		c.orphanMu.Lock()
-		now := c.now()
-		todo := make(map[string]time.Time, len(c.orphans))
-		for k, end := range c.orphans {
-			if now.After(end) {
-				delete(c.orphans, k)
-				continue
-			}
-			todo[k] = end
-		}
-		c.orphanMu.Unlock()
-		for k, end := range todo {
-			dctx, cancel := c.timeout(ctx)
-			err := c.rdb.Del(dctx, k).Err()
-			cancel()
-			if err != nil {
-				c.log.Debug("cache: deleting an entry a failed store may have left; will retry", "err", err)
-				continue
-			}
-			c.orphanMu.Lock()
-			if c.orphans[k] == end { // not handed over again meanwhile
-				delete(c.orphans, k)
-			}
-			c.orphanMu.Unlock()
+		retry = nil
+		if pending := c.redoDrops(ctx); c.deleteOrphans(ctx) || pending {
+			retry = time.After(c.cfg.CoherenceBound)
 		}
 	}
 }
 
-// redoDrops retries the invalidations Redis did not confirm, all in one call.
-func (c *Cache) redoDrops(ctx context.Context) {
+// deleteOrphans tries once to delete every orphan; it reports whether any is left.
+func (c *Cache) deleteOrphans(ctx context.Context) bool {
+	c.orphanMu.Lock()
+	now := c.now()
+	todo := make(map[string]time.Time, len(c.orphans))
+	for k, end := range c.orphans {
+		if now.After(end) {
+			delete(c.orphans, k)
+			continue
+		}
+		todo[k] = end
+	}
+	c.orphanMu.Unlock()
+	for k, end := range todo {
+		dctx, cancel := c.timeout(ctx)
+		err := c.rdb.Del(dctx, k).Err()
+		cancel()
+		if err != nil {
+			c.log.Debug("cache: deleting an entry a failed store may have left; will retry", "err", err)
+			continue
+		}
+		c.orphanMu.Lock()
+		if c.orphans[k] == end { // not handed over again meanwhile
+			delete(c.orphans, k)
+		}
+		c.orphanMu.Unlock()
+	}
+	c.orphanMu.Lock()
+	defer c.orphanMu.Unlock()
+	return len(c.orphans) > 0
+}
+
+// redoDrops retries the invalidations Redis did not confirm, all in one call; it reports
+// whether any is left.
+func (c *Cache) redoDrops(ctx context.Context) bool {
 	c.orphanMu.Lock()
 	now := c.now()
 	idl := make([]string, 0, len(c.undropped))
@@ -257,11 +268,11 @@ func (c *Cache) redoDrops(ctx context.Context) {
 	c.nUndropped.Store(int64(len(c.undropped)))
 	c.orphanMu.Unlock()
 	if len(idl) == 0 {
-		return
+		return false
 	}
 	if _, err := c.redisDrop(ctx, idl); err != nil {
 		c.log.Debug("cache: retrying an invalidation Redis did not confirm", "ids", len(idl), "err", err)
-		return
+		return true
 	}
 	c.orphanMu.Lock()
 	for _, id := range idl {
@@ -271,6 +282,7 @@ func (c *Cache) redoDrops(ctx context.Context) {
 	}
 	c.nUndropped.Store(int64(len(c.undropped)))
 	c.orphanMu.Unlock()
+	return c.nUndropped.Load() > 0
 }
 
 // redisDrop invalidates ids: tombstones them, deletes the entries they list, and tells the
