@@ -40,12 +40,21 @@ func ParseByteSize(s string) (ByteSize, error) {
 			break
 		}
 	}
+	// Whole numbers are read as integers: through float64 a count above 2^53 would load as
+	// a neighbouring value and print back as something else.
+	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
+		if n > math.MaxInt64/2/mult || n < -math.MaxInt64/2/mult {
+			return 0, fmt.Errorf("invalid size %q (not a whole number of bytes in range)", s)
+		}
+		return ByteSize(n * mult), nil
+	}
 	n, err := strconv.ParseFloat(t, 64)
 	if err != nil || t == "" || math.IsNaN(n) || math.IsInf(n, 0) || strings.ContainsAny(t, "xXpP_") {
 		return 0, fmt.Errorf("invalid size %q (want bytes or a number with KiB, MiB, GiB, KB, MB, GB)", s)
 	}
 	v := n * float64(mult)
-	if v != math.Trunc(v) || math.Abs(v) > math.MaxInt64/2 {
+	// Fractions ("1.5MiB") go through float64, exact only up to 2^53 bytes.
+	if v != math.Trunc(v) || math.Abs(v) > 1<<53 {
 		return 0, fmt.Errorf("invalid size %q (not a whole number of bytes in range)", s)
 	}
 	return ByteSize(v), nil

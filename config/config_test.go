@@ -559,12 +559,15 @@ func TestByteSize(t *testing.T) {
 	for in, want := range map[string]ByteSize{
 		"0": 0, "1024": KiB, "10MiB": 10 * MiB, "64mib": 64 * MiB, "1GiB": GiB, "1.5KiB": 1536,
 		"10MB": 10_000_000, "2kb": 2000, "7B": 7, " 3 MiB ": 3 * MiB,
+		// Above 2^53 a float64 would round to a neighbour; whole numbers stay exact.
+		"10000000000000001": 10000000000000001,
 	} {
 		if got, err := ParseByteSize(in); err != nil || got != want {
 			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "MiB", "ten", "1.5B", "0x10", "1e400", "NaN", "Inf"} {
+	for _, in := range []string{"", "MiB", "ten", "1.5B", "0x10", "1e400", "NaN", "Inf",
+		"9000000000000000000", "9000000000000000KiB", "1e17", "10000000000000001.0"} {
 		if got, err := ParseByteSize(in); err == nil {
 			t.Errorf("ParseByteSize(%q) = %d, want an error", in, got)
 		}
