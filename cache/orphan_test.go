@@ -1,108 +1,16 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/internal/poll"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
 )
-
-// stallProxy is a TCP proxy in front of a real Redis that passes every command on but, once
-// a command containing its trigger went through a connection, holds back that connection's
-// replies until release: a store that Redis applied but whose reply never came back in
-// time, as on a loaded network.
-type stallProxy struct {
-	ln      net.Listener
-	trigger []byte
-	mu      sync.Mutex
-	resume  chan struct{} // closed by release
-}
-
-func startStallProxy(t *testing.T, target, trigger string) *stallProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stallProxy{ln: ln, trigger: []byte(trigger), resume: make(chan struct{})}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); p.release(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			var stalled atomic.Bool
-			wg.Go(func() {
-				defer r.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if bytes.Contains(buf[:n], p.trigger) {
-							stalled.Store(true)
-						}
-						if _, werr := r.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			})
-			wg.Go(func() {
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := r.Read(buf)
-					if n > 0 {
-						if stalled.Load() {
-							p.mu.Lock()
-							resume := p.resume
-							p.mu.Unlock()
-							<-resume
-						}
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			})
-		}
-	})
-	return p
-}
-
-func (p *stallProxy) addr() string { return p.ln.Addr().String() }
-
-// release lets every held reply through (the connections stay stalled-then-released).
-func (p *stallProxy) release() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.resume:
-	default:
-		close(p.resume)
-	}
-}
 
 // TestStoreWithLostReplyLeavesNoOrphan: the soak run found cache hits served for up to the
 // TTL after a write had invalidated their contact, on entries stored while Redis answered
@@ -113,9 +21,9 @@ func TestStoreWithLostReplyLeavesNoOrphan(t *testing.T) {
 	srv := redistest.Start(t)
 	k := fp("GET /contacts/1 alice")
 	ek := (keyspace{prefix: "ghlproxy"}).entry(k)
-	px := startStallProxy(t, srv.Addr(), ek)
+	px := redistest.StartStallProxy(t, srv.Addr(), ek)
 	clk := newClock()
-	c := newReplica(t, newClient(t, px.addr()), Config{Now: clk.Now, RedisTimeout: 200 * time.Millisecond})
+	c := newReplica(t, newClient(t, px.Addr()), Config{Now: clk.Now, RedisTimeout: 200 * time.Millisecond})
 	alice := credOf("alice")
 	// Scripts loaded (EVALSHA finds them) and a connection or two in the pool, as on a
 	// replica that has been serving.
@@ -140,7 +48,7 @@ func TestStoreWithLostReplyLeavesNoOrphan(t *testing.T) {
 	if !queued {
 		t.Fatal("the entry whose store timed out was not queued for deletion")
 	}
-	px.release()
+	px.Release()
 	poll.Until(t, 10*time.Second, "the unindexed entry deleted", func() bool {
 		n, err := srv.Do("EXISTS", ek)
 		return err == nil && n == "0"
@@ -161,10 +69,10 @@ func TestStoreWithLostReplyLeavesNoOrphan(t *testing.T) {
 func TestInvalidateWithLostReplyIsRetried(t *testing.T) {
 	srv := redistest.Start(t)
 	const tag = "s:contact:1"
-	px := startStallProxy(t, srv.Addr(), (keyspace{prefix: "ghlproxy"}).index(tagID(kindTag, tag)))
+	px := redistest.StartStallProxy(t, srv.Addr(), (keyspace{prefix: "ghlproxy"}).index(tagID(kindTag, tag)))
 	clk := newClock()
 	cfg := Config{Now: clk.Now, RedisTimeout: 200 * time.Millisecond}
-	a := newReplica(t, newClient(t, px.addr()), cfg) // behind the proxy
+	a := newReplica(t, newClient(t, px.Addr()), cfg) // behind the proxy
 	b := newReplica(t, newClient(t, srv.Addr()), cfg)
 	alice := credOf("alice")
 	k := fp("GET /contacts/1 alice")
@@ -181,7 +89,7 @@ func TestInvalidateWithLostReplyIsRetried(t *testing.T) {
 		t.Fatalf("the invalidating replica took the entry from Redis while its invalidation was pending: %q", body(e))
 	}
 
-	px.release()
+	px.Release()
 	poll.Until(t, 10*time.Second, "the invalidated entry deleted from Redis", func() bool {
 		n, err := srv.Do("EXISTS", ek)
 		return err == nil && n == "0"

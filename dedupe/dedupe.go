@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -152,6 +153,13 @@ type Fold struct {
 
 	scripts scripts
 	killed  chan struct{} // test seam: leaders abandon their lease as if the process died
+
+	// Tags whose Forget Redis has not confirmed, each until its replays must be gone
+	// anyway; retried by forgetLoop. Calls carrying one bypass Redis meanwhile.
+	unforgotMu sync.Mutex
+	unforgot   map[string]time.Time
+	nUnforgot  atomic.Int64
+	forgetWake chan struct{}
 }
 
 // New builds a Fold. With rdb nil it folds within this process only (embedded mode); with
@@ -174,6 +182,9 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		replay:  newStore(cfg.LocalBytes),
 		closing: make(chan struct{}),
 		killed:  make(chan struct{}),
+
+		unforgot:   make(map[string]time.Time),
+		forgetWake: make(chan struct{}, 1),
 	}
 	if m != nil {
 		f.saved = m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe)
@@ -181,6 +192,8 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 	if rdb != nil {
 		f.scripts = newScripts()
 		f.subscribe()
+		f.bg.Add(1)
+		go f.forgetLoop()
 	}
 	return f, nil
 }
@@ -256,6 +269,12 @@ func (f *Fold) run(ctx context.Context, c *call) {
 		resp, err := f.fetch(ctx, c, sent)
 		k := f.keep(c, resp, err, sent.sent())
 		f.finish(c, resp, err, Leader, k, f.now().Add(f.window(c.opt)))
+		return
+	}
+	if f.isUnforgot(c.opt.Tags) {
+		// A write on this replica could not invalidate these tags in Redis yet: what
+		// Redis holds for them may predate it.
+		f.leadLocal(ctx, c)
 		return
 	}
 	f.coordinate(ctx, c)
@@ -369,7 +388,9 @@ func intersects(a, b []string) bool {
 
 // Forget drops the replay entries of reads carrying any of tags, on every replica: a write
 // made them wrong. Other replicas drop their in-process copies when the pub/sub message
-// arrives (milliseconds).
+// arrives (milliseconds). An error means Redis did not confirm it: it is retried in the
+// background until Redis does, and this replica folds calls carrying those tags within
+// itself meanwhile.
 func (f *Fold) Forget(ctx context.Context, tags []string) error {
 	if len(tags) == 0 {
 		return nil
@@ -378,7 +399,98 @@ func (f *Fold) Forget(ctx context.Context, tags []string) error {
 	if f.rdb == nil {
 		return nil
 	}
-	return f.forgetShared(ctx, tags)
+	err := f.forgetShared(ctx, tags)
+	if err != nil {
+		f.retryForget(tags)
+	}
+	return err
+}
+
+// retryForget hands tags whose Forget failed to forgetLoop. A replay stored before the
+// write lives at most CallTimeout (a fetch in flight) plus the window: past that there is
+// nothing left to forget.
+func (f *Fold) retryForget(tags []string) {
+	giveUp := time.Now().Add(f.cfg.CallTimeout + f.cfg.Window)
+	f.unforgotMu.Lock()
+	for _, t := range tags {
+		f.unforgot[t] = giveUp
+	}
+	f.nUnforgot.Store(int64(len(f.unforgot)))
+	f.unforgotMu.Unlock()
+	select {
+	case f.forgetWake <- struct{}{}:
+	default:
+	}
+}
+
+// isUnforgot says whether any of tags has a Forget Redis has not confirmed yet.
+func (f *Fold) isUnforgot(tags []string) bool {
+	if f.nUnforgot.Load() == 0 || len(tags) == 0 {
+		return false
+	}
+	f.unforgotMu.Lock()
+	defer f.unforgotMu.Unlock()
+	for _, t := range tags {
+		if _, ok := f.unforgot[t]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// forgetLoop re-runs unconfirmed Forgets: at once when one is handed over, then every
+// LeaseTTL/3 while Redis keeps failing. With nothing pending it only waits.
+func (f *Fold) forgetLoop() {
+	defer f.bg.Done()
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-f.closing:
+			return
+		case <-f.forgetWake:
+		case <-retry:
+		}
+		retry = nil
+		if f.redoForgets() {
+			retry = time.After(f.cfg.LeaseTTL / 3)
+		}
+	}
+}
+
+// redoForgets retries the pending Forgets, all in one; it reports whether any is left.
+func (f *Fold) redoForgets() bool {
+	f.unforgotMu.Lock()
+	now := time.Now()
+	since := make(map[string]time.Time, len(f.unforgot))
+	tags := make([]string, 0, len(f.unforgot))
+	for t, giveUp := range f.unforgot {
+		if now.After(giveUp) {
+			delete(f.unforgot, t)
+			continue
+		}
+		since[t] = giveUp
+		tags = append(tags, t)
+	}
+	f.nUnforgot.Store(int64(len(f.unforgot)))
+	f.unforgotMu.Unlock()
+	if len(tags) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.LeaseTTL)
+	defer cancel()
+	if err := f.forgetShared(ctx, tags); err != nil {
+		f.log.Debug("retrying a fold invalidation Redis did not confirm", "tags", len(tags), "err", err)
+		return true
+	}
+	f.unforgotMu.Lock()
+	defer f.unforgotMu.Unlock()
+	for _, t := range tags {
+		if f.unforgot[t] == since[t] { // not failed again meanwhile
+			delete(f.unforgot, t)
+		}
+	}
+	f.nUnforgot.Store(int64(len(f.unforgot)))
+	return len(f.unforgot) > 0
 }
 
 // Close stops the subscription and waits for the calls in flight on this replica to

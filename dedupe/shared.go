@@ -27,8 +27,11 @@ import (
 //	<prefix>:{fold:K}:forgot  "<token>" of the leader in flight when a Forget reached K,
 //	                          PX CallTimeout: its answer may predate the write
 //
-// and per invalidation tag T a set <prefix>:{foldtag:H(T)} (H: 128 bits of SHA-256, as
-// tags name entities) of the fold keys of reads carrying it. Callers of K on other replicas find the lock, wait for the "done" message naming K on
+// and per invalidation tag T a sorted set <prefix>:{foldidx:H(T)} (H: 128 bits of SHA-256,
+// as tags name entities) of the fold keys of reads carrying it, scored by when their
+// replay expires (Redis time). Forget reads it and leaves it: a reply lost on the way
+// leaves the members for the retry to find, and unlisting after the tombstones could race
+// with a read that lists its key again. Members go when they expire. Callers of K on other replicas find the lock, wait for the "done" message naming K on
 // <prefix>:fold:done (subscribed once, when the Fold is built, so no notice can be lost
 // between a look and a wait) and look again; they also look again every LeaseTTL, which
 // only matters when a message was lost or the leader died: then the lock has expired, and
@@ -48,7 +51,7 @@ const (
 const tokenLen = 16
 
 type scripts struct {
-	acquire, markSent, refresh, finish, tomb, pop *redis.Script
+	acquire, markSent, refresh, finish, tomb, index, members *redis.Script
 }
 
 func newScripts() scripts {
@@ -116,11 +119,20 @@ if cur then
 end
 redis.call('SET', KEYS[1], 'X', 'PX', ARGV[1])
 return 1`),
-		// KEYS tag set. -> its members, and the set is gone.
-		pop: redis.NewScript(`
-local m = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
-return m`),
+		// KEYS tag index; ARGV fold key, life ms. Lists the key until its replay can no
+		// longer exist, trims members past theirs, and keeps the index alive as long as its
+		// longest-lived member. Redis's clock scores every replica's members alike.
+		index: redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1`),
+		// KEYS tag index. -> the fold keys whose replays may still exist.
+		members: redis.NewScript(`
+local t = redis.call('TIME')
+return redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')`),
 	}
 }
 
@@ -135,7 +147,7 @@ func (f *Fold) keysOf(key string) keys {
 // ("<scope>:contacts/<contactId>"), and nothing in Redis may name a contact.
 func (f *Fold) tagKey(tag string) string {
 	sum := sha256.Sum256([]byte(tag))
-	return f.cfg.Prefix + ":{foldtag:" + hex.EncodeToString(sum[:16]) + "}"
+	return f.cfg.Prefix + ":{foldidx:" + hex.EncodeToString(sum[:16]) + "}"
 }
 
 func (f *Fold) doneChannel() string                   { return f.cfg.Prefix + ":fold:done" }
@@ -289,16 +301,19 @@ func (f *Fold) leadLocal(ctx context.Context, c *call) {
 // marker before it was sent.
 func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	window := f.window(c.opt)
+	indexed := true
 	if !c.opt.Write && window > 0 && len(c.opt.Tags) > 0 {
 		// Indexed before the fetch, so a Forget while it runs finds the key and leaves a
-		// tombstone that keeps the possibly outdated answer from being replayed.
+		// tombstone that keeps the possibly outdated answer from being replayed. The
+		// record can live until the fetch times out plus the window.
 		pipe := f.rdb.Pipeline()
 		for _, t := range c.opt.Tags {
-			pipe.SAdd(ctx, f.tagKey(t), c.key)
-			pipe.PExpire(ctx, f.tagKey(t), window+f.cfg.CallTimeout)
+			f.scripts.index.Eval(ctx, pipe, []string{f.tagKey(t)}, c.key, ms(window+f.cfg.CallTimeout)) // EVALSHA in a pipeline would not fall back on NOSCRIPT
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			f.log.Warn("redis: indexing fold tags", "err", err)
+			// No Forget could find this answer: it goes to this call's callers only.
+			f.log.Warn("redis: indexing fold tags; the answer will not be replayed", "err", err)
+			indexed = false
 		}
 	}
 
@@ -332,6 +347,14 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	}
 
 	kp := f.keep(c, resp, err, sent.sent())
+	f.mu.Lock()
+	forgotten := c.forgotten
+	f.mu.Unlock()
+	if kp == keepAnswer && (!indexed || forgotten) {
+		// A write on this replica forgot its tags while it ran (the tombstone in Redis
+		// may not have landed), or no Forget could find it: share, do not replay.
+		kp = keepNothing
+	}
 	ttl := window
 	if kp == keepNothing {
 		ttl = f.shortTTL()
@@ -443,7 +466,7 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
 	}
 	seen := make(map[string]bool)
 	for _, t := range tags {
-		members, err := f.scripts.pop.Run(ctx, f.rdb, []string{f.tagKey(t)}).StringSlice()
+		members, err := f.scripts.members.Run(ctx, f.rdb, []string{f.tagKey(t)}).StringSlice()
 		note(err)
 		for _, m := range members {
 			if seen[m] {

@@ -521,7 +521,7 @@ func (h *Handler) invalidate(ctx context.Context, x *exchange) {
 	}
 	if h.cfg.Fold != nil {
 		if err := h.cfg.Fold.Forget(ctx, tags); err != nil {
-			h.cfg.Log.Error("fold invalidation failed", "route", x.label, "err", err)
+			h.cfg.Log.Warn("fold invalidation not confirmed by Redis; retrying it in the background", "route", x.label, "err", err)
 		}
 	}
 }
