@@ -160,6 +160,8 @@ type Fold struct {
 	unforgot   map[string]time.Time
 	nUnforgot  atomic.Int64
 	forgetWake chan struct{}
+
+	forgets atomic.Int64 // Forgets heard, from this replica or another: a test seam
 }
 
 // New builds a Fold. With rdb nil it folds within this process only (embedded mode); with
@@ -239,6 +241,12 @@ func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context
 		return resp, Replay, err
 	}
 	c, joined := f.calls[key]
+	if joined && c.forgotten {
+		// A write landed while that call ran: its answer may predate the write, and this
+		// caller began after it. A new call takes the key; the old one still answers its
+		// own callers.
+		joined = false
+	}
 	if !joined {
 		c = &call{key: key, opt: o, fetch: fetch, start: f.now(), wake: make(chan struct{}, 1), done: make(chan struct{})}
 		f.calls[key] = c
@@ -365,6 +373,7 @@ func (f *Fold) finish(c *call, resp *upstream.Response, err error, out Outcome, 
 // forgetLocal drops in-process replays carrying any of tags and marks calls in flight with
 // them, so an answer fetched before the write is shared but not replayed.
 func (f *Fold) forgetLocal(tags []string) {
+	f.forgets.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.replay.forget(tags)

@@ -56,8 +56,10 @@ type scripts struct {
 
 func newScripts() scripts {
 	return scripts{
-		// KEYS lock, sent, result; ARGV token, lease ms, write, token waited for.
+		// KEYS lock, sent, result, forgot; ARGV token, lease ms, write, token waited for.
 		// -> {1, record, pttl} | {2, lock value} | {3} sent and leader gone | {0} leader now
+		// | {4} a read in flight that a Forget reached: wait for it to end, not for its
+		// answer, which may predate the write.
 		acquire: redis.NewScript(`
 local r = redis.call('GET', KEYS[3])
 if r then
@@ -67,7 +69,10 @@ if r then
   end
 end
 local l = redis.call('GET', KEYS[1])
-if l then return {2, l} end
+if l then
+  if redis.call('GET', KEYS[4]) == string.sub(l, 3) then return {4} end
+  return {2, l}
+end
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
 redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
 return {0}`),
@@ -183,7 +188,7 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 	var lostSince time.Time // when a sent write was first seen without its leader's marker
 	for {
 		before := time.Now()
-		res, err := f.scripts.acquire.Run(ctx, f.rdb, []string{k.lock, k.sent, k.result}, tok, ms(f.cfg.LeaseTTL), write, waitTok).Slice()
+		res, err := f.scripts.acquire.Run(ctx, f.rdb, []string{k.lock, k.sent, k.result, k.forgot}, tok, ms(f.cfg.LeaseTTL), write, waitTok).Slice()
 		switch {
 		case err != nil && (waitTok == "" || !c.opt.Write):
 			// Redis is unreachable: fold within this replica rather than fail the request.
@@ -219,6 +224,9 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 				if len(l) > 2 {
 					waitTok = l[2:]
 				}
+			case int64(4):
+				waitTok = "" // look again once it ends, and lead
+
 			case int64(3):
 				// A live leader that stalled past its lease restores the marker at its
 				// next refresh; only a marker still missing a lease later means it died.
