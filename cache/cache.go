@@ -122,10 +122,10 @@ type Config struct {
 	// The client should be built with ContextTimeoutEnabled so that a hung Redis is noticed
 	// within it, not within the client's read timeout.
 	RedisTimeout time.Duration
-	// RaceWindow: Set refuses an answer whose Date is less than this after an invalidation of
-	// one of its tags, because GHL may have read it before the write that caused the
-	// invalidation. It should exceed the slowest GHL read plus the clock difference between
-	// replicas. Default 2 s.
+	// RaceWindow: Set refuses an answer sent upstream (Response.Sent, else its Date) less
+	// than this after an invalidation of one of its tags, because GHL may have read it
+	// before the write that caused the invalidation. With Sent known it only has to cover
+	// the clock difference between replicas; without, the slowest GHL read too. Default 2 s.
 	RaceWindow time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
@@ -366,7 +366,13 @@ func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, 
 	if !rec.end.After(now) {
 		return nil
 	}
-	fetched := stored.Add(-c.cfg.RaceWindow).UnixMilli()
+	// GHL read the answer between Sent and Date: a write invalidated after Sent may have
+	// landed after that read, however slow the call was.
+	read := stored
+	if !resp.Sent.IsZero() && resp.Sent.Before(read) {
+		read = resp.Sent
+	}
+	fetched := read.Add(-c.cfg.RaceWindow).UnixMilli()
 	epoch := c.local.epoch.Load()
 	if c.rdb == nil {
 		if c.tombstoned(rec.ids, fetched) {

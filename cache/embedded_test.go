@@ -219,7 +219,14 @@ func testWriteRace(t *testing.T, c *replica, clk *clock) {
 	}
 	// Other tags are not affected.
 	mustSet(t, c, fp("other"), alice, answer("other", read), Policy{TTL: time.Minute, Tags: []string{"s:contact:10"}})
-	clk.Advance(3 * time.Second)
+	// A slow read: sent before the write, answered well past the race window after it.
+	// GHL may have read the contact at any time after the request left.
+	slow := answer("slow", clk.Now().Add(5*time.Second))
+	slow.Sent = read
+	clk.Advance(5 * time.Second)
+	if err := c.Set(ctx, k, alice, slow, p); !errors.Is(err, ErrInvalidated) {
+		t.Fatalf("set of a slow answer sent before the invalidation: err = %v, want ErrInvalidated", err)
+	}
 	mustSet(t, c, k, alice, answer("new", clk.Now()), p)
 	if got := body(mustGet(t, c, k, alice)); got != "new" {
 		t.Fatalf("get = %s, want new", got)

@@ -120,7 +120,7 @@ func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, b
 	// The body is now plain and complete: its length is ours to state.
 	hdr.Del("Content-Length")
 	hdr.Del("Content-Encoding")
-	return &upstream.Response{Status: resp.StatusCode, Header: hdr, Body: b, Date: time.Now()}, nil
+	return &upstream.Response{Status: resp.StatusCode, Header: hdr, Body: b, Date: time.Now(), Sent: start}, nil
 }
 
 var errResponseTooLarge = errors.New("upstream response exceeds the buffering limit")

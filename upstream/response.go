@@ -20,6 +20,10 @@ type Response struct {
 	Body   []byte
 	// Date is when the upstream answer arrived; Age and staleness are measured from it.
 	Date time.Time
+	// Sent is when the request left for upstream: GHL read what it answered at some time
+	// after it, so the cache judges whether an answer may predate a write from Sent, not
+	// Date. Only the replica that made the call knows it; it is not encoded.
+	Sent time.Time
 }
 
 // encodingVersion is bumped whenever the binary layout changes, so that replicas of
