@@ -21,6 +21,11 @@
 //     it asks for its token);
 //   - the batcher is closing.
 //
+// Coalescing (Config.Coalesce, off by default) holds a call of mergeable writes until its
+// first write has waited Coalesce, so that an entity's updates arriving over that time
+// merge into one call; later calls of a held entity are held with it (order), other
+// entities' calls are not held. It trades the callers' latency for upstream calls.
+//
 // The grant arrives when the scope's bucket has the tokens. Writes keep joining the queue
 // while the loop waits, and the group is cut only when the grant arrives: its first n calls
 // (n = tokens granted) go out; a joiner that merged into one of them rides along for free,
@@ -159,6 +164,10 @@ type Config struct {
 	// Bulk lets writes with one Write.Bulk.Key to distinct entities go out as one bulk call
 	// of at most Max writes, taking one token.
 	Bulk bool
+	// Coalesce holds a call of mergeable writes (Merge on, a MergeKey) until its first
+	// write has waited this long, so later updates of its entity merge into it
+	// (batch.coalesce, default 0: held no longer than Linger). Keep it below MaxWait.
+	Coalesce time.Duration
 	// MaxQueue bounds the writes queued per scope (not yet sent); past it Submit fails at
 	// once with ErrQueueFull instead of letting memory and latency grow. Default 1000.
 	MaxQueue int
@@ -427,13 +436,25 @@ func (b *Batcher) run(s *scope) {
 			b.mu.Unlock()
 			continue
 		}
-		head := b.head(b.plan(s.queue), now)
+		ready, held := b.ready(b.plan(s.queue), now)
+		if len(ready) == 0 { // every call is held for coalescing
+			b.mu.Unlock()
+			select {
+			case <-s.wake:
+			case <-b.cfg.After(held.Sub(now)):
+			}
+			continue
+		}
+		head := b.head(ready, now)
 		calls, writes := len(head), 0
 		for _, ws := range head {
 			writes += len(ws)
 		}
-		due := s.queue[0].at.Add(b.cfg.Linger)
+		due := head[0][0].at.Add(b.cfg.Linger)
 		if writes < b.cfg.Max && calls < b.cfg.Min && !b.closed && now.Before(due) {
+			if !held.IsZero() && held.Before(due) {
+				due = held
+			}
 			b.mu.Unlock()
 			select {
 			case <-s.wake:
@@ -441,7 +462,7 @@ func (b *Batcher) run(s *scope) {
 			}
 			continue
 		}
-		askers := make([]*pending, 0, writes) // oldest first: head[0][0] is s.queue[0]
+		askers := make([]*pending, 0, writes) // oldest ready first
 		for _, ws := range head {
 			askers = append(askers, ws...)
 		}
@@ -574,6 +595,43 @@ func (b *Batcher) plan(queue []*pending) [][]*pending {
 	return calls
 }
 
+// ready is the planned calls that may go out now, in order, and when the first held one is
+// released (zero when none is held). With Coalesce, a call of mergeable writes whose first
+// write has waited less than Coalesce is held, and so is every later call of its entities,
+// so that no write overtakes an earlier one of its entity. Caller holds b.mu.
+func (b *Batcher) ready(planned [][]*pending, now time.Time) ([][]*pending, time.Time) {
+	if b.cfg.Coalesce <= 0 || b.closed {
+		return planned, time.Time{}
+	}
+	var held map[string]bool
+	var until time.Time
+	out := make([][]*pending, 0, len(planned))
+	for _, ws := range planned {
+		first := ws[0]
+		release := first.at.Add(b.cfg.Coalesce)
+		hold := first.fields != nil && now.Before(release)
+		if hold && (until.IsZero() || release.Before(until)) {
+			until = release
+		}
+		for _, p := range ws {
+			hold = hold || held[p.w.Entity]
+		}
+		if !hold {
+			out = append(out, ws)
+			continue
+		}
+		if held == nil {
+			held = make(map[string]bool)
+		}
+		for _, p := range ws {
+			if p.w.Entity != "" {
+				held[p.w.Entity] = true
+			}
+		}
+	}
+	return out, until
+}
+
 // head is the calls the next group asks tokens for: the first Max planned calls, but not a
 // trailing bulk call that still has room and time to fill (its oldest write has waited less
 // than Linger): it would go out part-full now and the next writes of its Key would need a
@@ -629,7 +687,7 @@ func (c *call) accepts(p *pending) bool {
 // cut takes the first n calls of s's queue out of it as one group and links each call
 // behind its entities' previous calls. Caller holds b.mu.
 func (b *Batcher) cut(s *scope, n int, waited time.Duration) *group {
-	planned := b.plan(s.queue)
+	planned, _ := b.ready(b.plan(s.queue), b.cfg.Now())
 	planned = planned[:min(n, len(planned), b.cfg.Max)]
 	g := &group{info: Info{ID: b.idPrefix + strconv.FormatUint(b.seq.Add(1), 16), Waited: waited}}
 	for _, ws := range planned {

@@ -29,6 +29,7 @@ type streamShape struct {
 	realBucket             bool          // GHL's budget: 280/min, burst 50, max_wait 20s; else unlimited
 	linger                 time.Duration
 	bulk                   bool
+	coalesce               time.Duration // batch.coalesce
 }
 
 // streamResult is what one replay measured.
@@ -54,7 +55,8 @@ var realistic = streamShape{contacts: 40, minUpdates: 3, maxUpdates: 8, spread: 
 // The first cases are the original ones: 20 contacts × 5 updates, first updates within a
 // second, an instant upstream and an unlimited bucket; only the gap between a contact's
 // updates varies. The "realistic" cases are the one above (GHL latency and budget, tag
-// adds), with bulk off, with slower updates (1s apart) and with 20 contacts.
+// adds), with bulk off, with slower updates (1s apart) and with 20 contacts; then the
+// realistic streams again with batch.coalesce at 1 s and 2 s.
 //
 //	go test -run '^$' -bench UpdateStream -benchtime 1x ./batcher/
 func BenchmarkUpdateStream(b *testing.B) {
@@ -75,6 +77,13 @@ func BenchmarkUpdateStream(b *testing.B) {
 	small.contacts = 20
 	cases = append(cases, named{"realistic/40x3-8/gap=300ms", realistic}, named{"realistic/40x3-8/gap=300ms/bulk=off", noBulk},
 		named{"realistic/40x3-8/gap=1s", slow}, named{"realistic/20x3-8/gap=300ms", small})
+	// batch.coalesce: the same streams, updates of a contact held up to 1 s or 2 s to merge.
+	for _, hold := range []time.Duration{time.Second, 2 * time.Second} {
+		for _, c := range []named{{"realistic/40x3-8/gap=300ms", realistic}, {"realistic/20x3-8/gap=300ms", small}} {
+			c.shape.coalesce = hold
+			cases = append(cases, named{fmt.Sprintf("%s/coalesce=%v", c.name, hold), c.shape})
+		}
+	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			var r streamResult
@@ -166,7 +175,7 @@ func replayStream(tb testing.TB, sh streamShape) streamResult {
 	st := newStand(tb)
 	st.delay = sh.delay()
 	var lim Limiter = openBucket()
-	cfg := Config{Min: 3, Max: 5, Linger: sh.linger, Merge: true, Bulk: sh.bulk}
+	cfg := Config{Min: 3, Max: 5, Linger: sh.linger, Merge: true, Bulk: sh.bulk, Coalesce: sh.coalesce}
 	if sh.realBucket {
 		rl, err := ratelimit.New(ratelimit.Config{Rate: 280, Per: time.Minute, Burst: 50, MaxWait: 20 * time.Second}, nil, metrics.New(), nil)
 		if err != nil {

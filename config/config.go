@@ -175,6 +175,11 @@ type Batch struct {
 	// together for distinct contacts, as one call to GHL's bulk tag endpoint (one token);
 	// each caller still gets its own contact's answer.
 	Bulk bool `yaml:"bulk"`
+	// Hold a contact's (or opportunity's) partial update until it has waited this long, so
+	// that the entity's later updates merge into the same call; 0 holds none past
+	// batch.linger. Trades the callers' latency for fewer upstream calls; must be below
+	// ratelimit.max_wait.
+	Coalesce time.Duration `yaml:"coalesce"`
 }
 
 // Cache is the read and query cache, shared through Redis with an in-process layer in front.

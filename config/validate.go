@@ -269,8 +269,12 @@ func (c *Config) checkBatch() error {
 		positive("batch.min", b.Min),
 		positive("batch.max", b.Max),
 		nonNegative("batch.linger", b.Linger),
+		nonNegative("batch.coalesce", b.Coalesce),
 	); err != nil {
 		return err
+	}
+	if mw := c.RateLimit.MaxWait; mw > 0 && b.Coalesce >= mw {
+		return fmt.Errorf("batch.coalesce: must be below ratelimit.max_wait (%s >= %s): a held write would be refused before it is sent", b.Coalesce, mw)
 	}
 	if b.Min > b.Max {
 		return fmt.Errorf("batch.min: must be <= batch.max (%d > %d)", b.Min, b.Max)

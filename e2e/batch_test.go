@@ -225,6 +225,49 @@ func TestBatchMergesPartialUpdates(t *testing.T) {
 	}
 }
 
+// TestBatchCoalescesSpreadUpdates: with batch.coalesce, six partial updates of one contact
+// sent 100 ms apart (each far past the 25 ms linger, so without it each would go alone)
+// go upstream as one call holding all six fields, and every caller gets that call's answer.
+func TestBatchCoalescesSpreadUpdates(t *testing.T) {
+	up := startLoggedStandIn(t, fakeghl.Config{Limit: 100000})
+	// 3 s leaves a wide margin over the 0.5 s the updates take to arrive.
+	r := startReplica(t, testConfig(t, up.URL, "GHLPROXY_BATCH_COALESCE=3s"))
+	token := fakeghl.Token("Location", "loc-coalesce", "app-1")
+	id := createContact(t, up.URL, token, "loc-coalesce", "coalesce@example.com")
+	fields := []string{"firstName", "lastName", "companyName", "website", "city", "state"}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: len(fields)}}
+	defer client.CloseIdleConnections()
+
+	answers := make([]answer, len(fields))
+	var wg sync.WaitGroup
+	for i, f := range fields {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond) // pacing the updates, not synchronising
+		}
+		wg.Go(func() {
+			answers[i] = send(client, "PUT", r.URL+"/contacts/"+id, fmt.Sprintf(`{%q:"v%d"}`, f, i), ghlHeaders(token), 30*time.Second, nil)
+		})
+	}
+	wg.Wait()
+	for i, a := range answers {
+		if a.Err != nil || a.Status != http.StatusOK {
+			t.Fatalf("PUT %d: %v %d %s", i, a.Err, a.Status, a.Body)
+		}
+		if h := a.Header.Get("X-Ghlproxy-Batch"); !strings.Contains(h, "merged=6") {
+			t.Errorf("PUT %d: X-Ghlproxy-Batch %q, want merged=6", i, h)
+		}
+	}
+	if puts := putsTo(up.Fake.Stats(), id); puts != 1 {
+		t.Errorf("%d upstream PUTs for 6 updates within batch.coalesce; want 1", puts)
+	}
+	got := contactFields(t, up.URL, token, id)
+	for i, f := range fields {
+		if got[f] != fmt.Sprintf("v%d", i) {
+			t.Errorf("field %s = %v; want v%d (every update applied)", f, got[f], i)
+		}
+	}
+}
+
 // TestBatchSIGTERMDuringBurst: a replica gets SIGTERM while writes queue for tokens. It
 // stops taking new connections, answers every write it accepted, and exits within its
 // grace. The writes GHL applied are exactly the ones answered 2xx, none twice. A client

@@ -104,11 +104,12 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	}
 
 	b := batcher.New(batcher.Config{
-		Min:    cfg.Batch.Min,
-		Max:    cfg.Batch.Max,
-		Linger: cfg.Batch.Linger,
-		Merge:  cfg.Batch.Merge,
-		Bulk:   cfg.Batch.Bulk,
+		Min:      cfg.Batch.Min,
+		Max:      cfg.Batch.Max,
+		Linger:   cfg.Batch.Linger,
+		Merge:    cfg.Batch.Merge,
+		Bulk:     cfg.Batch.Bulk,
+		Coalesce: cfg.Batch.Coalesce,
 		// The limiter's bound covers the batcher's queue too (DESIGN.md: a write waits up
 		// to ratelimit.max_wait in all, then gets the sidecar's 429).
 		MaxWait: cfg.RateLimit.MaxWait,
