@@ -709,12 +709,15 @@ func TestClusterReplayAndForget(t *testing.T) {
 			t.Fatalf("%s on b: %v %v", key, out, err)
 		}
 	}
-	if err := a.Forget(context.Background(), []string{"common"}); err != nil {
+	// Two tags, one listing every key (a search tag): all forgotten, on every node.
+	if err := a.Forget(context.Background(), []string{"common", "tag-0"}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "b to drop its copies", func() bool { return !localReplay(b, "key-0") && !localReplay(b, "key-7") })
-	if _, out, _ := b.Do(context.Background(), "key-3", Options{}, fetch); out != Leader {
-		t.Fatalf("after forget: %v", out)
+	for i := range 8 {
+		if _, out, _ := b.Do(context.Background(), fmt.Sprintf("key-%d", i), Options{}, fetch); out != Leader {
+			t.Fatalf("key-%d after forget: %v", i, out)
+		}
 	}
 }
 

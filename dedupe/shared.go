@@ -472,19 +472,38 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
 			firstErr = fmt.Errorf("dedupe: forgetting replays: %w", err)
 		}
 	}
+	// Two round trips whatever the number of tags and keys (a search tag can list hundreds):
+	// the write's caller waits for this. EVAL, not EVALSHA: a pipeline cannot fall back on
+	// NOSCRIPT.
+	pipe := f.rdb.Pipeline()
+	lists := make([]*redis.Cmd, len(tags))
+	for i, t := range tags {
+		lists[i] = f.scripts.members.Eval(ctx, pipe, []string{f.tagKey(t)})
+	}
+	_, err := pipe.Exec(ctx)
+	note(err)
 	seen := make(map[string]bool)
-	for _, t := range tags {
-		members, err := f.scripts.members.Run(ctx, f.rdb, []string{f.tagKey(t)}).StringSlice()
-		note(err)
+	pipe = f.rdb.Pipeline()
+	for _, l := range lists {
+		members, err := l.StringSlice()
+		if err != nil {
+			continue // noted above
+		}
 		for _, m := range members {
 			if seen[m] {
 				continue
 			}
 			seen[m] = true
 			k := f.keysOf(m)
-			note(f.scripts.tomb.Run(ctx, f.rdb, []string{k.result, k.lock, k.forgot}, ms(f.cfg.CallTimeout)).Err())
+			f.scripts.tomb.Eval(ctx, pipe, []string{k.result, k.lock, k.forgot}, ms(f.cfg.CallTimeout))
 		}
 	}
+	if len(seen) > 0 {
+		_, err := pipe.Exec(ctx)
+		note(err)
+	}
+	// Published once the tombstones are in: a replica that dropped its copy and looked in
+	// Redis before them would take the old answer again.
 	note(f.rdb.Publish(ctx, f.forgetChannel(), strings.Join(tags, "\n")).Err())
 	return firstErr
 }
