@@ -310,33 +310,50 @@ func (c *Cache) coherent(now int64) bool {
 // last stale window are misses; fresh or stale is for the caller to decide (Entry.Fresh). An
 // error means Redis failed; the caller treats it as a miss.
 func (c *Cache) Get(ctx context.Context, key string, cred *identity.Credential) (*Entry, error) {
+	return c.get(ctx, key, cred, true)
+}
+
+// Peek is Get without side effects, for /_ghlproxy/explain: it counts no hit or miss and
+// copies nothing from Redis into the in-process layer.
+func (c *Cache) Peek(ctx context.Context, key string, cred *identity.Credential) (*Entry, error) {
+	return c.get(ctx, key, cred, false)
+}
+
+func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, serve bool) (*Entry, error) {
 	if cred == nil {
 		return nil, errNoCredential
+	}
+	count := func(n *atomic.Uint64) {
+		if serve {
+			n.Add(1)
+		}
 	}
 	now := c.nowNano()
 	if c.coherent(now) {
 		if e := c.local.get(key, cred.Hash, now); e != nil {
-			c.localHits.Add(1)
+			count(&c.localHits)
 			return e, nil
 		}
 	}
 	if c.rdb == nil {
-		c.misses.Add(1)
+		count(&c.misses)
 		return nil, nil
 	}
 	epoch := c.local.epoch.Load()
 	v, err := c.redisGet(ctx, key)
 	if err != nil || v == nil {
-		c.misses.Add(1)
+		count(&c.misses)
 		return nil, err
 	}
 	rec, err := open(&cred.EncKey, key, v)
 	if err != nil || now >= rec.end.UnixNano() || c.isUndropped(rec.ids) {
-		c.misses.Add(1)
+		count(&c.misses)
 		return nil, nil
 	}
-	c.redisHits.Add(1)
-	c.local.insert(key, cred.Hash, rec, epoch)
+	count(&c.redisHits)
+	if serve {
+		c.local.insert(key, cred.Hash, rec, epoch)
+	}
 	return &rec.entry, nil
 }
 

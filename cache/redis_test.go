@@ -334,3 +334,30 @@ func TestSilentSubscription(t *testing.T) {
 		t.Fatalf("from Redis after the pause: %s", got)
 	}
 }
+
+// TestPeekHasNoSideEffects: /_ghlproxy/explain looks an entry up through Peek, which must
+// not count as a hit or miss nor copy the entry into the in-process layer.
+func TestPeekHasNoSideEffects(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	a := newReplica(t, newClient(t, srv.Addr()), Config{Now: clk.Now})
+	b := newReplica(t, newClient(t, srv.Addr()), Config{Now: clk.Now})
+	alice := credOf("alice")
+	k := fp("GET /contacts/5 alice")
+	mustSet(t, b, k, alice, answer(`{"id":"5"}`, clk.Now()), Policy{TTL: time.Minute, Tags: []string{"s:contact:5"}})
+
+	e, err := a.Peek(context.Background(), k, alice)
+	if err != nil || e == nil || body(e) != `{"id":"5"}` {
+		t.Fatalf("Peek = %v, %v", e, err)
+	}
+	if _, err := a.Peek(context.Background(), fp("nothing there"), alice); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.Stats(); st.LocalHits != 0 || st.RedisHits != 0 || st.Misses != 0 || st.Entries != 0 {
+		t.Fatalf("after two Peeks: %+v, want nothing counted or copied", st)
+	}
+	mustGet(t, a, k, alice)
+	if st := a.Stats(); st.RedisHits != 1 || st.LocalHits != 0 {
+		t.Fatalf("the first Get after a Peek: %+v, want a Redis hit", st)
+	}
+}

@@ -84,7 +84,7 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		return c.Purge(ctx, cache.Selector{Route: sel.Route, Tag: sel.Tag, CredHash: sel.CredHash, All: sel.All})
 	}
 	admin.CacheLookup = func(ctx context.Context, key string, cred *identity.Credential) any {
-		e, err := c.Get(ctx, key, cred)
+		e, err := c.Peek(ctx, key, cred)
 		switch {
 		case err != nil:
 			return map[string]any{"state": "unknown", "error": err.Error()}
