@@ -346,6 +346,19 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.timers = keep
 }
 
+// timersAt counts the timers set for at that have not fired.
+func (c *fakeClock) timersAt(at time.Time) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, t := range c.timers {
+		if t.at.Equal(at) {
+			n++
+		}
+	}
+	return n
+}
+
 // armed reports whether a timer is set for at.
 func (c *fakeClock) armed(at time.Time) bool {
 	c.mu.Lock()

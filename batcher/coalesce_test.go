@@ -21,32 +21,36 @@ func TestCoalesceHoldsUpdatesOfAnEntity(t *testing.T) {
 	put := func(id, body string) Write {
 		return Write{Scope: "loc1", Entity: "contacts/" + id, MergeKey: "k " + id, Body: []byte(body), Send: st.send(id, nil)}
 	}
-	start := clk.Now()
-	release := start.Add(time.Second)
+	release := clk.Now().Add(time.Second)
+	// A's three updates, 0, 500 and 800 ms in: each past the 25 ms linger, none past the
+	// 1 s hold of the first.
 	a := submitInOrder(t, b, put("A", `{"x":1}`))
-	// Past the linger, A's first update is still held: the loop sleeps until its release.
-	clk.Advance(25 * time.Millisecond)
-	waitUntil(t, "the loop asleep until A's release", func() bool { return clk.armed(release) })
-	clk.Advance(475 * time.Millisecond)
+	waitUntil(t, "the loop asleep until A's release", func() bool { return clk.timersAt(release) > 0 })
+	clk.Advance(500 * time.Millisecond)
 	a = append(a, submitInOrder(t, b, put("A", `{"y":2}`))...)
+	clk.Advance(300 * time.Millisecond)
+	a = append(a, submitInOrder(t, b, put("A", `{"x":3}`))...)
 
 	// A write that cannot merge (no MergeKey: a create, a delete) is not held: it goes
 	// after its own linger while A waits.
+	cAt := clk.Now()
 	c := submitInOrder(t, b, Write{Scope: "loc1", Entity: "contacts/C", Body: []byte(`{}`), Send: st.send("C", nil)})
+	waitUntil(t, "C's linger timer armed", func() bool { return clk.armed(cAt.Add(25 * time.Millisecond)) })
 	clk.Advance(25 * time.Millisecond)
 	if got := <-lim.asks; got != 1 {
 		t.Fatalf("asked for %d tokens for the unmergeable write, want 1", got)
 	}
+	n := clk.timersAt(release)
 	lim.gate <- struct{}{}
 	if r := receive(t, c[0]); r.err != nil || r.info.Size != 1 {
 		t.Fatalf("unmergeable write: %+v %v", r.info, r.err)
 	}
+	// Once C's group is out, the loop sleeps until A's release again, having asked nothing.
+	waitUntil(t, "the loop asleep until A's release after C", func() bool { return clk.timersAt(release) > n })
 	if len(lim.asks) != 0 {
 		t.Fatal("A's held updates asked for a token before their release")
 	}
 
-	clk.Advance(300 * time.Millisecond)
-	a = append(a, submitInOrder(t, b, put("A", `{"x":3}`))...)
 	clk.Advance(release.Sub(clk.Now()))
 	if got := <-lim.asks; got != 1 {
 		t.Fatalf("asked for %d tokens for A's updates, want 1", got)
