@@ -175,12 +175,18 @@ func (c *Cache) retryDrop(idl []string) {
 	for _, id := range idl {
 		c.undropped[id] = giveUp
 	}
-	c.nUndropped.Store(int64(len(c.undropped)))
+	c.setUndropped(len(c.undropped))
 	c.orphanMu.Unlock()
 	select {
 	case c.orphanWake <- struct{}{}:
 	default:
 	}
+}
+
+// setUndropped records how many invalidations wait for Redis. Caller holds orphanMu.
+func (c *Cache) setUndropped(n int) {
+	c.nUndropped.Store(int64(n))
+	c.m.InvalidationsPending.WithLabelValues("cache").Set(float64(n))
 }
 
 // isUndropped says whether any of ids has an invalidation Redis has not confirmed yet.
@@ -265,7 +271,7 @@ func (c *Cache) redoDrops(ctx context.Context) bool {
 		idl = append(idl, id)
 		since[id] = giveUp
 	}
-	c.nUndropped.Store(int64(len(c.undropped)))
+	c.setUndropped(len(c.undropped))
 	c.orphanMu.Unlock()
 	if len(idl) == 0 {
 		return false
@@ -280,7 +286,7 @@ func (c *Cache) redoDrops(ctx context.Context) bool {
 			delete(c.undropped, id)
 		}
 	}
-	c.nUndropped.Store(int64(len(c.undropped)))
+	c.setUndropped(len(c.undropped))
 	c.orphanMu.Unlock()
 	return c.nUndropped.Load() > 0
 }

@@ -162,6 +162,7 @@ type Fold struct {
 	forgetWake chan struct{}
 
 	forgets atomic.Int64 // Forgets heard, from this replica or another: a test seam
+	pending prometheus.Gauge
 }
 
 // New builds a Fold. With rdb nil it folds within this process only (embedded mode); with
@@ -188,8 +189,10 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		unforgot:   make(map[string]time.Time),
 		forgetWake: make(chan struct{}, 1),
 	}
+	f.pending = prometheus.NewGauge(prometheus.GaugeOpts{Name: "unregistered"})
 	if m != nil {
 		f.saved = m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe)
+		f.pending = m.InvalidationsPending.WithLabelValues("fold")
 	}
 	if rdb != nil {
 		f.scripts = newScripts()
@@ -424,12 +427,19 @@ func (f *Fold) retryForget(tags []string) {
 	for _, t := range tags {
 		f.unforgot[t] = giveUp
 	}
-	f.nUnforgot.Store(int64(len(f.unforgot)))
+	f.setUnforgot(len(f.unforgot))
 	f.unforgotMu.Unlock()
 	select {
 	case f.forgetWake <- struct{}{}:
 	default:
 	}
+}
+
+// setUnforgot records how many tags wait for Redis to confirm their Forget. Caller holds
+// unforgotMu.
+func (f *Fold) setUnforgot(n int) {
+	f.nUnforgot.Store(int64(n))
+	f.pending.Set(float64(n))
 }
 
 // isUnforgot says whether any of tags has a Forget Redis has not confirmed yet.
@@ -480,7 +490,7 @@ func (f *Fold) redoForgets() bool {
 		since[t] = giveUp
 		tags = append(tags, t)
 	}
-	f.nUnforgot.Store(int64(len(f.unforgot)))
+	f.setUnforgot(len(f.unforgot))
 	f.unforgotMu.Unlock()
 	if len(tags) == 0 {
 		return false
@@ -498,7 +508,7 @@ func (f *Fold) redoForgets() bool {
 			delete(f.unforgot, t)
 		}
 	}
-	f.nUnforgot.Store(int64(len(f.unforgot)))
+	f.setUnforgot(len(f.unforgot))
 	return len(f.unforgot) > 0
 }
 

@@ -26,7 +26,8 @@ type fault struct {
 	env     []string // sidecar settings
 	// store is what the replicas share: "" one Redis server, "sentinel" a primary and its
 	// replica watched by a Redis Sentinel (redis.addrs with redis.master_name), "cluster" a
-	// Redis Cluster of three masters with a replica each (redis.addrs).
+	// Redis Cluster of three masters with a replica each (redis.addrs), "proxied" one Redis
+	// server that the replicas reach through a StallProxy, passing everything until armed.
 	store string
 	// processes: the replicas are `ghlproxy serve` processes of their own, so that a fault
 	// can signal one.
@@ -52,10 +53,11 @@ type fault struct {
 // rig is what a fault acts on.
 type rig struct {
 	up       *standIn
-	rdb      *redistest.Server   // the one Redis server, when fault.store is ""
-	sentinel *redistest.Sentinel // when fault.store is "sentinel"
-	cluster  *redistest.Cluster  // when fault.store is "cluster"
-	procs    []*process          // the replicas, when fault.processes
+	rdb      *redistest.Server     // the one Redis server, when fault.store is ""
+	sentinel *redistest.Sentinel   // when fault.store is "sentinel"
+	cluster  *redistest.Cluster    // when fault.store is "cluster"
+	stall    *redistest.StallProxy // in front of rdb, when fault.store is "proxied"
+	procs    []*process            // the replicas, when fault.processes
 	replicas []node
 	// upstreamBusy is closed once the load's first calls have reached the stand-in.
 	upstreamBusy chan struct{}
@@ -110,6 +112,23 @@ func TestFaultMatrix(t *testing.T) {
 				poll.Until(t, 30*time.Second, "Redis to answer again", func() bool {
 					v, err := r.rdb.Do("PING")
 					return err == nil && v == "PONG"
+				})
+			}},
+		// Redis runs every command but its replies stop coming back (a loaded network, a
+		// stalled proxy): what the replicas stored, invalidated or marked as sent may have
+		// been applied although they saw a timeout. This is what left the soak's stale
+		// reads; here it must leave no write lost or doubled and no answer misdirected.
+		{name: "redis replies lost", store: "proxied", standIn: fakeghl.Config{Latency: 50 * time.Millisecond}, degrades: true,
+			start: func(t *testing.T, r *rig) { r.stall.Arm() },
+			heal: func(t *testing.T, r *rig) {
+				// Until a write's invalidation went unconfirmed (the case that left stale
+				// reads), then until every one was retried to Redis's confirmation.
+				poll.Until(t, 30*time.Second, "a cache and a fold invalidation waiting for Redis", func() bool {
+					return pendingInvalidations(t, r, "cache") > 0 && pendingInvalidations(t, r, "fold") > 0
+				})
+				r.stall.Release()
+				poll.Until(t, 30*time.Second, "every invalidation confirmed once replies flow", func() bool {
+					return pendingInvalidations(t, r, "cache")+pendingInvalidations(t, r, "fold") == 0
 				})
 			}},
 		// The primary dies; the Sentinel promotes its replica, and the replicas must find
@@ -217,6 +236,10 @@ func faultRun(t *testing.T, f fault) {
 		// load meets the cluster while it has lost a master.
 		r.cluster = redistest.StartClusterWithReplicas(t, 3, "--cluster-replica-no-failover", "yes")
 		env = append(env, "GHLPROXY_REDIS_ADDRS="+strings.Join(r.cluster.Addrs(), ","))
+	case "proxied":
+		r.rdb = redistest.Start(t)
+		r.stall = redistest.StartPassProxy(t, r.rdb.Addr(), "")
+		env = append(env, "GHLPROXY_REDIS_URL=redis://"+r.stall.Addr()+"/0")
 	default:
 		r.rdb = redistest.Start(t)
 		env = append(env, "GHLPROXY_REDIS_URL="+r.rdb.URL())
@@ -416,6 +439,17 @@ func faultRun(t *testing.T, f fault) {
 }
 
 // waitReady waits until every replica's /readyz says it is back on the shared store.
+// pendingInvalidations is the replicas' invalidations of stage (cache, fold) that Redis has
+// not confirmed yet.
+func pendingInvalidations(t *testing.T, r *rig, stage string) float64 {
+	var sum float64
+	for _, n := range r.replicas {
+		v, _ := metricValue(t, n.OpsURL, `ghlproxy_invalidations_pending{stage="`+stage+`"}`)
+		sum += v
+	}
+	return sum
+}
+
 func waitReady(t *testing.T, r *rig) {
 	t.Helper()
 	for i, n := range r.replicas {

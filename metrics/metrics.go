@@ -53,6 +53,8 @@ type Metrics struct {
 	CacheBytes     prometheus.Gauge
 	CacheEvictions prometheus.Counter
 
+	InvalidationsPending *prometheus.GaugeVec // stage: cache|fold
+
 	RedisUp  prometheus.Gauge
 	Degraded prometheus.Gauge
 
@@ -87,11 +89,13 @@ func New() *Metrics {
 		CacheEntries:      f.gauge("cache_entries", "Entries in the in-process cache layer."),
 		CacheBytes:        f.gauge("cache_bytes", "Bytes held by the in-process cache layer."),
 		CacheEvictions:    f.counter("cache_evictions_total", "Entries evicted from the in-process cache layer for space."),
-		RedisUp:           f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
-		Degraded:          f.gauge("degraded", "1 while the sidecar runs without its shared store (local fallback buckets)."),
-		WarmRuns:          f.counterVec("warm_runs_total", "Runs of the warming loop by result (ok, error, skipped).", "result"),
-		WarmLastSuccess:   f.gauge("warm_last_success_timestamp_seconds", "Unix time of the last warming run that succeeded."),
-		WarmEntries:       f.counter("warm_entries_total", "Cache entries stored by the warming loop."),
+		InvalidationsPending: f.gaugeVec("invalidations_pending", "Invalidations made by writes that Redis has not confirmed yet, by stage (cache, fold); each is retried until Redis does, and meanwhile this replica takes nothing it concerns from Redis.",
+			"stage"),
+		RedisUp:         f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
+		Degraded:        f.gauge("degraded", "1 while the sidecar runs without its shared store (local fallback buckets)."),
+		WarmRuns:        f.counterVec("warm_runs_total", "Runs of the warming loop by result (ok, error, skipped).", "result"),
+		WarmLastSuccess: f.gauge("warm_last_success_timestamp_seconds", "Unix time of the last warming run that succeeded."),
+		WarmEntries:     f.counter("warm_entries_total", "Cache entries stored by the warming loop."),
 	}
 	m.RedisUp.Set(1)
 	return m

@@ -11,15 +11,25 @@ import (
 // StallProxy is a TCP proxy in front of a real Redis that passes every command on but, once
 // a command containing its trigger went through a connection, holds back that connection's
 // replies until Release: a store that Redis applied but whose reply never came back in
-// time, as on a loaded network.
+// time, as on a loaded network. An empty trigger matches every command.
 type StallProxy struct {
 	ln      net.Listener
 	trigger []byte
+	armed   atomic.Bool // commands seen while disarmed stall nothing
 	mu      sync.Mutex
 	resume  chan struct{} // closed by Release
 }
 
+// StartStallProxy starts a proxy to target, armed: the first command containing trigger
+// stalls its connection.
 func StartStallProxy(t testing.TB, target, trigger string) *StallProxy {
+	p := StartPassProxy(t, target, trigger)
+	p.Arm()
+	return p
+}
+
+// StartPassProxy starts the proxy disarmed: it passes everything until Arm.
+func StartPassProxy(t testing.TB, target, trigger string) *StallProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,7 +56,7 @@ func StartStallProxy(t testing.TB, target, trigger string) *StallProxy {
 				for {
 					n, err := c.Read(buf)
 					if n > 0 {
-						if bytes.Contains(buf[:n], p.trigger) {
+						if p.armed.Load() && bytes.Contains(buf[:n], p.trigger) {
 							stalled.Store(true)
 						}
 						if _, werr := r.Write(buf[:n]); werr != nil {
@@ -96,3 +106,6 @@ func (p *StallProxy) Release() {
 		close(p.resume)
 	}
 }
+
+// Arm makes the next commands containing the trigger stall their connections.
+func (p *StallProxy) Arm() { p.armed.Store(true) }
