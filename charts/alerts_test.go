@@ -24,6 +24,10 @@ tests:
         values: '1x20'
       - series: 'ghlproxy_degraded{namespace="shop",pod="b"}'
         values: '0x20'
+      - series: 'ghlproxy_invalidations_pending{namespace="shop",pod="a",stage="fold"}'
+        values: '0 3x20'
+      - series: 'ghlproxy_invalidations_pending{namespace="shop",pod="b",stage="cache"}'
+        values: '2 0x20'
       - series: 'ghlproxy_upstream_ratelimit_remaining{namespace="shop",pod="a",window="daily"}'
         values: '1000x20'
       - series: 'ghlproxy_upstream_ratelimit_remaining{namespace="shop",pod="b",window="daily"}'
@@ -52,6 +56,13 @@ tests:
         exp_alerts: []
       - eval_time: 10m
         alertname: GhlproxyDegraded
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: shop, pod: a}
+      - eval_time: 4m
+        alertname: GhlproxyInvalidationsPending
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: GhlproxyInvalidationsPending
         exp_alerts:
           - exp_labels: {severity: warning, namespace: shop, pod: a}
       - eval_time: 10m

@@ -98,6 +98,11 @@ func New() *Metrics {
 		WarmEntries:     f.counter("warm_entries_total", "Cache entries stored by the warming loop."),
 	}
 	m.RedisUp.Set(1)
+	// Exported at 0 from the start (also on the embedded store, which has nothing to
+	// confirm), so dashboards and alerts see a series rather than no data.
+	for _, stage := range []string{"cache", "fold"} {
+		m.InvalidationsPending.WithLabelValues(stage)
+	}
 	return m
 }
 
