@@ -307,8 +307,28 @@ func TestInjectorWithCertManager(t *testing.T) {
 			t.Errorf("sidecar %s = %+v, want %s", k, e, v)
 		}
 	}
+	// proxy.gomaxprocs "auto" (the default): from the container's CPU request, rounded up.
+	if e := envOf(sc, "GOMAXPROCS"); e == nil || e.ValueFrom == nil || e.ValueFrom.ResourceFieldRef == nil ||
+		e.ValueFrom.ResourceFieldRef.Resource != "requests.cpu" || e.ValueFrom.ResourceFieldRef.Divisor.String() != "1" {
+		t.Errorf("sidecar GOMAXPROCS = %+v, want the CPU request with divisor 1", e)
+	}
 	if !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "--env-var=GHL_BASE_URL,HIGHLEVEL_API_URL") {
 		t.Errorf("injector args %v", dep.Spec.Template.Spec.Containers[0].Args)
+	}
+}
+
+// TestGomaxprocs: a number is written as is, and "" leaves GOMAXPROCS to Go.
+func TestGomaxprocs(t *testing.T) {
+	for set, want := range map[string]string{"proxy.gomaxprocs=2": "2", `proxy.gomaxprocs=`: ""} {
+		objs := render(t, "--values", filepath.Join(chartDir, "ci", "standalone-values.yaml"), "--set", set)
+		c := find[appsv1.Deployment](t, objs, "Deployment", "rel-ghlproxy").Spec.Template.Spec.Containers[0]
+		e := envOf(c, "GOMAXPROCS")
+		switch {
+		case want == "" && e != nil:
+			t.Errorf("--set %s: GOMAXPROCS = %+v, want none", set, e)
+		case want != "" && (e == nil || e.Value != want):
+			t.Errorf("--set %s: GOMAXPROCS = %+v, want %s", set, e, want)
+		}
 	}
 }
 
@@ -419,6 +439,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"injector.failurePolicy=Sometimes", "failurePolicy"},
 		{"redis.url=http://redis:6379", "url"},
 		{"proxy.logLevel=loud", "logLevel"},
+		{"proxy.gomaxprocs=many", "gomaxprocs"},
+		{"proxy.gomaxprocs=0", "gomaxprocs"},
 		{"sidecar.envVar=GHL-URL", "envVar"},
 		{"redis.url=redis://r:6379,redis.existingSecret=s", "not both"},
 	} {

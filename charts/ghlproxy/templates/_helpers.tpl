@@ -91,6 +91,17 @@ parent chart that passes only (dict "Values" .Values.ghlproxy): then image.tag m
   value: {{ . | toString | quote }}
 {{- end }}
 {{- end }}
+{{- with $p.gomaxprocs }}
+- name: GOMAXPROCS
+{{- if eq (toString .) "auto" }}
+  valueFrom:
+    resourceFieldRef:
+      resource: requests.cpu
+      divisor: "1"
+{{- else }}
+  value: {{ . | toString | quote }}
+{{- end }}
+{{- end }}
 {{- include "ghlproxy.redisEnv" . }}
 {{- with $root.Values.identity.existingSecret }}
 - name: GHLPROXY_IDENTITY_SECRET
