@@ -16,6 +16,7 @@ const (
 	CauseUpstreamTimeout     = "upstream-timeout"
 	CauseUpstreamTooLarge    = "upstream-response-too-large"
 	CauseBodyTooLarge        = "request-body-too-large"
+	CauseHeadersTooLarge     = "request-headers-too-large"
 	CauseMalformed           = "malformed-request"
 	CauseRateLimited         = "rate-limited"
 	CauseFoldFailed          = "fold-failed"

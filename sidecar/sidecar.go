@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/config"
+	"github.com/ghlproxy/ghlproxy/ghlerror"
 	"github.com/ghlproxy/ghlproxy/identity"
 	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/ops"
@@ -107,7 +108,8 @@ func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	osrv := &http.Server{Handler: s.Ops, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
-	go func() { errc <- psrv.Serve(pl) }()
+	// Requests net/http refuses before any handler runs get GHL's error shape too.
+	go func() { errc <- psrv.Serve(ghlerror.Listener(pl)) }()
 	go func() { errc <- osrv.Serve(ol) }()
 	s.startWarm(ctx)
 	s.log.Info("ghlproxy serving", "listen", pl.Addr().String(), "ops", ol.Addr().String(),
