@@ -56,7 +56,8 @@ const netHTTPHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnectio
 // net/http's server ("HTTP/1.1 400 Bad Request" + netHTTPHeaders + text), else nil.
 func rewrite(p []byte) []byte {
 	const proto = "HTTP/1.1 "
-	if len(p) > 512 || !bytes.HasPrefix(p, []byte(proto)) {
+	// Cheap tests first: this runs on every write of every response.
+	if len(p) > 512 || len(p) <= len(proto) || (p[len(proto)] != '4' && p[len(proto)] != '5') || !bytes.HasPrefix(p, []byte(proto)) {
 		return nil
 	}
 	i := bytes.Index(p, []byte(netHTTPHeaders))
