@@ -74,7 +74,7 @@ type local struct {
 // overhead approximates the bytes an entry costs beyond its key, headers and body.
 const overhead = 256
 
-func newLocal(maxBytes int64, now func() time.Time, clock otter.Clock, m *metrics.Metrics) (*local, error) {
+func newLocal(maxBytes int64, now func() time.Time, m *metrics.Metrics) (*local, error) {
 	l := &local{m: m, index: make(map[string]map[string]*localEntry)}
 	opts := &otter.Options[string, *localEntry]{
 		MaximumWeight: uint64(maxBytes),
@@ -85,9 +85,6 @@ func newLocal(maxBytes int64, now func() time.Time, clock otter.Clock, m *metric
 			return time.Duration(e.Value.end - now().UnixNano())
 		}),
 		OnAtomicDeletion: l.deleted,
-	}
-	if clock != nil {
-		opts.Clock = clock
 	}
 	c, err := otter.New(opts)
 	if err != nil {
