@@ -211,7 +211,13 @@ func (h *Handler) newStreamProxy() http.Handler {
 			}
 		},
 		Transport:     h.cfg.Transport,
-		FlushInterval: -1, // GHL answers are small JSON; flush as bytes arrive
+		// 0, not -1: with -1 ReverseProxy arms a timer per request that flushes the headers
+		// at once, so every answer left in two writes (headers, then body) plus a timer
+		// goroutine. With 0 a known-length answer leaves in one write once its body is
+		// copied (past the writer's 2 KiB buffer it streams), and an answer of unknown
+		// length (chunked, server-sent events) is still flushed write by write:
+		// ReverseProxy does that by itself.
+		FlushInterval: 0,
 		BufferPool:    bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if x, ok := r.Context().Value(exchangeKey{}).(*exchange); ok && x.policy != routes.Pass {

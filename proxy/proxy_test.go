@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -264,5 +265,42 @@ func TestClientGoneCancelsUpstream(t *testing.T) {
 	}
 	if err := <-errc; err == nil {
 		t.Fatal("client call should have failed")
+	}
+}
+
+// TestPassThroughStreamsAnswersOfUnknownLength: an upstream answer without a length reaches
+// the client write by write, while the upstream is still sending: the client reads the
+// first part before the upstream may send the rest.
+func TestPassThroughStreamsAnswersOfUnknownLength(t *testing.T) {
+	firstRead := make(chan struct{})
+	up, _ := recordingUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, "{\"part\":1}\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-firstRead:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "{\"part\":2}\n")
+	})
+	px, _ := newProxy(t, up.URL)
+	req, _ := http.NewRequest("GET", px.URL+"/unknown/stream", nil)
+	req.Header.Set("Authorization", auth["Authorization"])
+	// Bounded: were the answer buffered, client and upstream would wait on each other.
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	first, err := br.ReadString('\n')
+	if err != nil || first != "{\"part\":1}\n" {
+		t.Fatalf("first part: %q, %v", first, err)
+	}
+	close(firstRead)
+	rest, err := io.ReadAll(br)
+	if err != nil || string(rest) != "{\"part\":2}\n" {
+		t.Fatalf("rest: %q, %v", rest, err)
 	}
 }
