@@ -210,7 +210,7 @@ func (h *Handler) newStreamProxy() http.Handler {
 				x.upstreamStart = time.Now()
 			}
 		},
-		Transport:     h.cfg.Transport,
+		Transport: h.cfg.Transport,
 		// 0, not -1: with -1 ReverseProxy arms a timer per request that flushes the headers
 		// at once, so every answer left in two writes (headers, then body) plus a timer
 		// goroutine. With 0 a known-length answer leaves in one write once its body is
