@@ -31,7 +31,9 @@ import (
 // as tags name entities) of the fold keys of reads carrying it, scored by when their
 // replay expires (Redis time). Forget reads it and leaves it: a reply lost on the way
 // leaves the members for the retry to find, and unlisting after the tombstones could race
-// with a read that lists its key again. Members go when they expire. Callers of K on other replicas find the lock, wait for the "done" message naming K on
+// with a read that lists its key again. Members go when they expire.
+//
+// Callers of K on other replicas find the lock, wait for the "done" message naming K on
 // <prefix>:fold:done (subscribed once, when the Fold is built, so no notice can be lost
 // between a look and a wait) and look again; they also look again every LeaseTTL, which
 // only matters when a message was lost or the leader died: then the lock has expired, and
@@ -226,7 +228,6 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 				}
 			case int64(4):
 				waitTok = "" // look again once it ends, and lead
-
 			case int64(3):
 				// A live leader that stalled past its lease restores the marker at its
 				// next refresh; only a marker still missing a lease later means it died.
