@@ -77,6 +77,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/internal/pending"
 	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
@@ -190,15 +191,13 @@ type Cache struct {
 	tombs  map[string]int64
 
 	// orphans are entries a failed Set may have left in Redis without their index (see
-	// redisSet), by key, with the time they expire anyway; orphanLoop deletes them.
-	orphanMu   sync.Mutex
-	orphans    map[string]time.Time
+	// redisSet), pending until they expire anyway; orphanLoop deletes them.
+	orphans    *pending.Set
 	orphanWake chan struct{}
-	// undropped are ids whose invalidation Redis did not confirm, with the time to give up
-	// (every entry listed under them has expired by then); orphanLoop retries them, and Get
-	// does not take an entry listed under one from Redis meanwhile.
-	undropped  map[string]time.Time
-	nUndropped atomic.Int64
+	// undropped are ids whose invalidation Redis did not confirm, pending until every entry
+	// listed under them has expired; orphanLoop retries them, and Get does not take an
+	// entry listed under one from Redis meanwhile.
+	undropped *pending.Set
 
 	stop  context.CancelFunc
 	done  sync.WaitGroup
@@ -250,14 +249,12 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 	_, _ = rand.Read(rid[:])
 	c := &Cache{
 		cfg: cfg, now: cfg.Now, nowNano: nowNano, rdb: rdb, log: log, m: m, local: l,
-		keys:    keyspace{prefix: cfg.Prefix},
-		replica: hex.EncodeToString(rid[:]),
-		tombs:   make(map[string]int64),
-		ping:    make(chan struct{}, 1),
-		orphans: make(map[string]time.Time),
-
-		undropped: make(map[string]time.Time),
-
+		keys:       keyspace{prefix: cfg.Prefix},
+		replica:    hex.EncodeToString(rid[:]),
+		tombs:      make(map[string]int64),
+		ping:       make(chan struct{}, 1),
+		orphans:    pending.New(nil),
+		undropped:  pending.New(m.InvalidationsPending.WithLabelValues("cache")),
 		orphanWake: make(chan struct{}, 1),
 	}
 	c.redisUp.Store(true)
@@ -335,7 +332,7 @@ func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, 
 		return nil, err
 	}
 	rec, err := open(&cred.EncKey, key, v)
-	if err != nil || now >= rec.end.UnixNano() || c.isUndropped(rec.ids) {
+	if err != nil || now >= rec.end.UnixNano() || c.undropped.Any(rec.ids) {
 		count(&c.misses)
 		return nil, nil
 	}

@@ -42,10 +42,7 @@ func TestStoreWithLostReplyLeavesNoOrphan(t *testing.T) {
 	if stats, err := srv.Do("INFO", "commandstats"); err != nil || !strings.Contains(stats, "cmdstat_set:calls=2,") {
 		t.Fatalf("Redis did not run the SET (%v): nothing to test\n%s", err, stats)
 	}
-	c.orphanMu.Lock()
-	_, queued := c.orphans[ek]
-	c.orphanMu.Unlock()
-	if !queued {
+	if !c.orphans.Any([]string{ek}) {
 		t.Fatal("the entry whose store timed out was not queued for deletion")
 	}
 	px.Release()
@@ -56,9 +53,7 @@ func TestStoreWithLostReplyLeavesNoOrphan(t *testing.T) {
 	// The DEL ran in Redis while its reply was held back, so the entry can be gone before
 	// the loop has a confirmed delete: the queue empties on its next try.
 	poll.Until(t, 10*time.Second, "no orphan left queued once Redis confirms a delete", func() bool {
-		c.orphanMu.Lock()
-		defer c.orphanMu.Unlock()
-		return len(c.orphans) == 0
+		return c.orphans.Len() == 0
 	})
 }
 
@@ -100,6 +95,6 @@ func TestInvalidateWithLostReplyIsRetried(t *testing.T) {
 	// The other replica hears of the retried invalidation before the retry has noted its
 	// own success.
 	poll.Until(t, 10*time.Second, "no invalidation left pending once Redis confirmed", func() bool {
-		return a.nUndropped.Load() == 0
+		return a.undropped.Len() == 0
 	})
 }

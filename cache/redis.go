@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/internal/pending"
 )
 
 // keyspace names the Redis keys and channels (see the package comment).
@@ -155,13 +156,8 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 
 // orphan hands the entry ek, which expires at end, to orphanLoop for deletion.
 func (c *Cache) orphan(ek string, end time.Time) {
-	c.orphanMu.Lock()
-	c.orphans[ek] = end
-	c.orphanMu.Unlock()
-	select {
-	case c.orphanWake <- struct{}{}:
-	default:
-	}
+	c.orphans.Add(end, ek)
+	c.wakeOrphanLoop()
 }
 
 // maxEntryLife bounds how long an entry can live in Redis (TTL plus stale windows): past it
@@ -170,38 +166,15 @@ const maxEntryLife = time.Hour
 
 // retryDrop hands ids whose invalidation failed to orphanLoop.
 func (c *Cache) retryDrop(idl []string) {
-	giveUp := c.now().Add(maxEntryLife)
-	c.orphanMu.Lock()
-	for _, id := range idl {
-		c.undropped[id] = giveUp
-	}
-	c.setUndropped(len(c.undropped))
-	c.orphanMu.Unlock()
+	c.undropped.Add(c.now().Add(maxEntryLife), idl...)
+	c.wakeOrphanLoop()
+}
+
+func (c *Cache) wakeOrphanLoop() {
 	select {
 	case c.orphanWake <- struct{}{}:
 	default:
 	}
-}
-
-// setUndropped records how many invalidations wait for Redis. Caller holds orphanMu.
-func (c *Cache) setUndropped(n int) {
-	c.nUndropped.Store(int64(n))
-	c.m.InvalidationsPending.WithLabelValues("cache").Set(float64(n))
-}
-
-// isUndropped says whether any of ids has an invalidation Redis has not confirmed yet.
-func (c *Cache) isUndropped(ids []string) bool {
-	if c.nUndropped.Load() == 0 {
-		return false
-	}
-	c.orphanMu.Lock()
-	defer c.orphanMu.Unlock()
-	for _, id := range ids {
-		if _, ok := c.undropped[id]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 // orphanLoop deletes orphaned entries and re-runs unconfirmed invalidations: at once when
@@ -226,69 +199,32 @@ func (c *Cache) orphanLoop(ctx context.Context) {
 
 // deleteOrphans tries once to delete every orphan; it reports whether any is left.
 func (c *Cache) deleteOrphans(ctx context.Context) bool {
-	c.orphanMu.Lock()
-	now := c.now()
-	todo := make(map[string]time.Time, len(c.orphans))
-	for k, end := range c.orphans {
-		if now.After(end) {
-			delete(c.orphans, k)
-			continue
-		}
-		todo[k] = end
-	}
-	c.orphanMu.Unlock()
-	for k, end := range todo {
+	for _, it := range c.orphans.Due(c.now()) {
 		dctx, cancel := c.timeout(ctx)
-		err := c.rdb.Del(dctx, k).Err()
+		err := c.rdb.Del(dctx, it.Key).Err()
 		cancel()
 		if err != nil {
 			c.log.Debug("cache: deleting an entry a failed store may have left; will retry", "err", err)
 			continue
 		}
-		c.orphanMu.Lock()
-		if c.orphans[k] == end { // not handed over again meanwhile
-			delete(c.orphans, k)
-		}
-		c.orphanMu.Unlock()
+		c.orphans.Done(it)
 	}
-	c.orphanMu.Lock()
-	defer c.orphanMu.Unlock()
-	return len(c.orphans) > 0
+	return c.orphans.Len() > 0
 }
 
 // redoDrops retries the invalidations Redis did not confirm, all in one call; it reports
 // whether any is left.
 func (c *Cache) redoDrops(ctx context.Context) bool {
-	c.orphanMu.Lock()
-	now := c.now()
-	idl := make([]string, 0, len(c.undropped))
-	since := make(map[string]time.Time, len(c.undropped))
-	for id, giveUp := range c.undropped {
-		if now.After(giveUp) {
-			delete(c.undropped, id)
-			continue
-		}
-		idl = append(idl, id)
-		since[id] = giveUp
-	}
-	c.setUndropped(len(c.undropped))
-	c.orphanMu.Unlock()
-	if len(idl) == 0 {
+	items := c.undropped.Due(c.now())
+	if len(items) == 0 {
 		return false
 	}
-	if _, err := c.redisDrop(ctx, idl); err != nil {
-		c.log.Debug("cache: retrying an invalidation Redis did not confirm", "ids", len(idl), "err", err)
+	if _, err := c.redisDrop(ctx, pending.Keys(items)); err != nil {
+		c.log.Debug("cache: retrying an invalidation Redis did not confirm", "ids", len(items), "err", err)
 		return true
 	}
-	c.orphanMu.Lock()
-	for _, id := range idl {
-		if c.undropped[id] == since[id] { // not failed again meanwhile
-			delete(c.undropped, id)
-		}
-	}
-	c.setUndropped(len(c.undropped))
-	c.orphanMu.Unlock()
-	return c.nUndropped.Load() > 0
+	c.undropped.Done(items...)
+	return c.undropped.Len() > 0
 }
 
 // redisDrop invalidates ids: tombstones them, deletes the entries they list, and tells the

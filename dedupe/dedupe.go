@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlproxy/ghlproxy/internal/pending"
 	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
@@ -156,13 +157,10 @@ type Fold struct {
 
 	// Tags whose Forget Redis has not confirmed, each until its replays must be gone
 	// anyway; retried by forgetLoop. Calls carrying one bypass Redis meanwhile.
-	unforgotMu sync.Mutex
-	unforgot   map[string]time.Time
-	nUnforgot  atomic.Int64
+	unforgot   *pending.Set
 	forgetWake chan struct{}
 
 	forgets atomic.Int64 // Forgets heard, from this replica or another: a test seam
-	pending prometheus.Gauge
 }
 
 // New builds a Fold. With rdb nil it folds within this process only (embedded mode); with
@@ -186,13 +184,12 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		closing: make(chan struct{}),
 		killed:  make(chan struct{}),
 
-		unforgot:   make(map[string]time.Time),
+		unforgot:   pending.New(nil),
 		forgetWake: make(chan struct{}, 1),
 	}
-	f.pending = prometheus.NewGauge(prometheus.GaugeOpts{Name: "unregistered"})
 	if m != nil {
 		f.saved = m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe)
-		f.pending = m.InvalidationsPending.WithLabelValues("fold")
+		f.unforgot = pending.New(m.InvalidationsPending.WithLabelValues("fold"))
 	}
 	if rdb != nil {
 		f.scripts = newScripts()
@@ -282,7 +279,7 @@ func (f *Fold) run(ctx context.Context, c *call) {
 		f.finish(c, resp, err, Leader, k, f.now().Add(f.window(c.opt)))
 		return
 	}
-	if f.isUnforgot(c.opt.Tags) {
+	if f.unforgot.Any(c.opt.Tags) {
 		// A write on this replica could not invalidate these tags in Redis yet: what
 		// Redis holds for them may predate it.
 		f.leadLocal(ctx, c)
@@ -422,39 +419,11 @@ func (f *Fold) Forget(ctx context.Context, tags []string) error {
 // write lives at most CallTimeout (a fetch in flight) plus the window: past that there is
 // nothing left to forget.
 func (f *Fold) retryForget(tags []string) {
-	giveUp := time.Now().Add(f.cfg.CallTimeout + f.cfg.Window)
-	f.unforgotMu.Lock()
-	for _, t := range tags {
-		f.unforgot[t] = giveUp
-	}
-	f.setUnforgot(len(f.unforgot))
-	f.unforgotMu.Unlock()
+	f.unforgot.Add(time.Now().Add(f.cfg.CallTimeout+f.cfg.Window), tags...)
 	select {
 	case f.forgetWake <- struct{}{}:
 	default:
 	}
-}
-
-// setUnforgot records how many tags wait for Redis to confirm their Forget. Caller holds
-// unforgotMu.
-func (f *Fold) setUnforgot(n int) {
-	f.nUnforgot.Store(int64(n))
-	f.pending.Set(float64(n))
-}
-
-// isUnforgot says whether any of tags has a Forget Redis has not confirmed yet.
-func (f *Fold) isUnforgot(tags []string) bool {
-	if f.nUnforgot.Load() == 0 || len(tags) == 0 {
-		return false
-	}
-	f.unforgotMu.Lock()
-	defer f.unforgotMu.Unlock()
-	for _, t := range tags {
-		if _, ok := f.unforgot[t]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 // forgetLoop re-runs unconfirmed Forgets: at once when one is handed over, then every
@@ -478,38 +447,18 @@ func (f *Fold) forgetLoop() {
 
 // redoForgets retries the pending Forgets, all in one; it reports whether any is left.
 func (f *Fold) redoForgets() bool {
-	f.unforgotMu.Lock()
-	now := time.Now()
-	since := make(map[string]time.Time, len(f.unforgot))
-	tags := make([]string, 0, len(f.unforgot))
-	for t, giveUp := range f.unforgot {
-		if now.After(giveUp) {
-			delete(f.unforgot, t)
-			continue
-		}
-		since[t] = giveUp
-		tags = append(tags, t)
-	}
-	f.setUnforgot(len(f.unforgot))
-	f.unforgotMu.Unlock()
-	if len(tags) == 0 {
+	items := f.unforgot.Due(time.Now())
+	if len(items) == 0 {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.LeaseTTL)
 	defer cancel()
-	if err := f.forgetShared(ctx, tags); err != nil {
-		f.log.Debug("retrying a fold invalidation Redis did not confirm", "tags", len(tags), "err", err)
+	if err := f.forgetShared(ctx, pending.Keys(items)); err != nil {
+		f.log.Debug("retrying a fold invalidation Redis did not confirm", "tags", len(items), "err", err)
 		return true
 	}
-	f.unforgotMu.Lock()
-	defer f.unforgotMu.Unlock()
-	for _, t := range tags {
-		if f.unforgot[t] == since[t] { // not failed again meanwhile
-			delete(f.unforgot, t)
-		}
-	}
-	f.setUnforgot(len(f.unforgot))
-	return len(f.unforgot) > 0
+	f.unforgot.Done(items...)
+	return f.unforgot.Len() > 0
 }
 
 // Close stops the subscription and waits for the calls in flight on this replica to

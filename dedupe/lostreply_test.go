@@ -49,7 +49,7 @@ func TestForgetWithLostReplyIsRetried(t *testing.T) {
 
 	px.Release()
 	// The retry tombstones the record in Redis and tells b to drop its in-process copy.
-	waitFor(t, "no Forget left pending once Redis confirmed", func() bool { return a.nUnforgot.Load() == 0 })
+	waitFor(t, "no Forget left pending once Redis confirmed", func() bool { return a.unforgot.Len() == 0 })
 	waitFor(t, "b's replay of the read from before the write dropped", func() bool { return !localReplay(b, "get-contact-1") })
 	r, out, err := b.Do(ctx, "get-contact-1", read, fetch)
 	if err != nil || out == Replay {
