@@ -15,9 +15,9 @@ import (
 type StallProxy struct {
 	ln      net.Listener
 	trigger []byte
-	armed   atomic.Bool // commands seen while disarmed stall nothing
-	mu      sync.Mutex
+	armed   atomic.Bool   // commands seen while disarmed stall nothing
 	resume  chan struct{} // closed by Release
+	release sync.Once
 }
 
 // StartStallProxy starts a proxy to target, armed: the first command containing trigger
@@ -50,44 +50,20 @@ func StartPassProxy(t testing.TB, target, trigger string) *StallProxy {
 				continue
 			}
 			var stalled atomic.Bool
+			// Commands go on at once, noting the trigger; replies wait once it was seen.
 			wg.Go(func() {
-				defer r.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if p.armed.Load() && bytes.Contains(buf[:n], p.trigger) {
-							stalled.Store(true)
-						}
-						if _, werr := r.Write(buf[:n]); werr != nil {
-							return
-						}
+				relay(r, c, func(cmd []byte) {
+					if p.armed.Load() && bytes.Contains(cmd, p.trigger) {
+						stalled.Store(true)
 					}
-					if err != nil {
-						return
-					}
-				}
+				})
 			})
 			wg.Go(func() {
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := r.Read(buf)
-					if n > 0 {
-						if stalled.Load() {
-							p.mu.Lock()
-							resume := p.resume
-							p.mu.Unlock()
-							<-resume
-						}
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
+				relay(c, r, func([]byte) {
+					if stalled.Load() {
+						<-p.resume
 					}
-					if err != nil {
-						return
-					}
-				}
+				})
 			})
 		}
 	})
@@ -97,13 +73,24 @@ func StartPassProxy(t testing.TB, target, trigger string) *StallProxy {
 func (p *StallProxy) Addr() string { return p.ln.Addr().String() }
 
 // Release lets every held reply through (the connections stay stalled-then-released).
-func (p *StallProxy) Release() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.resume:
-	default:
-		close(p.resume)
+func (p *StallProxy) Release() { p.release.Do(func() { close(p.resume) }) }
+
+// relay copies src to dst, calling before with each chunk before it is written, until
+// either side fails; then it closes dst.
+func relay(dst, src net.Conn, before func([]byte)) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			before(buf[:n])
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
