@@ -45,10 +45,10 @@
 //
 // Failures. A write is either sent exactly once, or its caller gets an error before it was
 // sent (a write carried by another write's merged or bulk call is marked as sent through its
-// Sending hook first, and left out unsent if that fails): a caller whose ctx ends while its write is queued (also while the group waits for
-// its grant) gets ctx.Err() and the write is dropped from the queue; a limiter error (a
-// *ratelimit.RejectedError after ratelimit.max_wait) answers the writes the group asked for,
-// and nothing of it is sent.
+// Sending hook first, and left out unsent if that fails): a caller whose ctx ends while its
+// write is queued (also while the group waits for its grant) gets ctx.Err() and the write is
+// dropped from the queue; a limiter error (a *ratelimit.RejectedError after
+// ratelimit.max_wait) answers the writes the group asked for, and nothing of it is sent.
 //
 // The wait bound. A write waits in the batcher's queue (behind the groups ahead of it, one
 // grant at a time per scope) and then in the limiter, and the limiter's MaxWait only sees the
