@@ -160,7 +160,12 @@ type Fold struct {
 	unforgot   *pending.Set
 	forgetWake chan struct{}
 
-	forgets atomic.Int64 // Forgets heard, from this replica or another: a test seam
+	// Names this Fold in its Forget notices, so it skips its own: it forgot locally
+	// before and after the tombstones went in, and an echo arriving later would only spoil
+	// reads begun after the write returned.
+	origin string
+
+	forgets atomic.Int64 // Forgets heard from other replicas: a test seam
 }
 
 // New builds a Fold. With rdb nil it folds within this process only (embedded mode); with
@@ -186,6 +191,7 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 
 		unforgot:   pending.New(nil),
 		forgetWake: make(chan struct{}, 1),
+		origin:     newToken(),
 	}
 	if m != nil {
 		f.saved = m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe)
@@ -373,7 +379,6 @@ func (f *Fold) finish(c *call, resp *upstream.Response, err error, out Outcome, 
 // forgetLocal drops in-process replays carrying any of tags and marks calls in flight with
 // them, so an answer fetched before the write is shared but not replayed.
 func (f *Fold) forgetLocal(tags []string) {
-	f.forgets.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.replay.forget(tags)

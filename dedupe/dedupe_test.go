@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -643,6 +644,69 @@ func TestForgetOverSharedRecordWhileReadInFlight(t *testing.T) {
 	// That new answer is replayed as usual.
 	if r, out, err := a.Do(ctx, "k", read, fetch); err != nil || out != Replay || string(r.Body) != "answer 3" {
 		t.Fatalf("the next call: %v %v %q", out, err, r.Body)
+	}
+}
+
+// A replica's own Forget notice comes back to it over pub/sub some time after Forget
+// returned. It must not spoil a read begun after the write: that read's answer is fresh.
+func TestOwnForgetNoticeDoesNotSpoilLaterRead(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	a, _ := newFold(t, testConfig(), rdb)
+	b, _ := newFold(t, testConfig(), rdb)
+	var calls atomic.Int64
+	started, hold := make(chan struct{}), make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release) // before the Folds' Close, which waits for the held fetch
+	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		if calls.Add(1) == 1 {
+			close(started)
+			<-hold
+		}
+		return &upstream.Response{Status: 200, Body: []byte("fresh")}, nil
+	}
+	ctx := context.Background()
+	read := Options{Tags: []string{"t1"}}
+	if err := a.Forget(ctx, []string{"t1"}); err != nil {
+		t.Fatal(err)
+	}
+	first := goDo(ctx, a, "k", read, fetch)
+	<-started
+	// Pub/sub keeps one publisher's order per subscriber, and b publishes after a did:
+	// once a has heard b's notice, it has handled its own echo too — while the read ran.
+	if err := b.Forget(ctx, []string{"unrelated"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to hear b's notice", func() bool { return a.forgets.Load() > 0 })
+	if n := a.forgets.Load(); n != 1 {
+		t.Fatalf("a counted %d notices from other replicas, want 1 (its own echo is skipped)", n)
+	}
+	release()
+	if r := <-first; r.err != nil || r.out != Leader {
+		t.Fatalf("the read: %v %v", r.out, r.err)
+	}
+	if r, out, err := a.Do(ctx, "k", read, fetch); err != nil || out != Replay || string(r.Body) != "fresh" {
+		t.Fatalf("the next call: %v %v, want a replay of the read begun after the write", out, err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d upstream calls, want 1", n)
+	}
+}
+
+func TestForgetNoticeParsesOldAndNewForms(t *testing.T) {
+	for _, c := range []struct {
+		payload, origin string
+		tags            []string
+	}{
+		{forgetNotice("abc", []string{"s:1", "s:2"}), "abc", []string{"s:1", "s:2"}},
+		{"s:1\ns:2", "", []string{"s:1", "s:2"}}, // a replica of an older version
+		{"@abc", "abc", nil},
+		{"@abc\n", "abc", nil},
+	} {
+		origin, tags := parseForgetNotice(c.payload)
+		if origin != c.origin || !slices.Equal(tags, c.tags) {
+			t.Errorf("parseForgetNotice(%q) = %q %q, want %q %q", c.payload, origin, tags, c.origin, c.tags)
+		}
 	}
 }
 

@@ -503,10 +503,30 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
 		_, err := pipe.Exec(ctx)
 		note(err)
 	}
-	// Published once the tombstones are in: a replica that dropped its copy and looked in
-	// Redis before them would take the old answer again.
-	note(f.rdb.Publish(ctx, f.forgetChannel(), strings.Join(tags, "\n")).Err())
+	// Once the tombstones are in, forget locally again: a read that began here after the
+	// first forgetLocal may have found the old answer in Redis before them. Published only
+	// now for the same reason: a replica that dropped its copy and looked in Redis before
+	// them would take the old answer again.
+	f.forgetLocal(tags)
+	note(f.rdb.Publish(ctx, f.forgetChannel(), forgetNotice(f.origin, tags)).Err())
 	return firstErr
+}
+
+// A Forget notice is "@<origin>" then the tags, a line each. Tags never begin with '@'
+// (they are "<scope key>:<hash>", see proxy.ScopedTag), so a notice without the origin line, from a replica of an
+// older version, still parses: every line is a tag.
+func forgetNotice(origin string, tags []string) string {
+	return "@" + origin + "\n" + strings.Join(tags, "\n")
+}
+
+func parseForgetNotice(payload string) (origin string, tags []string) {
+	if rest, ok := strings.CutPrefix(payload, "@"); ok {
+		origin, payload, _ = strings.Cut(rest, "\n")
+	}
+	if payload == "" {
+		return origin, nil
+	}
+	return origin, strings.Split(payload, "\n")
 }
 
 // subscribe listens, for the life of the Fold, for calls finished and tags forgotten on
@@ -538,7 +558,10 @@ func (f *Fold) subscribe() {
 				case f.doneChannel():
 					f.wakeKey(m.Payload)
 				case f.forgetChannel():
-					f.forgetLocal(strings.Split(m.Payload, "\n"))
+					if origin, tags := parseForgetNotice(m.Payload); origin != f.origin && len(tags) > 0 {
+						f.forgets.Add(1)
+						f.forgetLocal(tags)
+					}
 				}
 			}
 		}
