@@ -3,7 +3,7 @@
 GO ?= go
 LDFLAGS := -s -w -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build fakeghl bench lint
+.PHONY: run test build fakeghl bench bench-floors lint
 
 run:
 	$(GO) run ./cmd/ghlproxy serve
@@ -20,3 +20,7 @@ fakeghl:
 
 bench:
 	bench/run.sh
+
+# The pass-through floor of other HTTP stacks beside nginx (docs/bench/floors.md).
+bench-floors:
+	bench/floors.sh

@@ -71,6 +71,73 @@ start_fake() { # start_fake LATENCY LIMIT: the GHL stand-in
   wait_port "$PORT"
 }
 
+start_static() { # an nginx answering one fixed contact: the pass-through upstream
+  PORT=$(free_port)
+  mkdir -p "$work/static"
+  cat >"$work/static/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/static/nginx.pid;
+error_log $work/static/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$PORT;
+    location / {
+      default_type application/json;
+      return 200 '{"contact":{"id":"ocQHyuzHvysMo5N5VsXc","firstName":"Ada","email":"ada@example.com"}}';
+    }
+  }
+}
+NGINX
+  nginx -c "$work/static/nginx.conf" -p "$work/static" & PID=$!
+  pids+=("$PID")
+  wait_port $PORT
+}
+
+start_nginx() { # start_nginx UPSTREAM_PORT CACHE(on|off)
+  PORT=$(free_port)
+  local d=$work/nginx-$PORT cache=""
+  mkdir -p "$d/cache"
+  if [[ $2 == on ]]; then
+    # Keyed by credential (and Version): without $http_authorization in the key one
+    # caller's contacts would be served to another.
+    cache="proxy_cache ghl;
+      proxy_cache_key \"\$request_method\$request_uri\$http_authorization\$http_version\";
+      proxy_cache_lock on;
+      proxy_cache_valid 200 60s;
+      proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
+      add_header X-Cache-Status \$upstream_cache_status;"
+  fi
+  cat >"$d/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  proxy_cache_path $d/cache levels=1:2 keys_zone=ghl:32m max_size=256m inactive=10m;
+  upstream backend { server 127.0.0.1:$1; keepalive 256; }
+  server {
+    listen 127.0.0.1:$PORT backlog=4096;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      $cache
+    }
+  }
+}
+NGINX
+  nginx -c "$d/nginx.conf" -p "$d" & PID=$!
+  pids+=("$PID")
+  wait_port $PORT
+}
+
 start_redis() {
   PORT=$(free_port)
   redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
