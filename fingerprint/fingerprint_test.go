@@ -95,20 +95,65 @@ func TestOfByteStream(t *testing.T) {
 		{Method: "POST", Route: "/x", Path: "/x", CredHash: "c4", Body: []byte("not json"), JSON: true},
 		{Method: "PUT", Route: "/y", Path: "/" + long, Version: long, CredHash: "c5", Body: []byte(long)},
 	} {
-		h := sha256.New()
-		for _, s := range []string{r.Method, r.Route, r.Path, CanonicalQuery(r.RawQuery), r.Version, r.CredHash} {
-			h.Write([]byte(s))
-			h.Write([]byte{0})
-		}
-		if c, ok := canonicalBody(r.Body, r.JSON); ok && len(r.Body) > 0 {
-			h.Write(c)
-		} else {
-			h.Write(r.Body)
-		}
-		if got, want := Of(r), hex.EncodeToString(h.Sum(nil)); got != want {
+		if got, want := Of(r), streamOf(r); got != want {
 			t.Errorf("Of(%+v) = %s, want %s", r, got, want)
 		}
 	}
+}
+
+// streamOf is Of computed the plain way: each field NUL-terminated, then the body.
+func streamOf(r Request) string {
+	h := sha256.New()
+	for _, s := range []string{r.Method, r.Route, r.Path, CanonicalQuery(r.RawQuery), r.Version, r.CredHash} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	if c, ok := canonicalBody(r.Body, r.JSON); ok && len(r.Body) > 0 {
+		h.Write(c)
+	} else {
+		h.Write(r.Body)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// FuzzOf builds keys from arbitrary requests: Of agrees with the plain computation (its
+// stack buffer and body paths included), a request already in canonical form keeps its key,
+// and a change of credential or path always changes it. Fields hold no NUL: net/http rejects
+// control bytes in request lines and header values, and the path is the escaped one.
+func FuzzOf(f *testing.F) {
+	f.Add("GET", "/contacts/{contactId}", "/contacts/abc", "", "2021-07-28", "c1", []byte(nil), false)
+	f.Add("POST", "/contacts/search", "/contacts/search", "b=2&a=1", "2021-07-28", "c2", []byte(`{"b":1, "a":[2,1]}`), true)
+	f.Add("PUT", "/y", "/"+strings.Repeat("x", 600), "q=%zz", "v", "c3", []byte("not json"), true)
+	f.Fuzz(func(t *testing.T, method, route, path, query, version, cred string, body []byte, isJSON bool) {
+		for _, s := range []string{method, route, path, query, version, cred} {
+			if strings.IndexByte(s, 0) >= 0 {
+				return
+			}
+		}
+		r := Request{Method: method, Route: route, Path: path, RawQuery: query, Version: version, CredHash: cred, Body: body, JSON: isJSON}
+		key := Of(r)
+		if want := streamOf(r); key != want {
+			t.Fatalf("Of(%+v) = %s, plain computation %s", r, key, want)
+		}
+		c := r
+		c.RawQuery = CanonicalQuery(query)
+		if cb, ok := canonicalBody(body, isJSON); ok && len(body) > 0 {
+			c.Body = cb
+		}
+		if got := Of(c); got != key {
+			t.Fatalf("canonical form of %+v has another key: %s, want %s", r, got, key)
+		}
+		other := r
+		other.CredHash += "x"
+		if Of(other) == key {
+			t.Fatalf("another credential has the same key: %+v", r)
+		}
+		other = r
+		other.Path += "x"
+		if Of(other) == key {
+			t.Fatalf("another path has the same key: %+v", r)
+		}
+	})
 }
 
 // BenchmarkOf is the key of a cache hit on GET /contacts/{contactId}.
