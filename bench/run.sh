@@ -61,48 +61,6 @@ mkdir -p "$OUT/raw"
 raw=$OUT/raw
 uptime >"$raw/uptime.before"
 
-# --- components; each start_* sets PORT (and PID) ---------------------------------------
-
-start_varnish() { # start_varnish UPSTREAM_PORT
-  PORT=$(free_port)
-  local d=$work/varnish-$PORT
-  mkdir -p "$d"
-  cat >"$d/bench.vcl" <<VCL
-vcl 4.1;
-backend default { .host = "127.0.0.1"; .port = "$1"; }
-sub vcl_recv {
-  if (req.method != "GET" && req.method != "HEAD") { return (pass); }
-  # The built-in VCL refuses to cache requests with Authorization (every GHL call has one);
-  # the credential goes into the hash instead.
-  return (hash);
-}
-sub vcl_hash {
-  hash_data(req.http.Authorization);
-  hash_data(req.http.Version);
-}
-sub vcl_backend_response {
-  if (beresp.status == 200) {
-    set beresp.ttl = 60s;
-    set beresp.uncacheable = false;
-    unset beresp.http.Set-Cookie;
-    return (deliver);
-  }
-}
-VCL
-  chmod -R a+rX "$d"
-  varnishd -F -a 127.0.0.1:$PORT -f "$d/bench.vcl" -s malloc,256m -n "$d/n" \
-    -p listen_depth=4096 >"$d/log" 2>&1 & PID=$!
-  pids+=("$PID")
-  wait_port $PORT 30
-}
-
-start_floor() { # start_floor UPSTREAM_PORT proxy|cache: the Go floor peer (bench/mix floor)
-  PORT=$(free_port)
-  "$work/mix" floor --mode "$2" --listen 127.0.0.1:$PORT --upstream http://127.0.0.1:$1 & PID=$!
-  pids+=("$PID")
-  wait_port $PORT
-}
-
 # start_target NAME UPSTREAM_PORT MODE: PORT of the target; SIDECAR_PID for ghlproxy;
 # EXTRA_PIDS lists what to stop afterwards.
 start_target() {
