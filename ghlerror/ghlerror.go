@@ -42,6 +42,12 @@ func Body(status int, message string) []byte {
 	return b
 }
 
+// Fields returns the members of an error in GHL's shape, for merging into a larger answer
+// (a bulk answer's entry split out for its caller).
+func Fields(status int, message string) map[string]any {
+	return map[string]any{"statusCode": status, "message": message, "error": http.StatusText(status)}
+}
+
 // Write sends a sidecar-made error. Headers the caller already set on w (Retry-After,
 // X-RateLimit-*) are kept.
 func Write(w http.ResponseWriter, status int, cause, message string) {

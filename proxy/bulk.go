@@ -138,9 +138,7 @@ func splitBulkTags(resp *upstream.Response, op string, ids []string) []*upstream
 				status = okStatus
 			} else {
 				status = http.StatusBadRequest
-				var fields map[string]any
-				_ = json.Unmarshal(ghlerror.Body(status, e.Message), &fields)
-				maps.Copy(one, fields)
+				maps.Copy(one, ghlerror.Fields(status, e.Message))
 			}
 			b, _ = json.Marshal(one)
 			break
