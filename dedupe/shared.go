@@ -513,8 +513,8 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
 }
 
 // A Forget notice is "@<origin>" then the tags, a line each. Tags never begin with '@'
-// (they are "<scope key>:<hash>", see proxy.ScopedTag), so a notice without the origin line, from a replica of an
-// older version, still parses: every line is a tag.
+// (they are "<scope key>:<hash>", see proxy.ScopedTag), so a notice without the origin
+// line, from a replica of an older version, still parses: every line is a tag.
 func forgetNotice(origin string, tags []string) string {
 	return "@" + origin + "\n" + strings.Join(tags, "\n")
 }
