@@ -79,6 +79,20 @@ func (w wrkRows) median(t string, col int) float64 {
 
 func (w wrkRows) has(t string) bool { return len(w.runs[t]) > 0 }
 
+// spread is the lowest and highest of a column over t's runs: on a shared machine a ratio
+// of medians means little when the targets' ranges overlap.
+func (w wrkRows) spread(t string, col int) (lo, hi float64) {
+	for i, r := range w.runs[t] {
+		if i == 0 || r[col] < lo {
+			lo = r[col]
+		}
+		if i == 0 || r[col] > hi {
+			hi = r[col]
+		}
+	}
+	return lo, hi
+}
+
 func readWrk(name string) wrkRows {
 	w := wrkRows{runs: map[string][][3]float64{}}
 	f, err := os.Open(name)
@@ -200,14 +214,15 @@ func writeHits(md *strings.Builder, w wrkRows, rawDir, out string, conns int) er
 	fmt.Fprintf(md, "## Cache hits, %d connections\n\n", conns)
 	fmt.Fprintf(md, "Read mix: %s keys (200 contacts × 4 tokens), GET /contacts/{id}, keep-alive, wrk + bench/hits.lua; every cache warmed first. "+
 		"The stand-in (no latency, no limit) is the upstream; its call count over the measured runs shows whether they were hits.\n\n", keys)
-	fmt.Fprintf(md, "| target | req/s | p50 | p99 | upstream calls in the runs | sidecar RSS peak |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(md, "| target | req/s | req/s, lowest–highest run | p50 | p99 | upstream calls in the runs | sidecar RSS peak |\n|---|---|---|---|---|---|---|\n")
 	var dat strings.Builder
 	for _, t := range w.order {
 		rss := ""
 		if h, _ := readRSS(filepath.Join(rawDir, "hits-"+t+".rss")); h > 0 {
 			rss = fmt.Sprintf("%.0f MiB", float64(h)/1024)
 		}
-		fmt.Fprintf(md, "| %s | %.0f | %s | %s | %d | %s |\n", name(t), w.median(t, 0), us(w.median(t, 1)), us(w.median(t, 2)), upstream[t], rss)
+		lo, hi := w.spread(t, 0)
+		fmt.Fprintf(md, "| %s | %.0f | %.0f–%.0f | %s | %s | %d | %s |\n", name(t), w.median(t, 0), lo, hi, us(w.median(t, 1)), us(w.median(t, 2)), upstream[t], rss)
 		fmt.Fprintf(&dat, "%q %.0f\n", shortName(t), w.median(t, 0))
 	}
 	md.WriteString("\n")
