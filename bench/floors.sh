@@ -119,6 +119,7 @@ fi
 
 if want hits; then
   echo "== cache-hit floors, $CONNS connections" >&2
+  export CACHE_TTL=900 # no entry may expire during the runs: they measure hits only
   start_fake 0 1000000000
   fake=$PORT
   "$work/mix" seed --upstream "http://127.0.0.1:$fake" --out "$work/seed-hits"

@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2154 # $work and pids belong to the sourcing script
 # Shared helpers for the bench scripts: tools, free ports, waiting for listeners, starting
-# the stand-in, Redis and sidecars, wrk parsing. Sourced, not run. The start_* helpers need
+# the stand-in, Redis and sidecars, wrk parsing. Sourced, not run.
+# CACHE_TTL (seconds, default 60) is the TTL of every cache the start_* helpers
+# start: nginx's proxy_cache_valid, Varnish's beresp.ttl, the sidecar's in throughput mode. The start_* helpers need
 # the caller's $work (a scratch directory holding the ghlproxy binary) and pids (an array of
 # what to stop on exit); each sets PORT and PID.
 
@@ -106,7 +108,7 @@ start_nginx() { # start_nginx UPSTREAM_PORT CACHE(on|off)
     cache="proxy_cache ghl;
       proxy_cache_key \"\$request_method\$request_uri\$http_authorization\$http_version\";
       proxy_cache_lock on;
-      proxy_cache_valid 200 60s;
+      proxy_cache_valid 200 ${CACHE_TTL:-60}s;
       proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
       add_header X-Cache-Status \$upstream_cache_status;"
   fi
@@ -157,7 +159,7 @@ sub vcl_hash {
 }
 sub vcl_backend_response {
   if (beresp.status == 200) {
-    set beresp.ttl = 60s;
+    set beresp.ttl = ${CACHE_TTL:-60}s;
     set beresp.uncacheable = false;
     unset beresp.http.Set-Cookie;
     return (deliver);
@@ -188,7 +190,7 @@ start_redis() {
 
 # start_sidecar UPSTREAM_PORT STORE MODE: STORE is embedded, redis (a Redis of its own) or a
 # redis:// URL (shared with other replicas); MODE is throughput (a bucket too large to
-# matter, 60 s TTLs) or ghl (the defaults). Also sets OPS (its ops listener's port); logs go
+# matter, TTLs of CACHE_TTL seconds) or ghl (the defaults). Also sets OPS (its ops listener's port); logs go
 # to $work/sidecar-PORT.log.
 start_sidecar() {
   PORT=$(free_port)
@@ -205,8 +207,8 @@ start_sidecar() {
   esac
   if [[ $3 == throughput ]]; then
     # A bucket too large to matter: these runs measure the pipeline, not the limit. The
-    # same 60 s TTL as the peers' proxy_cache_valid and beresp.ttl.
-    args+=(--ratelimit.rate 1000000000 --ratelimit.burst 1000000000 --cache.default_ttl 60s)
+    # same TTL as the peers' proxy_cache_valid and beresp.ttl.
+    args+=(--ratelimit.rate 1000000000 --ratelimit.burst 1000000000 --cache.default_ttl "${CACHE_TTL:-60}s")
   fi
   "$work/ghlproxy" serve --listen "127.0.0.1:$PORT" --ops_listen "127.0.0.1:$OPS" \
     --upstream "http://127.0.0.1:$1" --log.level warn --identity.secret bench-secret \

@@ -249,7 +249,7 @@ func writeHits(md *strings.Builder, w wrkRows, rawDir, out string, conns int) er
 			fmt.Fprintf(md, " Target (≥ the better peer, %s, with p99 ≤ 5 ms): **%s**.", name(bestName), map[bool]string{true: "met", false: "not met"}[met])
 		}
 		if upstream[g] > 0 {
-			fmt.Fprintf(md, " %d calls reached the stand-in during its runs: entries past their 60 s TTL, refreshed in the background while served stale, or missed.", upstream[g])
+			fmt.Fprintf(md, " %d calls reached the stand-in during its runs: entries refreshed in the background while served stale, or missed.", upstream[g])
 		}
 		md.WriteString("\n")
 	}
