@@ -153,7 +153,7 @@ func (c *Cache) renew(payload string) {
 	}
 	until := sent + int64(c.cfg.CoherenceBound-leaseSlack)
 	cur := c.leaseUntil.Load()
-	if cur <= c.nowNano() {
+	if cur <= c.now().UnixNano() {
 		// The lease lapsed: messages may have been lost without a resubscription being seen.
 		c.local.clear()
 	}

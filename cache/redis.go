@@ -157,7 +157,7 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 // orphan hands the entry ek, which expires at end, to orphanLoop for deletion.
 func (c *Cache) orphan(ek string, end time.Time) {
 	c.orphans.Add(end, ek)
-	c.wakeOrphanLoop()
+	pending.Wake(c.orphanWake)
 }
 
 // maxEntryLife bounds how long an entry can live in Redis (TTL plus stale windows): past it
@@ -167,34 +167,18 @@ const maxEntryLife = time.Hour
 // retryDrop hands ids whose invalidation failed to orphanLoop.
 func (c *Cache) retryDrop(idl []string) {
 	c.undropped.Add(c.now().Add(maxEntryLife), idl...)
-	c.wakeOrphanLoop()
-}
-
-func (c *Cache) wakeOrphanLoop() {
-	select {
-	case c.orphanWake <- struct{}{}:
-	default:
-	}
+	pending.Wake(c.orphanWake)
 }
 
 // orphanLoop deletes orphaned entries and re-runs unconfirmed invalidations: at once when
 // one is handed over, then every CoherenceBound while Redis keeps failing, until each is
-// done or past its time. With nothing pending it only waits.
+// done or past its time.
 func (c *Cache) orphanLoop(ctx context.Context) {
 	defer c.done.Done()
-	var retry <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.orphanWake:
-		case <-retry:
-		}
-		retry = nil
-		if pending := c.redoDrops(ctx); c.deleteOrphans(ctx) || pending {
-			retry = time.After(c.cfg.CoherenceBound)
-		}
-	}
+	pending.Loop(ctx.Done(), c.orphanWake, c.cfg.CoherenceBound, func() bool {
+		drops := c.redoDrops(ctx)
+		return c.deleteOrphans(ctx) || drops
+	})
 }
 
 // deleteOrphans tries once to delete every orphan; it reports whether any is left.

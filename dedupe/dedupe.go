@@ -425,29 +425,14 @@ func (f *Fold) Forget(ctx context.Context, tags []string) error {
 // nothing left to forget.
 func (f *Fold) retryForget(tags []string) {
 	f.unforgot.Add(time.Now().Add(f.cfg.CallTimeout+f.cfg.Window), tags...)
-	select {
-	case f.forgetWake <- struct{}{}:
-	default:
-	}
+	pending.Wake(f.forgetWake)
 }
 
 // forgetLoop re-runs unconfirmed Forgets: at once when one is handed over, then every
-// LeaseTTL/3 while Redis keeps failing. With nothing pending it only waits.
+// LeaseTTL/3 while Redis keeps failing.
 func (f *Fold) forgetLoop() {
 	defer f.bg.Done()
-	var retry <-chan time.Time
-	for {
-		select {
-		case <-f.closing:
-			return
-		case <-f.forgetWake:
-		case <-retry:
-		}
-		retry = nil
-		if f.redoForgets() {
-			retry = time.After(f.cfg.LeaseTTL / 3)
-		}
-	}
+	pending.Loop(f.closing, f.forgetWake, f.cfg.LeaseTTL/3, f.redoForgets)
 }
 
 // redoForgets retries the pending Forgets, all in one; it reports whether any is left.

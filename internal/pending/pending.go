@@ -104,3 +104,31 @@ func (s *Set) sized() {
 		s.gauge.Set(float64(len(s.until)))
 	}
 }
+
+// Loop runs retry when woken through wake, then again every `every` for as long as retry
+// reports work left, until stop is closed. With nothing left it only waits: an idle
+// sidecar does not wake up to find nothing to do.
+func Loop(stop, wake <-chan struct{}, every time.Duration, retry func() (left bool)) {
+	var again <-chan time.Time
+	for {
+		select {
+		case <-stop:
+			return
+		case <-wake:
+		case <-again:
+		}
+		again = nil
+		if retry() {
+			again = time.After(every)
+		}
+	}
+}
+
+// Wake asks the Loop listening on wake (a channel of capacity 1) to run, without blocking:
+// a wake already pending covers this one.
+func Wake(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+}

@@ -40,3 +40,32 @@ func TestSet(t *testing.T) {
 		t.Fatalf("gauge = %v (%v), want 1", m.GetGauge().GetValue(), err)
 	}
 }
+
+// Loop runs on a wake, runs again by itself while work is left, stops retrying once none
+// is, and returns when stopped; Wake never blocks, however many wakes are pending.
+func TestLoop(t *testing.T) {
+	stop, wake := make(chan struct{}), make(chan struct{}, 1)
+	runs := make(chan int, 10)
+	n := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Loop(stop, wake, time.Millisecond, func() bool {
+			n++
+			runs <- n
+			return n < 3 // work left after the first two runs
+		})
+	}()
+	Wake(wake)
+	Wake(wake) // a wake already pending covers this one
+	for want := 1; want <= 3; want++ {
+		if got := <-runs; got != want {
+			t.Fatalf("run %d, want %d", got, want)
+		}
+	}
+	close(stop)
+	<-done
+	if len(runs) > 1 { // at most the second Wake's run, if it came after the first
+		t.Fatalf("%d more runs after the work was done", len(runs))
+	}
+}
