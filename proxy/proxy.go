@@ -132,6 +132,9 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Transport == nil {
 		cfg.Transport = upstream.NewTransport(upstream.TransportConfig{})
 	}
+	// Whatever transport is configured, it never sends a write twice by itself (Go's
+	// transport would, for some headers and HTTP/2 errors): see upstream.AtMostOnce.
+	cfg.Transport = upstream.AtMostOnce(cfg.Transport)
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
