@@ -43,6 +43,13 @@
 // entity, which it waits for before it sends; a bulk call waits for those of all its
 // entities). A bulk call of k writes gets k answers from Bulk.Send, one per caller.
 //
+// Refusals. A merged or bulk call that GHL refuses with a 4xx (not 401, 403 or 429, which
+// are the credential's or the budget's) may have been refused for one write's sake — an
+// email another contact has, an id GHL does not know. Its writes then go upstream one by
+// one, in arrival order, each behind a token of its own, and each caller gets its own
+// answer: nobody gets the combined call's refusal. Of a merged call that succeeded, every
+// caller but the last is told it was superseded (Info.Superseded).
+//
 // Failures. A write is either sent exactly once, or its caller gets an error before it was
 // sent (a write carried by another write's merged or bulk call is marked as sent through its
 // Sending hook first, and left out unsent if that fails): a caller whose ctx ends while its
@@ -121,10 +128,19 @@ type Bulk struct {
 	// ID is the write's entity in the bulk call (e.g. the contact id).
 	ID string
 	// Send makes one bulk call for ids (distinct, in arrival order) and returns one answer
-	// per id, in the same order, each in the shape of the single call's answer; an error
+	// per id, in the same order, each in the shape of the single call's answer; a
+	// *BulkRefused when GHL answered the call as a whole with an error; any other error
 	// answers every write of the call. Called instead of Write.Send, as Send is, when the
 	// call carries two writes or more; a lone write goes out with its own Send.
 	Send func(ctx context.Context, ids []string) ([]*upstream.Response, error)
+}
+
+// BulkRefused is what Bulk.Send returns when GHL answered the bulk call as a whole with a
+// non-2xx status, so there is no answer per write to split out.
+type BulkRefused struct{ Resp *upstream.Response }
+
+func (e *BulkRefused) Error() string {
+	return "batcher: GHL refused the bulk call with status " + strconv.Itoa(e.Resp.Status)
 }
 
 // Info describes the group a write went out in, for X-Ghlproxy-Batch.
@@ -137,6 +153,11 @@ type Info struct {
 	// Bulk is how many writes (one per entity) the caller's bulk call carried; 0 when the
 	// write did not go out in a bulk call. Each caller got its own entity's answer.
 	Bulk int
+	// Superseded says a later write of the caller's entity rode in the same merged call:
+	// the later one is the entity's latest, so the caller's answer should not be replayed
+	// to a retry of this write (the retry is a new intent) and its invalidation is the
+	// later one's.
+	Superseded bool
 	// Waited is how long the group waited for its rate-limit grant (X-Ghlproxy-Queue-Ms).
 	Waited time.Duration
 }
@@ -737,36 +758,16 @@ func (b *Batcher) send(info Info, c *call) {
 	ws = b.marked(ws)
 	first := ws[0]
 	ctx := context.WithoutCancel(first.ctx)
-	answers := make([]result, len(ws))
+	var answers []result
 	switch {
 	case len(ws) > 1 && first.fields == nil: // a bulk call: merging writes have fields
-		ids := make([]string, len(ws))
-		for i, p := range ws {
-			ids[i] = p.w.Bulk.ID
-		}
-		b.m.UpstreamSaved.WithLabelValues(metrics.SavedBulk).Add(float64(len(ws) - 1))
-		resps, err := first.w.Bulk.Send(ctx, ids)
-		if err == nil && len(resps) != len(ws) {
-			err = fmt.Errorf("batcher: the bulk call answered %d answers for %d writes; they may have been applied", len(resps), len(ws))
-		}
-		info.Merged, info.Bulk = 1, len(ws)
-		for i := range answers {
-			answers[i] = result{info: info, err: err}
-			if err == nil {
-				answers[i].resp = resps[i]
-			}
-		}
+		answers = b.sendBulk(ctx, info, ws)
+	case len(ws) > 1:
+		answers = b.sendMerged(ctx, info, ws)
 	default:
-		body := first.w.Body
-		if len(ws) > 1 {
-			body = merge(ws)
-			b.m.UpstreamSaved.WithLabelValues(metrics.SavedMerge).Add(float64(len(ws) - 1))
-		}
-		resp, err := first.w.Send(ctx, body)
-		info.Merged = len(ws)
-		for i := range answers {
-			answers[i] = result{resp: resp, info: info, err: err}
-		}
+		resp, err := first.w.Send(ctx, first.w.Body)
+		info.Merged = 1
+		answers = []result{{resp: resp, info: info, err: err}}
 	}
 	for i, p := range ws {
 		p.done <- answers[i]
@@ -779,6 +780,101 @@ func (b *Batcher) send(info Info, c *call) {
 	}
 	b.mu.Unlock()
 	close(c.done)
+}
+
+// sendBulk makes the bulk call of ws, one answer per write. When GHL refuses the call as a
+// whole with a 4xx, the refusal may be any one write's doing (a contact id it does not
+// know): each write then goes alone, and each caller gets its own answer.
+func (b *Batcher) sendBulk(ctx context.Context, info Info, ws []*pending) []result {
+	ids := make([]string, len(ws))
+	for i, p := range ws {
+		ids[i] = p.w.Bulk.ID
+	}
+	resps, err := ws[0].w.Bulk.Send(ctx, ids)
+	var refused *BulkRefused
+	if errors.As(err, &refused) && splittable(refused.Resp) {
+		return b.alone(info, ws)
+	}
+	if err == nil && len(resps) != len(ws) {
+		err = fmt.Errorf("batcher: the bulk call answered %d answers for %d writes; they may have been applied", len(resps), len(ws))
+	}
+	b.m.UpstreamSaved.WithLabelValues(metrics.SavedBulk).Add(float64(len(ws) - 1))
+	info.Merged, info.Bulk = 1, len(ws)
+	answers := make([]result, len(ws))
+	for i := range answers {
+		switch {
+		case refused != nil:
+			answers[i] = result{resp: refused.Resp, info: info} // 401, 403, 429, 5xx: everyone's
+		case err != nil:
+			answers[i] = result{info: info, err: err}
+		default:
+			answers[i] = result{resp: resps[i], info: info}
+		}
+	}
+	return answers
+}
+
+// sendMerged makes the merged call of ws. Its success is every caller's, and every caller
+// but the last is told it was superseded. A 4xx may be any one write's doing (an email
+// another contact has): each write then goes alone, in order, and each caller gets its own
+// answer — nobody gets the merged call's refusal.
+func (b *Batcher) sendMerged(ctx context.Context, info Info, ws []*pending) []result {
+	resp, err := ws[0].w.Send(ctx, merge(ws))
+	if err == nil && splittable(resp) {
+		return b.alone(info, ws)
+	}
+	b.m.UpstreamSaved.WithLabelValues(metrics.SavedMerge).Add(float64(len(ws) - 1))
+	info.Merged = len(ws)
+	answers := make([]result, len(ws))
+	for i := range answers {
+		in := info
+		in.Superseded = i < len(ws)-1
+		answers[i] = result{resp: resp, info: in, err: err}
+	}
+	return answers
+}
+
+// splittable says a combined call's answer is a refusal that may be one write's doing:
+// a 4xx other than 401 and 403 (the credential's, shared by every write of the call) and
+// 429 (nothing was done; more calls would not help).
+func splittable(resp *upstream.Response) bool {
+	switch s := resp.Status; {
+	case s < 400 || s > 499:
+		return false
+	case s == 401, s == 403, s == 429:
+		return false
+	}
+	return true
+}
+
+// alone sends each write of a refused combined call by itself, in arrival order (they may
+// share an entity), each behind a token of its own: the combined call spent one, and these
+// are new calls. A write whose token cannot be had within MaxWait gets the limiter's error
+// and is not sent.
+func (b *Batcher) alone(info Info, ws []*pending) []result {
+	answers := make([]result, len(ws))
+	info.Merged, info.Bulk = 1, 0
+	for i, p := range ws {
+		ctx := context.WithoutCancel(p.ctx)
+		if b.lim != nil {
+			wctx, cancel := ctx, context.CancelFunc(func() {})
+			if b.cfg.MaxWait > 0 {
+				wctx, cancel = context.WithTimeout(ctx, b.cfg.MaxWait)
+			}
+			_, err := b.lim.Wait(wctx, p.w.Scope, 1, ratelimit.Batch)
+			cancel()
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = &ratelimit.RejectedError{RetryAfter: expiredRetry} // the bound set here
+			}
+			if err != nil {
+				answers[i] = result{err: err}
+				continue
+			}
+		}
+		resp, err := p.w.Send(ctx, p.w.Body)
+		answers[i] = result{resp: resp, info: info, err: err}
+	}
+	return answers
 }
 
 // marked calls Sending of the writes ws[0]'s Send carries besides its own, answers those

@@ -32,10 +32,10 @@ func BenchmarkDoReplayLocal(b *testing.B) {
 	resp := &upstream.Response{Status: 200, Body: []byte(`{"contact":{"id":"c-1"}}`)}
 	fetch := func(context.Context) (*upstream.Response, error) { return resp, nil }
 	ctx := context.Background()
-	f.Do(ctx, "fp-0123456789abcdef", Options{}, fetch)
+	f.Do(ctx, "fp-0123456789abcdef", Options{Key: &testKey}, fetch)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, out, _ := f.Do(ctx, "fp-0123456789abcdef", Options{}, fetch); out != Replay {
+		if _, out, _ := f.Do(ctx, "fp-0123456789abcdef", Options{Key: &testKey}, fetch); out != Replay {
 			b.Fatal(out)
 		}
 	}
@@ -58,7 +58,7 @@ func BenchmarkDoLeaderLocal(b *testing.B) {
 	for b.Loop() {
 		i++
 		// Every key's answer is dropped before the key comes round again (negative window).
-		if _, out, _ := f.Do(ctx, keys[i%len(keys)], Options{Window: -1}, fetch); out != Leader {
+		if _, out, _ := f.Do(ctx, keys[i%len(keys)], Options{Key: &testKey, Window: -1}, fetch); out != Leader {
 			b.Fatal(out)
 		}
 	}

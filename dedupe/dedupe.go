@@ -58,17 +58,23 @@ type Options struct {
 	// Write marks calls that change state upstream: a waiter never takes over a write
 	// unless the leader provably never sent it.
 	Write bool
-	// Tags are the invalidation tags of a read's answer (scope-prefixed), so a write can
-	// drop replays it made wrong.
+	// Tags are the invalidation tags of the call (scope-prefixed): a read's, or a write's
+	// entity tags. A Forget of one of them drops the replay of the call's answer, on every
+	// replica: a write made a read's answer wrong, and a later write to the same entity
+	// makes an earlier write's retry a new intent (dnd on, off, on: the third is sent). A
+	// call in flight when the Forget comes is not replayed either — a read that may have
+	// read before the write, or a write already sent, whose order against the other is
+	// unknown — except the call the Forget comes from (Forget's except).
 	Tags []string
 	// SentByFetch says that fetch calls MarkSent itself right before the request leaves
 	// for upstream (after queueing for the rate limiter or a batch). When false, a write
 	// counts as sent from the moment fetch starts: safe, but a leader that dies while
 	// still queued then fails its waiters instead of letting one of them take over.
 	SentByFetch bool
-	// Key, when set, seals what this call leaves in Redis (identity.Credential.EncKey): the
-	// fold key already includes the credential's hash, so every caller that can fold with
-	// this call holds the same key, and a reader of Redis sees no GHL data.
+	// Key seals what this call leaves in Redis (identity.Credential.EncKey): the fold key
+	// already includes the credential's hash, so every caller that can fold with this call
+	// holds the same key, and a reader of Redis sees no GHL data. Required with Redis: a
+	// call without a Key folds within this replica only and leaves nothing in Redis.
 	Key *[32]byte
 }
 
@@ -159,6 +165,10 @@ type Fold struct {
 	// anyway; retried by forgetLoop. Calls carrying one bypass Redis meanwhile.
 	unforgot   *pending.Set
 	forgetWake chan struct{}
+	// The excepts of those Forgets by tag, each with the number of failed Forgets that
+	// named it (guarded by mu), so that a retry spares exactly the writes the first attempt
+	// spared.
+	unforgotExcept map[string]map[string]int
 
 	// Names this Fold in its Forget notices, so it skips its own: it forgot locally
 	// before and after the tombstones went in, and an echo arriving later would only spoil
@@ -189,9 +199,10 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		closing: make(chan struct{}),
 		killed:  make(chan struct{}),
 
-		unforgot:   pending.New(nil),
-		forgetWake: make(chan struct{}, 1),
-		origin:     newToken(),
+		unforgot:       pending.New(nil),
+		forgetWake:     make(chan struct{}, 1),
+		unforgotExcept: make(map[string]map[string]int),
+		origin:         newToken(),
 	}
 	if m != nil {
 		f.saved = m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe)
@@ -217,6 +228,10 @@ type call struct {
 	// Guarded by Fold.mu: a Forget of one of the call's tags arrived while it ran, so its
 	// answer may predate the write and must not be replayed.
 	forgotten bool
+	// Guarded by Fold.mu: the callers on this replica still waiting for the call, and the
+	// mark of the current attempt at it (see sentMark.abandon).
+	waiters int
+	sent    *sentMark
 
 	done    chan struct{}
 	resp    *upstream.Response
@@ -259,11 +274,13 @@ func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context
 		f.bg.Add(1)
 		go f.run(context.WithoutCancel(ctx), c)
 	}
+	c.waiters++
 	f.mu.Unlock()
 
 	select {
 	case <-c.done:
 	case <-ctx.Done():
+		f.leave(c)
 		return nil, Shared, ctx.Err()
 	}
 	out := c.outcome
@@ -276,28 +293,63 @@ func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context
 	return c.resp, out, c.err
 }
 
+// leave is a caller of c giving up. When it was the last one on this replica and nothing
+// has been sent yet, the call is abandoned: its fetch stops (a read queued for a token
+// spends none, a queued write leaves the batcher unsent), and later callers start a new
+// call. With Redis, waiters on other replicas then take the call over.
+func (f *Fold) leave(c *call) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c.waiters--
+	if c.waiters > 0 || c.sent == nil || !c.sent.abandon() {
+		return
+	}
+	if f.calls[c.key] == c {
+		delete(f.calls, c.key)
+	}
+}
+
 func (f *Fold) run(ctx context.Context, c *call) {
 	defer f.bg.Done()
 	if f.rdb == nil {
-		sent := &sentMark{}
+		sent := f.newMark(c)
 		resp, err := f.fetch(ctx, c, sent)
-		k := f.keep(c, resp, err, sent.sent())
+		k := f.keep(c, resp, err, sent)
 		f.finish(c, resp, err, Leader, k, f.now().Add(f.window(c.opt)))
 		return
 	}
-	if f.unforgot.Any(c.opt.Tags) {
-		// A write on this replica could not invalidate these tags in Redis yet: what
-		// Redis holds for them may predate it.
+	if c.opt.Key == nil || f.unforgot.Any(c.opt.Tags) {
+		// Nothing unsealed goes into Redis. And a write on this replica could not
+		// invalidate these tags in Redis yet: what Redis holds for them may predate it.
 		f.leadLocal(ctx, c)
 		return
 	}
 	f.coordinate(ctx, c)
 }
 
+// newMark starts the mark of an attempt at c. A call all of whose callers left before it
+// got here is abandoned at once.
+func (f *Fold) newMark(c *call) *sentMark {
+	s := &sentMark{}
+	f.mu.Lock()
+	c.sent = s
+	if c.waiters == 0 {
+		s.abandon()
+	}
+	f.mu.Unlock()
+	return s
+}
+
 // fetch runs the caller's fetch on the detached context with the MarkSent hook attached.
 func (f *Fold) fetch(ctx context.Context, c *call, sent *sentMark) (resp *upstream.Response, err error) {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.CallTimeout)
 	defer cancel()
+	f.mu.Lock()
+	sent.cancel = cancel // read by abandon, under f.mu
+	f.mu.Unlock()
+	if sent.abandoned() {
+		return nil, errAbandoned
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			resp, err = nil, fmt.Errorf("dedupe: fetch panicked: %v", p)
@@ -325,17 +377,19 @@ const (
 )
 
 // keep decides what a finished call leaves for replay; see ReplayWriteServerErrors.
-func (f *Fold) keep(c *call, resp *upstream.Response, err error, sent bool) keep {
+func (f *Fold) keep(c *call, resp *upstream.Response, err error, sent *sentMark) keep {
 	if f.window(c.opt) <= 0 {
 		return keepNothing
 	}
 	if err != nil {
-		if c.opt.Write && sent {
+		if c.opt.Write && sent.sent() {
 			return keepUnconfirmed
 		}
 		return keepNothing
 	}
 	switch {
+	case sent.noReplay.Load():
+		return keepNothing
 	case resp.Status == 401 || resp.Status == 403 || resp.Status == 429:
 		return keepNothing // the caller may fix its token or wait; a retry must reach upstream
 	case len(resp.Header["Set-Cookie"]) > 0:
@@ -377,13 +431,19 @@ func (f *Fold) finish(c *call, resp *upstream.Response, err error, out Outcome, 
 }
 
 // forgetLocal drops in-process replays carrying any of tags and marks calls in flight with
-// them, so an answer fetched before the write is shared but not replayed.
-func (f *Fold) forgetLocal(tags []string) {
+// them, so an answer fetched before the write is shared but not replayed: every read, and
+// every write already sent — but not the call of key except, whose own write this is. A
+// write still queued goes upstream after the write that forgets, so its answer stays
+// replayable.
+func (f *Fold) forgetLocal(tags []string, except string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.replay.forget(tags)
-	for _, c := range f.calls {
-		if !c.forgotten && intersects(c.opt.Tags, tags) {
+	for key, c := range f.calls {
+		if c.forgotten || key == except || !intersects(c.opt.Tags, tags) {
+			continue
+		}
+		if !c.opt.Write || (c.sent != nil && c.sent.state.Load() >= markSending) {
 			c.forgotten = true
 		}
 	}
@@ -400,22 +460,24 @@ func intersects(a, b []string) bool {
 	return false
 }
 
-// Forget drops the replay entries of reads carrying any of tags, on every replica: a write
-// made them wrong. Other replicas drop their in-process copies when the pub/sub message
-// arrives (milliseconds). An error means Redis did not confirm it: it is retried in the
-// background until Redis does, and this replica folds calls carrying those tags within
-// itself meanwhile.
-func (f *Fold) Forget(ctx context.Context, tags []string) error {
+// Forget drops the replays of calls carrying any of tags, on every replica: a write made
+// them wrong (see Options.Tags). except is the fold key of the write that forgets, when it
+// runs under Do itself: its own answer, stored once its fetch returns, stays replayable.
+// Other replicas drop their in-process copies when the pub/sub message arrives
+// (milliseconds). An error means Redis did not confirm it: it is retried in the background
+// until Redis does, and this replica folds calls carrying those tags within itself
+// meanwhile.
+func (f *Fold) Forget(ctx context.Context, tags []string, except string) error {
 	if len(tags) == 0 {
 		return nil
 	}
-	f.forgetLocal(tags)
+	f.forgetLocal(tags, except)
 	if f.rdb == nil {
 		return nil
 	}
-	err := f.forgetShared(ctx, tags)
+	err := f.forgetShared(ctx, tags, except)
 	if err != nil {
-		f.retryForget(tags)
+		f.retryForget(tags, except)
 	}
 	return err
 }
@@ -423,7 +485,17 @@ func (f *Fold) Forget(ctx context.Context, tags []string) error {
 // retryForget hands tags whose Forget failed to forgetLoop. A replay stored before the
 // write lives at most CallTimeout (a fetch in flight) plus the window: past that there is
 // nothing left to forget.
-func (f *Fold) retryForget(tags []string) {
+func (f *Fold) retryForget(tags []string, except string) {
+	f.mu.Lock()
+	for _, t := range tags {
+		ex := f.unforgotExcept[t]
+		if ex == nil {
+			ex = make(map[string]int)
+			f.unforgotExcept[t] = ex
+		}
+		ex[except]++
+	}
+	f.mu.Unlock()
 	f.unforgot.Add(time.Now().Add(f.cfg.CallTimeout+f.cfg.Window), tags...)
 	pending.Wake(f.forgetWake)
 }
@@ -435,18 +507,55 @@ func (f *Fold) forgetLoop() {
 	pending.Loop(f.closing, f.forgetWake, f.cfg.LeaseTTL/3, f.redoForgets)
 }
 
-// redoForgets retries the pending Forgets, all in one; it reports whether any is left.
+// redoForgets retries the pending Forgets, one call per except they had; it reports
+// whether any is left.
 func (f *Fold) redoForgets() bool {
 	items := f.unforgot.Due(time.Now())
+	due := make(map[string]bool, len(items))
+	for _, it := range items {
+		due[it.Key] = true
+	}
+	type pair struct{ tag, except string }
+	byExcept := map[string][]string{}
+	counts := map[pair]int{}
+	f.mu.Lock()
+	for t, ex := range f.unforgotExcept {
+		if !due[t] {
+			delete(f.unforgotExcept, t) // given up: its replays are gone anyway
+			continue
+		}
+		for e, n := range ex {
+			byExcept[e] = append(byExcept[e], t)
+			counts[pair{t, e}] = n
+		}
+	}
+	f.mu.Unlock()
 	if len(items) == 0 {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.LeaseTTL)
 	defer cancel()
-	if err := f.forgetShared(ctx, pending.Keys(items)); err != nil {
-		f.log.Debug("retrying a fold invalidation Redis did not confirm", "tags", len(items), "err", err)
-		return true
+	for except, tags := range byExcept {
+		if err := f.forgetShared(ctx, tags, except); err != nil {
+			f.log.Debug("retrying a fold invalidation Redis did not confirm", "tags", len(tags), "err", err)
+			return true
+		}
 	}
+	// Confirmed. A Forget of the same tag that failed meanwhile was added again: Done
+	// keeps its tag and the count keeps its except, so the next round redoes it
+	// (forgetting twice is harmless).
+	f.mu.Lock()
+	for p, n := range counts {
+		if ex := f.unforgotExcept[p.tag]; ex != nil {
+			if ex[p.except] -= n; ex[p.except] <= 0 {
+				delete(ex, p.except)
+			}
+			if len(ex) == 0 {
+				delete(f.unforgotExcept, p.tag)
+			}
+		}
+	}
+	f.mu.Unlock()
 	f.unforgot.Done(items...)
 	return f.unforgot.Len() > 0
 }

@@ -73,6 +73,9 @@ func (g *ghl) create(ctx context.Context) (*upstream.Response, error) {
 	return &upstream.Response{Status: res.StatusCode, Header: res.Header, Body: body, Date: time.Now()}, nil
 }
 
+// testKey seals what the tests' calls leave in Redis (a credential's EncKey in production).
+var testKey = [32]byte{1, 2, 3}
+
 func testConfig() Config {
 	return Config{Window: 30 * time.Second, WaitBound: 10 * time.Second, CallTimeout: 10 * time.Second, LeaseTTL: time.Second}
 }
@@ -159,7 +162,7 @@ func TestConcurrentIdenticalWritesAcrossReplicasSendOnce(t *testing.T) {
 	}
 	const n = 200
 	const key = "post-contacts-fp"
-	o := Options{Write: true, SentByFetch: true}
+	o := Options{Key: &testKey, Write: true, SentByFetch: true}
 	var wg sync.WaitGroup
 	results := make([]result, n)
 	for i := range n {
@@ -223,7 +226,7 @@ func TestReplayWithinWindowThenUpstreamAgain(t *testing.T) {
 	a, _ := newFold(t, cfg, rdb)
 	b, _ := newFold(t, cfg, rdb)
 	const key = "k-window"
-	o := Options{Write: true, SentByFetch: true, Window: 300 * time.Millisecond}
+	o := Options{Key: &testKey, Write: true, SentByFetch: true, Window: 300 * time.Millisecond}
 
 	_, out, err := a.Do(context.Background(), key, o, g.create)
 	if err != nil || out != Leader {
@@ -266,22 +269,22 @@ func TestEmbeddedSharedReplayAndWindow(t *testing.T) {
 		<-hold
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, `{"n":%d}`, n)}, nil
 	}
-	first := goDo(context.Background(), f, "k", Options{}, fetch)
+	first := goDo(context.Background(), f, "k", Options{Key: &testKey}, fetch)
 	waitFor(t, "the leader to start", func() bool { return calls.Load() == 1 })
-	second := goDo(context.Background(), f, "k", Options{}, fetch)
-	other := goDo(context.Background(), f, "other-key", Options{}, fetch) // a different fingerprint never folds
+	second := goDo(context.Background(), f, "k", Options{Key: &testKey}, fetch)
+	other := goDo(context.Background(), f, "other-key", Options{Key: &testKey}, fetch) // a different fingerprint never folds
 	waitFor(t, "the other key's call", func() bool { return calls.Load() == 2 })
 	close(hold)
 	r1, r2, r3 := <-first, <-second, <-other
 	if r1.out != Leader || r2.out != Shared || r3.out != Leader || r1.resp != r2.resp || r3.resp == r1.resp {
 		t.Fatalf("outcomes %v %v %v", r1.out, r2.out, r3.out)
 	}
-	r, out, _ := f.Do(context.Background(), "k", Options{}, fetch)
+	r, out, _ := f.Do(context.Background(), "k", Options{Key: &testKey}, fetch)
 	if out != Replay || r != r1.resp {
 		t.Fatalf("replay: %v", out)
 	}
 	clk.Advance(30 * time.Second)
-	if _, out, _ := f.Do(context.Background(), "k", Options{}, fetch); out != Leader || calls.Load() != 3 {
+	if _, out, _ := f.Do(context.Background(), "k", Options{Key: &testKey}, fetch); out != Leader || calls.Load() != 3 {
 		t.Fatalf("after window: %v, %d calls", out, calls.Load())
 	}
 	if got := saved(m); got != 2 {
@@ -304,12 +307,12 @@ func TestCallerHangingUpDoesNotCancelTheCall(t *testing.T) {
 		return &upstream.Response{Status: 200, Body: []byte("ok")}, nil
 	}
 	leaderCtx, hangUp := context.WithCancel(context.Background())
-	leader := goDo(leaderCtx, a, "k", Options{}, fetch)
+	leader := goDo(leaderCtx, a, "k", Options{Key: &testKey}, fetch)
 	<-started
-	local := goDo(context.Background(), a, "k", Options{}, fetch)
-	remote := goDo(context.Background(), b, "k", Options{}, fetch)
+	local := goDo(context.Background(), a, "k", Options{Key: &testKey}, fetch)
+	remote := goDo(context.Background(), b, "k", Options{Key: &testKey}, fetch)
 	impatientCtx, giveUp := context.WithCancel(context.Background())
-	impatient := goDo(impatientCtx, b, "k", Options{}, fetch)
+	impatient := goDo(impatientCtx, b, "k", Options{Key: &testKey}, fetch)
 	waitFor(t, "the other replica to wait", func() bool { return inFlight(b, "k") })
 
 	hangUp()
@@ -342,11 +345,11 @@ func TestWaiterTimesOutOnItsOwn(t *testing.T) {
 		<-hold
 		return &upstream.Response{Status: 200}, nil
 	}
-	leader := goDo(context.Background(), f, "k", Options{}, fetch)
+	leader := goDo(context.Background(), f, "k", Options{Key: &testKey}, fetch)
 	<-started
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	if _, _, err := f.Do(ctx, "k", Options{}, fetch); !errors.Is(err, context.DeadlineExceeded) {
+	if _, _, err := f.Do(ctx, "k", Options{Key: &testKey}, fetch); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("waiter: %v", err)
 	}
 	select {
@@ -375,7 +378,7 @@ func TestLeaderLost(t *testing.T) {
 			cfg.LeaseTTL = 300 * time.Millisecond
 			dead, _ := newFold(t, cfg, rdb)
 			alive, _ := newFold(t, cfg, rdb)
-			o := Options{Write: tc.write, SentByFetch: true}
+			o := Options{Key: &testKey, Write: tc.write, SentByFetch: true}
 			const key = "k-lost"
 
 			queued := make(chan struct{}) // the dead leader's fetch, before MarkSent
@@ -471,7 +474,7 @@ func TestNeverReplayed(t *testing.T) {
 					calls.Add(1)
 					return tc.resp, tc.err
 				}
-				o := Options{Write: tc.write}
+				o := Options{Key: &testKey, Write: tc.write}
 				a.Do(context.Background(), "k", o, fetch)
 				_, out, _ := a.Do(context.Background(), "k", o, fetch)
 				if got := out == Replay; got != tc.replay {
@@ -504,7 +507,7 @@ func TestSentWriteWithoutAnswerIsNotSentAgain(t *testing.T) {
 				sends.Add(1)
 				return nil, errors.New("read tcp: i/o timeout")
 			}
-			o := Options{Write: true, SentByFetch: true}
+			o := Options{Key: &testKey, Write: true, SentByFetch: true}
 			if _, _, err := f.Do(context.Background(), "k", o, fetch); err == nil || err.Error() != "read tcp: i/o timeout" {
 				t.Fatalf("first: %v", err)
 			}
@@ -528,7 +531,7 @@ func TestForgetDropsReplaysOnEveryReplica(t *testing.T) {
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "%d", calls.Add(1))}, nil
 	}
-	read := Options{Tags: []string{"scope:contact:1"}}
+	read := Options{Key: &testKey, Tags: []string{"scope:contact:1"}}
 	if _, out, _ := folds[0].Do(context.Background(), "get-contact-1", read, fetch); out != Leader {
 		t.Fatalf("first read: %v", out)
 	}
@@ -540,7 +543,7 @@ func TestForgetDropsReplaysOnEveryReplica(t *testing.T) {
 			t.Fatal("no in-process copy after a replay from redis")
 		}
 	}
-	if err := folds[2].Forget(context.Background(), []string{"scope:contact:1"}); err != nil {
+	if err := folds[2].Forget(context.Background(), []string{"scope:contact:1"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range folds {
@@ -568,12 +571,12 @@ func TestForgetWhileReadInFlightIsNotReplayed(t *testing.T) {
 		}
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", n)}, nil
 	}
-	read := Options{Tags: []string{"t1"}}
+	read := Options{Key: &testKey, Tags: []string{"t1"}}
 	first := goDo(context.Background(), a, "k", read, fetch)
 	<-started
 	waiter := goDo(context.Background(), b, "k", read, fetch)
 	waitFor(t, "the waiter", func() bool { return inFlight(b, "k") })
-	if err := b.Forget(context.Background(), []string{"t1"}); err != nil {
+	if err := b.Forget(context.Background(), []string{"t1"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	close(hold)
@@ -614,12 +617,12 @@ func TestForgetOverSharedRecordWhileReadInFlight(t *testing.T) {
 		}
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", n)}, nil
 	}
-	read := Options{Tags: []string{"t1"}}
+	read := Options{Key: &testKey, Tags: []string{"t1"}}
 	ctx := context.Background()
 	// 1: a read in flight across a write: its answer is stored for its waiters only ('N').
 	first := goDo(ctx, a, "k", read, fetch)
 	<-starts[0]
-	if err := a.Forget(ctx, []string{"t1"}); err != nil {
+	if err := a.Forget(ctx, []string{"t1"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	close(holds[0])
@@ -628,7 +631,7 @@ func TestForgetOverSharedRecordWhileReadInFlight(t *testing.T) {
 	// while it is in flight.
 	second := goDo(ctx, a, "k", read, fetch)
 	<-starts[1]
-	if err := a.Forget(ctx, []string{"t1"}); err != nil {
+	if err := a.Forget(ctx, []string{"t1"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	close(holds[1])
@@ -666,15 +669,15 @@ func TestOwnForgetNoticeDoesNotSpoilLaterRead(t *testing.T) {
 		return &upstream.Response{Status: 200, Body: []byte("fresh")}, nil
 	}
 	ctx := context.Background()
-	read := Options{Tags: []string{"t1"}}
-	if err := a.Forget(ctx, []string{"t1"}); err != nil {
+	read := Options{Key: &testKey, Tags: []string{"t1"}}
+	if err := a.Forget(ctx, []string{"t1"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	first := goDo(ctx, a, "k", read, fetch)
 	<-started
 	// Pub/sub keeps one publisher's order per subscriber, and b publishes after a did:
 	// once a has heard b's notice, it has handled its own echo too — while the read ran.
-	if err := b.Forget(ctx, []string{"unrelated"}); err != nil {
+	if err := b.Forget(ctx, []string{"unrelated"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "a to hear b's notice", func() bool { return a.forgets.Load() > 0 })
@@ -695,17 +698,19 @@ func TestOwnForgetNoticeDoesNotSpoilLaterRead(t *testing.T) {
 
 func TestForgetNoticeParsesOldAndNewForms(t *testing.T) {
 	for _, c := range []struct {
-		payload, origin string
-		tags            []string
+		payload, origin, except string
+		tags                    []string
 	}{
-		{forgetNotice("abc", []string{"s:1", "s:2"}), "abc", []string{"s:1", "s:2"}},
-		{"s:1\ns:2", "", []string{"s:1", "s:2"}}, // a replica of an older version
-		{"@abc", "abc", nil},
-		{"@abc\n", "abc", nil},
+		{forgetNotice("abc", "", []string{"s:1", "s:2"}), "abc", "", []string{"s:1", "s:2"}},
+		{forgetNotice("abc", "fp1", []string{"s:1"}), "abc", "fp1", []string{"s:1"}},
+		{"s:1\ns:2", "", "", []string{"s:1", "s:2"}}, // a replica of an older version
+		{"@abc\ns:1", "abc", "", []string{"s:1"}},    // a replica of the version before
+		{"@abc", "abc", "", nil},
+		{"@abc\n", "abc", "", nil},
 	} {
-		origin, tags := parseForgetNotice(c.payload)
-		if origin != c.origin || !slices.Equal(tags, c.tags) {
-			t.Errorf("parseForgetNotice(%q) = %q %q, want %q %q", c.payload, origin, tags, c.origin, c.tags)
+		origin, except, tags := parseForgetNotice(c.payload)
+		if origin != c.origin || except != c.except || !slices.Equal(tags, c.tags) {
+			t.Errorf("parseForgetNotice(%q) = %q %q %q, want %q %q %q", c.payload, origin, except, tags, c.origin, c.except, c.tags)
 		}
 	}
 }
@@ -722,7 +727,7 @@ func TestRetryHeavyWorkloadSavesUpstreamCalls(t *testing.T) {
 		folds[i], ms[i] = newFold(t, testConfig(), rdb)
 	}
 	const distinct, tries = 40, 5
-	o := Options{Write: true, SentByFetch: true}
+	o := Options{Key: &testKey, Write: true, SentByFetch: true}
 	var wg sync.WaitGroup
 	for i := range distinct {
 		key := fmt.Sprintf("create-%d", i)
@@ -765,7 +770,7 @@ func TestClusterReplayAndForget(t *testing.T) {
 	// Keys and tags spread over slots on different nodes.
 	for i := range 8 {
 		key := fmt.Sprintf("key-%d", i)
-		o := Options{Tags: []string{fmt.Sprintf("tag-%d", i), "common"}}
+		o := Options{Key: &testKey, Tags: []string{fmt.Sprintf("tag-%d", i), "common"}}
 		if _, out, err := a.Do(context.Background(), key, o, fetch); err != nil || out != Leader {
 			t.Fatalf("%s: %v %v", key, out, err)
 		}
@@ -774,12 +779,12 @@ func TestClusterReplayAndForget(t *testing.T) {
 		}
 	}
 	// Two tags, one listing every key (a search tag): all forgotten, on every node.
-	if err := a.Forget(context.Background(), []string{"common", "tag-0"}); err != nil {
+	if err := a.Forget(context.Background(), []string{"common", "tag-0"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "b to drop its copies", func() bool { return !localReplay(b, "key-0") && !localReplay(b, "key-7") })
 	for i := range 8 {
-		if _, out, _ := b.Do(context.Background(), fmt.Sprintf("key-%d", i), Options{}, fetch); out != Leader {
+		if _, out, _ := b.Do(context.Background(), fmt.Sprintf("key-%d", i), Options{Key: &testKey}, fetch); out != Leader {
 			t.Fatalf("key-%d after forget: %v", i, out)
 		}
 	}
@@ -797,17 +802,17 @@ func TestRedisRestartDropsLocalReplays(t *testing.T) {
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "%d", calls.Add(1))}, nil
 	}
-	a.Do(context.Background(), "k", Options{}, fetch)
-	if _, out, _ := b.Do(context.Background(), "k", Options{}, fetch); out != Replay || !localReplay(b, "k") {
+	a.Do(context.Background(), "k", Options{Key: &testKey}, fetch)
+	if _, out, _ := b.Do(context.Background(), "k", Options{Key: &testKey}, fetch); out != Replay || !localReplay(b, "k") {
 		t.Fatalf("replay before restart: %v", out)
 	}
 	s.Stop()
 	s.Restart()
 	waitFor(t, "the resubscribed replica to drop its copies", func() bool { return !localReplay(b, "k") })
-	if _, out, err := b.Do(context.Background(), "k", Options{}, fetch); err != nil || out != Leader {
+	if _, out, err := b.Do(context.Background(), "k", Options{Key: &testKey}, fetch); err != nil || out != Leader {
 		t.Fatalf("after restart: %v %v", out, err)
 	}
-	if _, out, err := a.Do(context.Background(), "k", Options{}, fetch); err != nil || out != Replay {
+	if _, out, err := a.Do(context.Background(), "k", Options{Key: &testKey}, fetch); err != nil || out != Replay {
 		t.Fatalf("replay across replicas after restart: %v %v", out, err)
 	}
 }
@@ -821,7 +826,7 @@ func TestStalledLeaderOfSentWriteKeepsItsWaiters(t *testing.T) {
 	g.gate = make(chan struct{})
 	a, _ := newFold(t, testConfig(), rdb)
 	b, _ := newFold(t, testConfig(), rdb)
-	o := Options{Write: true, SentByFetch: true}
+	o := Options{Key: &testKey, Write: true, SentByFetch: true}
 	leader := goDo(context.Background(), a, "k", o, g.create)
 	<-g.arrived
 	if _, err := s.Do("DEL", a.keysOf("k").lock); err != nil { // the lease ran out

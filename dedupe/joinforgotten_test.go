@@ -53,12 +53,12 @@ func TestReadAfterForgetDoesNotJoinCallFromBefore(t *testing.T) {
 				defer f.mu.Unlock()
 				return f.calls["k"]
 			}
-			read := Options{Tags: []string{"t1"}}
+			read := Options{Key: &testKey, Tags: []string{"t1"}}
 			ctx := context.Background()
 			first := goDo(ctx, a, "k", read, fetch)
 			<-started
 			before := callOf(b) // nil on another replica
-			if err := a.Forget(ctx, []string{"t1"}); err != nil {
+			if err := a.Forget(ctx, []string{"t1"}, ""); err != nil {
 				t.Fatal(err)
 			}
 			if b != a {

@@ -33,13 +33,13 @@ func TestForgetWithLostReplyIsRetried(t *testing.T) {
 	fetch := func(context.Context) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", calls.Add(1))}, nil
 	}
-	read := Options{Tags: []string{tag}}
+	read := Options{Key: &testKey, Tags: []string{tag}}
 	ctx := context.Background()
 	if r, out, err := b.Do(ctx, "get-contact-1", read, fetch); err != nil || out != Leader || string(r.Body) != "answer 1" {
 		t.Fatalf("first read on b: %v %v", out, err)
 	}
 
-	if err := a.Forget(ctx, []string{tag}); err == nil {
+	if err := a.Forget(ctx, []string{tag}, ""); err == nil {
 		t.Fatal("a Forget whose reply never came: no error")
 	}
 	// The replica that made the write never replays what it could not invalidate.
@@ -71,7 +71,7 @@ func TestUnindexedReadIsNotReplayed(t *testing.T) {
 	fetch := func(context.Context) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", calls.Add(1))}, nil
 	}
-	read := Options{Tags: []string{tag}}
+	read := Options{Key: &testKey, Tags: []string{tag}}
 	if _, out, err := a.Do(context.Background(), "get-contact-2", read, fetch); err != nil || out != Leader {
 		t.Fatalf("first read: %v %v", out, err)
 	}

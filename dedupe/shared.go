@@ -19,16 +19,21 @@ import (
 // The shared protocol. Per fold key K, all in one hash slot ({fold:K}) so every script
 // works on Redis Cluster:
 //
-//	<prefix>:{fold:K}:lock    "p:<token>" (pending) or "s:<token>" (sent), PX LeaseTTL,
-//	                          refreshed by the leader while its fetch runs
+//	<prefix>:{fold:K}:lock    "p:<token>" (a read), "w:<token>" (a write not sent yet) or
+//	                          "s:<token>" (a write sent), PX LeaseTTL, refreshed by the
+//	                          leader while its fetch runs
 //	<prefix>:{fold:K}:sent    "<token>" once a write may have reached upstream, until the
 //	                          answer is stored (PX max(window, WaitBound), refreshed)
-//	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord)
+//	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord); or a
+//	                          tombstone "X", which a leader that begins after it adopts
+//	                          as "X<token>", so that only tombstones laid during its
+//	                          own call keep its answer from being replayed
 //	<prefix>:{fold:K}:forgot  "<token>" of the leader in flight when a Forget reached K,
-//	                          PX CallTimeout: its answer may predate the write
+//	                          PX CallTimeout: its answer may predate the write (a read),
+//	                          or its order against that write is unknown (a sent write)
 //
 // and per invalidation tag T a sorted set <prefix>:{foldidx:H(T)} (H: 128 bits of SHA-256,
-// as tags name entities) of the fold keys of reads carrying it, scored by when their
+// as tags name entities) of the fold keys of calls carrying it, scored by when their
 // replay expires (Redis time). Forget reads it and leaves it: a reply lost on the way
 // leaves the members for the retry to find, and unlisting after the tombstones could race
 // with a read that lists its key again. Members go when they expire.
@@ -53,7 +58,7 @@ const (
 const tokenLen = 16
 
 type scripts struct {
-	acquire, markSent, refresh, finish, tomb, index, members *redis.Script
+	acquire, markSent, refresh, finish, release, tomb, index, members *redis.Script
 }
 
 func newScripts() scripts {
@@ -76,12 +81,19 @@ if l then
   return {2, l}
 end
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
-redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
+local kind = 'p:'
+if ARGV[3] == '1' then kind = 'w:' end
+redis.call('SET', KEYS[1], kind .. ARGV[1], 'PX', ARGV[2])
+if r and r == 'X' then
+  -- A tombstone laid before this call began: it concerns calls before this one (a
+  -- stalled leader's answer still stops at it), not this one's.
+  redis.call('SET', KEYS[3], 'X' .. ARGV[1], 'KEEPTTL')
+end
 return {0}`),
 		// KEYS lock, sent; ARGV token, lease ms, sent ms. -> 1, or 0 when the lock is not ours.
 		markSent: redis.NewScript(`
 local l = redis.call('GET', KEYS[1])
-if l ~= 'p:' .. ARGV[1] and l ~= 's:' .. ARGV[1] then return 0 end
+if l ~= 'w:' .. ARGV[1] and l ~= 's:' .. ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], 's:' .. ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 return 1`),
@@ -94,7 +106,7 @@ if not l and redis.call('GET', KEYS[2]) == ARGV[1] then
   l = 's:' .. ARGV[1]
   redis.call('SET', KEYS[1], l, 'PX', ARGV[2])
 end
-if l ~= 'p:' .. ARGV[1] and l ~= 's:' .. ARGV[1] then return 0 end
+if l ~= 'p:' .. ARGV[1] and l ~= 'w:' .. ARGV[1] and l ~= 's:' .. ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if string.sub(l, 1, 1) == 's' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 return 1`),
@@ -103,21 +115,31 @@ return 1`),
 		finish: redis.NewScript(`
 local rec, ttl = ARGV[2], ARGV[3]
 local cur = redis.call('GET', KEYS[3])
-if string.sub(rec, 1, 1) == 'R' and ((cur and string.sub(cur, 1, 1) == 'X') or redis.call('GET', KEYS[4]) == ARGV[1]) then
+if string.sub(rec, 1, 1) == 'R' and ((cur and string.sub(cur, 1, 1) == 'X' and cur ~= 'X' .. ARGV[1]) or redis.call('GET', KEYS[4]) == ARGV[1]) then
   rec, ttl = 'N' .. string.sub(rec, 2), ARGV[6]
 end
 redis.call('SET', KEYS[3], rec, 'PX', ttl)
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 local l = redis.call('GET', KEYS[1])
-if l == 'p:' .. ARGV[1] or l == 's:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+if l == 'p:' .. ARGV[1] or l == 'w:' .. ARGV[1] or l == 's:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return string.sub(rec, 1, 1)`),
+		// KEYS lock; ARGV token, channel, key. A call abandoned before it sent anything
+		// gives its marker up, so that waiters on other replicas take it over at once.
+		release: redis.NewScript(`
+local l = redis.call('GET', KEYS[1])
+if l == 'p:' .. ARGV[1] or l == 'w:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1`),
 		// KEYS result, lock, forgot; ARGV ttl ms. Names the leader in flight, if any, so
-		// that its answer is not replayed; replaces a replayable answer, or nothing, with a
-		// tombstone; leaves records that waiters of an earlier call still need (a leader
-		// in flight over such a record is stopped by the first step alone).
+		// that its answer is not replayed — a read, or a write already sent: a write not
+		// sent yet goes upstream after the write that forgets; replaces a replayable
+		// answer, or nothing, with a tombstone; leaves records that waiters of an earlier
+		// call still need (a leader in flight over such a record is stopped by the first
+		// step alone).
 		tomb: redis.NewScript(`
 local l = redis.call('GET', KEYS[2])
+if l and string.sub(l, 1, 1) == 'w' then return 0 end
 if l then redis.call('SET', KEYS[3], string.sub(l, 3), 'PX', ARGV[1]) end
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -301,7 +323,7 @@ func (f *Fold) settle(c *call, rec, waitTok string, expires time.Time) {
 // leadLocal runs the call without Redis (degraded): shared by this replica's callers only,
 // and not kept for replay, since other replicas could not learn of a Forget.
 func (f *Fold) leadLocal(ctx context.Context, c *call) {
-	resp, err := f.fetch(ctx, c, &sentMark{})
+	resp, err := f.fetch(ctx, c, f.newMark(c))
 	f.finish(c, resp, err, Leader, keepNothing, time.Time{})
 }
 
@@ -311,10 +333,11 @@ func (f *Fold) leadLocal(ctx context.Context, c *call) {
 func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	window := f.window(c.opt)
 	indexed := true
-	if !c.opt.Write && window > 0 && len(c.opt.Tags) > 0 {
+	if window > 0 && len(c.opt.Tags) > 0 {
 		// Indexed before the fetch, so a Forget while it runs finds the key and leaves a
-		// tombstone that keeps the possibly outdated answer from being replayed. The
-		// record can live until the fetch times out plus the window.
+		// tombstone that keeps the possibly outdated answer from being replayed (see the
+		// tomb script for writes). The record can live until the fetch times out plus the
+		// window.
 		pipe := f.rdb.Pipeline()
 		for _, t := range c.opt.Tags {
 			f.scripts.index.Eval(ctx, pipe, []string{f.tagKey(t)}, c.key, ms(window+f.cfg.CallTimeout)) // EVALSHA in a pipeline would not fall back on NOSCRIPT
@@ -328,7 +351,7 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 
 	stop, stopped := make(chan struct{}), make(chan struct{})
 	go f.refresh(ctx, tok, k, window, stop, stopped)
-	sent := &sentMark{}
+	sent := f.newMark(c)
 	if c.opt.Write {
 		sent.mark = func() error {
 			if f.killedNow() {
@@ -354,8 +377,17 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	if errors.Is(err, ErrLeaseLost) && !sent.sent() {
 		return false
 	}
+	if sent.abandoned() {
+		// Every caller here left before anything was sent: give the marker up for the
+		// waiters elsewhere, who take the call over.
+		if rerr := f.scripts.release.Run(ctx, f.rdb, []string{k.lock}, tok, f.doneChannel(), c.key).Err(); rerr != nil {
+			f.log.Debug("redis: giving up the marker of an abandoned call; others take it over when it expires", "err", rerr)
+		}
+		f.finish(c, nil, err, Leader, keepNothing, time.Time{})
+		return true
+	}
 
-	kp := f.keep(c, resp, err, sent.sent())
+	kp := f.keep(c, resp, err, sent)
 	f.mu.Lock()
 	forgotten := c.forgotten
 	f.mu.Unlock()
@@ -464,9 +496,10 @@ func splitRecord(rec string) (kind byte, tok string, payload []byte, err error) 
 	return rec[0], tok, []byte(rec[1+tokenLen:]), nil
 }
 
-// forgetShared removes the Redis replays of reads carrying tags, leaving tombstones for
-// reads still in flight, and tells every replica to drop its in-process copies.
-func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
+// forgetShared removes the Redis replays of calls carrying tags, leaving tombstones for
+// calls still in flight, and tells every replica to drop its in-process copies; the call
+// of key except is spared throughout.
+func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) error {
 	var firstErr error
 	note := func(err error) {
 		if err != nil && firstErr == nil {
@@ -491,7 +524,7 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
 			continue // noted above
 		}
 		for _, m := range members {
-			if seen[m] {
+			if seen[m] || m == except {
 				continue
 			}
 			seen[m] = true
@@ -507,26 +540,34 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string) error {
 	// first forgetLocal may have found the old answer in Redis before them. Published only
 	// now for the same reason: a replica that dropped its copy and looked in Redis before
 	// them would take the old answer again.
-	f.forgetLocal(tags)
-	note(f.rdb.Publish(ctx, f.forgetChannel(), forgetNotice(f.origin, tags)).Err())
+	f.forgetLocal(tags, except)
+	note(f.rdb.Publish(ctx, f.forgetChannel(), forgetNotice(f.origin, except, tags)).Err())
 	return firstErr
 }
 
-// A Forget notice is "@<origin>" then the tags, a line each. Tags never begin with '@'
-// (they are "<scope key>:<hash>", see proxy.ScopedTag), so a notice without the origin
-// line, from a replica of an older version, still parses: every line is a tag.
-func forgetNotice(origin string, tags []string) string {
-	return "@" + origin + "\n" + strings.Join(tags, "\n")
+// A Forget notice is "@<origin>", then "!<except>" when the Forget spares a call, then the
+// tags, a line each. Tags never begin with '@' or '!' (they are "<scope key>:<hash>", see
+// proxy.ScopedTag), so a notice without those lines, from a replica of an older version,
+// still parses: every line is a tag.
+func forgetNotice(origin, except string, tags []string) string {
+	head := "@" + origin + "\n"
+	if except != "" {
+		head += "!" + except + "\n"
+	}
+	return head + strings.Join(tags, "\n")
 }
 
-func parseForgetNotice(payload string) (origin string, tags []string) {
+func parseForgetNotice(payload string) (origin, except string, tags []string) {
 	if rest, ok := strings.CutPrefix(payload, "@"); ok {
 		origin, payload, _ = strings.Cut(rest, "\n")
 	}
-	if payload == "" {
-		return origin, nil
+	if rest, ok := strings.CutPrefix(payload, "!"); ok {
+		except, payload, _ = strings.Cut(rest, "\n")
 	}
-	return origin, strings.Split(payload, "\n")
+	if payload == "" {
+		return origin, except, nil
+	}
+	return origin, except, strings.Split(payload, "\n")
 }
 
 // subscribe listens, for the life of the Fold, for calls finished and tags forgotten on
@@ -558,9 +599,9 @@ func (f *Fold) subscribe() {
 				case f.doneChannel():
 					f.wakeKey(m.Payload)
 				case f.forgetChannel():
-					if origin, tags := parseForgetNotice(m.Payload); origin != f.origin && len(tags) > 0 {
+					if origin, except, tags := parseForgetNotice(m.Payload); origin != f.origin && len(tags) > 0 {
 						f.forgets.Add(1)
-						f.forgetLocal(tags)
+						f.forgetLocal(tags, except)
 					}
 				}
 			}

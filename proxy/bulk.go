@@ -69,12 +69,9 @@ func (h *Handler) sendBulkTags(ctx context.Context, r *http.Request, x *exchange
 	if err != nil {
 		return nil, err
 	}
-	answers := make([]*upstream.Response, len(ids))
 	if resp.Status < 200 || resp.Status > 299 {
-		for i := range answers {
-			answers[i] = resp // GHL refused the bulk call: its answer is everyone's
-		}
-		return answers, nil
+		// No answer per contact to split out: the batcher decides whose it is.
+		return nil, &batcher.BulkRefused{Resp: resp}
 	}
 	return splitBulkTags(resp, op, ids), nil
 }

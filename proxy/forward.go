@@ -93,13 +93,12 @@ func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, b
 	if len(body) == 0 {
 		out.Body, out.ContentLength = http.NoBody, 0
 	}
-	if x.policy == routes.Write {
-		// From here the write may be applied: record it in the fold's shared marker so
-		// that no other replica sends it again if this one dies. If that cannot be
-		// recorded, the write is not sent at all.
-		if err := dedupe.MarkSent(ctx); err != nil {
-			return nil, err
-		}
+	// From here a write may be applied: record it in the fold's shared marker so that no
+	// other replica sends it again if this one dies; if that cannot be recorded, the write
+	// is not sent at all. For every call, this is also where it stops being abandonable:
+	// a call whose callers all left before this point is dropped unsent.
+	if err := dedupe.MarkSent(ctx); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	resp, err := h.cfg.Transport.RoundTrip(out)

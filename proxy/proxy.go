@@ -55,7 +55,7 @@ type Cache interface {
 // Fold shares identical calls and replays their answers (package dedupe).
 type Fold interface {
 	Do(ctx context.Context, key string, o dedupe.Options, fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, dedupe.Outcome, error)
-	Forget(ctx context.Context, tags []string) error
+	Forget(ctx context.Context, tags []string, except string) error
 }
 
 // Batcher groups writes behind one rate-limit grant (package batcher).
@@ -416,7 +416,9 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 			return resp, err
 		}
 		if h.cfg.Fold != nil {
-			_, _, _ = h.cfg.Fold.Do(ctx, "refresh:"+key, dedupe.Options{}, fetch)
+			// The refresh's record in Redis is for the other replicas' refreshes of the
+			// same entry: sealed like every other.
+			_, _, _ = h.cfg.Fold.Do(ctx, "refresh:"+key, dedupe.Options{Key: &rx.cred.EncKey}, fetch)
 			return
 		}
 		_, _ = fetch(ctx)
@@ -459,12 +461,22 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 	key := h.key(r, x, body)
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
 		resp, err := h.sendWrite(ctx, r, x, body)
-		if err == nil && resp.Status >= 200 && resp.Status < 300 {
-			h.invalidate(ctx, x)
+		if err != nil || resp.Status < 200 || resp.Status > 299 {
+			return resp, err
 		}
-		return resp, err
+		if info := x.batch.Load(); info != nil && info.Superseded {
+			// A later write of this entity rode in the same call: it is the latest, its
+			// invalidation covers this one's, and a retry of this one is a new intent.
+			dedupe.NoReplay(ctx)
+			return resp, nil
+		}
+		h.invalidate(ctx, x, key)
+		return resp, nil
 	}
-	resp, outcome, err := h.fold(r, x, key, cc, dedupe.Options{Write: true, SentByFetch: true}, fetch)
+	// The entity's tags: a later successful write to the same entity ends this write's
+	// replay, on every replica (its own invalidation spares it: key).
+	o := dedupe.Options{Write: true, SentByFetch: true, Tags: h.scopedTags(x, x.route.EntityTags(x.params))}
+	resp, outcome, err := h.fold(r, x, key, cc, o, fetch)
 	if err != nil {
 		h.writeError(w, x, err)
 		return
@@ -511,8 +523,9 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 }
 
 // invalidate drops what a successful write made wrong, in the cache and in the fold's
-// replay window: one set of rules (the route table's) for both.
-func (h *Handler) invalidate(ctx context.Context, x *exchange) {
+// replay window: one set of rules (the route table's) for both. except is the write's own
+// fold key, whose answer stays replayable to its retries.
+func (h *Handler) invalidate(ctx context.Context, x *exchange, except string) {
 	tags := h.scopedTags(x, x.route.Invalidates(x.params))
 	if len(tags) == 0 {
 		return
@@ -523,7 +536,7 @@ func (h *Handler) invalidate(ctx context.Context, x *exchange) {
 		}
 	}
 	if h.cfg.Fold != nil {
-		if err := h.cfg.Fold.Forget(ctx, tags); err != nil {
+		if err := h.cfg.Fold.Forget(ctx, tags, except); err != nil {
 			h.cfg.Log.Warn("fold invalidation not confirmed by Redis; retrying it in the background", "route", x.label, "err", err)
 		}
 	}

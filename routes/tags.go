@@ -41,6 +41,42 @@ func (r *Route) Invalidates(p Params) []string {
 	return expand(r.InvalidatePatterns, p)
 }
 
+// EntityTags returns the tags of the one entity a write changes in place ("F/<id>" and
+// "F/*", the tags a read of that entity carries), or nil when it changes none in place.
+// The fold puts them on the write's replay, so that a later write to the same entity,
+// which drops "F/<id>", or one to entities the path does not name, which drops "F/*",
+// ends it: after dnd on, off, a retry of "on" is a new intent, and is sent.
+//
+// Writes in place are the PUTs, PATCHes and DELETEs of an entity or its sub-resources, and
+// the POSTs of stateSets. Every other POST creates something (a note, a task, a payment, a
+// post): a retry of it is a duplicate whatever happened in between, so its replay lasts
+// the whole window.
+func (r *Route) EntityTags(p Params) []string {
+	if r.Policy != Write || r.Entity == "" || r.Resource == "" {
+		return nil
+	}
+	if r.Method == "POST" && !stateSets[r.Template] {
+		return nil
+	}
+	id := p.Get(r.Entity)
+	if id == "" {
+		return nil
+	}
+	return []string{r.Resource + "/" + url.PathEscape(id), r.Resource + "/*"}
+}
+
+// stateSets are the POST routes that set state of an entity rather than create one: adding
+// tags, followers, a campaign or a workflow to a contact, followers to an opportunity,
+// voiding an invoice. A later write can undo what they did (remove the tag again).
+var stateSets = map[string]bool{
+	"/contacts/{contactId}/tags":                   true,
+	"/contacts/{contactId}/followers":              true,
+	"/contacts/{contactId}/campaigns/{campaignId}": true,
+	"/contacts/{contactId}/workflow/{workflowId}":  true,
+	"/opportunities/{id}/followers":                true,
+	"/invoices/{invoiceId}/void":                   true,
+}
+
 func expand(patterns []string, p Params) []string {
 	if len(patterns) == 0 {
 		return nil

@@ -203,3 +203,48 @@ func TestPath(t *testing.T) {
 		t.Fatalf("Path = %q, want %q", got, want)
 	}
 }
+
+// TestEntityTags: a write that changes an entity in place carries the tags a read of that
+// entity carries (so the fold ends its replay when a later write drops them); a write that
+// creates something carries none.
+func TestEntityTags(t *testing.T) {
+	tbl := routes.New()
+	tests := []struct {
+		method, path string
+		want         []string
+	}{
+		{"PUT", "/contacts/c1", []string{"contacts/c1", "contacts/*"}},
+		{"DELETE", "/contacts/c1", []string{"contacts/c1", "contacts/*"}},
+		{"POST", "/contacts/c1/tags", []string{"contacts/c1", "contacts/*"}},
+		{"DELETE", "/contacts/c1/tags", []string{"contacts/c1", "contacts/*"}},
+		{"PUT", "/opportunities/o1", []string{"opportunities/o1", "opportunities/*"}},
+		{"PUT", "/contacts/a%2Fb", []string{"contacts/a%2Fb", "contacts/*"}},
+		// creates: a retry is a duplicate whatever came between
+		{"POST", "/contacts/", nil},
+		{"POST", "/contacts/upsert", nil},
+		{"POST", "/contacts/c1/notes", nil},
+		{"POST", "/contacts/c1/tasks", nil},
+		{"POST", "/invoices/i1/record-payment", nil},
+		// reads carry read tags, not entity tags
+		{"GET", "/contacts/c1", nil},
+	}
+	for _, tc := range tests {
+		r, ps := tbl.Match(tc.method, tc.path)
+		if r == nil {
+			t.Fatalf("%s %s: no route", tc.method, tc.path)
+		}
+		if got := r.EntityTags(ps); !slices.Equal(got, tc.want) {
+			t.Errorf("%s %s: EntityTags %q, want %q", tc.method, tc.path, got, tc.want)
+		}
+	}
+	// What a write of an entity carries is what the read of it carries, and what a write
+	// to it drops.
+	get, gps := tbl.Match("GET", "/contacts/c1")
+	put, pps := tbl.Match("PUT", "/contacts/c1")
+	if !slices.Equal(get.Tags(gps), put.EntityTags(pps)) {
+		t.Errorf("GET's tags %q differ from PUT's entity tags %q", get.Tags(gps), put.EntityTags(pps))
+	}
+	if !slices.Contains(put.Invalidates(pps), put.EntityTags(pps)[0]) {
+		t.Errorf("PUT drops %q, not its own entity tag", put.Invalidates(pps))
+	}
+}

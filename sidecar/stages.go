@@ -6,6 +6,7 @@ import (
 
 	"github.com/ghlproxy/ghlproxy/batcher"
 	"github.com/ghlproxy/ghlproxy/cache"
+	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/dedupe"
 	"github.com/ghlproxy/ghlproxy/identity"
 	"github.com/ghlproxy/ghlproxy/ops"
@@ -60,7 +61,7 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		return "ok", false
 	}})
 
-	fold, err := dedupe.New(dedupe.Config{Window: cfg.Dedupe.Window}, s.rdb, s.Metrics, s.log)
+	fold, err := dedupe.New(foldConfig(cfg), s.rdb, s.Metrics, s.log)
 	if err != nil {
 		return err
 	}
@@ -129,6 +130,16 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		}
 	}
 	return nil
+}
+
+// foldConfig bounds a folded call by what its stages may take, not by a fixed time: the
+// bound is a safety net, each stage bounds itself. A call may queue for a token
+// (ratelimit.max_wait, which covers batch.linger and batch.coalesce too), go upstream
+// (transport.timeout), and — a read that GHL answered 429 anyway — do both once more.
+// Waiters on other replicas give up a little after that.
+func foldConfig(cfg *config.Config) dedupe.Config {
+	call := 2 * (cfg.RateLimit.MaxWait + cfg.Transport.Timeout)
+	return dedupe.Config{Window: cfg.Dedupe.Window, CallTimeout: call, WaitBound: call + 5*time.Second}
 }
 
 func (s *Sidecar) grace() time.Duration {
