@@ -108,9 +108,12 @@ func streamOf(r Request) string {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
-	if c, ok := canonicalBody(r.Body, r.JSON); ok && len(r.Body) > 0 {
-		h.Write(c)
-	} else {
+	if c, err := CanonicalJSON(r.Body); r.JSON && err == nil && len(r.Body) > 0 {
+		d := sha256.Sum256(append(c, '\n'))
+		h.Write([]byte{'c'})
+		h.Write(d[:])
+	} else if len(r.Body) > 0 {
+		h.Write([]byte{'r'})
 		h.Write(r.Body)
 	}
 	return hex.EncodeToString(h.Sum(nil))
@@ -137,7 +140,7 @@ func FuzzOf(f *testing.F) {
 		}
 		c := r
 		c.RawQuery = CanonicalQuery(query)
-		if cb, ok := canonicalBody(body, isJSON); ok && len(body) > 0 {
+		if cb, err := CanonicalJSON(body); isJSON && err == nil && len(body) > 0 {
 			c.Body = cb
 		}
 		if got := Of(c); got != key {
