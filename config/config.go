@@ -77,9 +77,14 @@ type Limits struct {
 	// Largest request body accepted from the app (integer bytes or "10MiB"); larger requests
 	// get a sidecar-made 413 before anything goes upstream.
 	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
-	// Largest upstream response the sidecar buffers (to cache, fold or replay it); a larger
-	// one is streamed through uncached.
+	// Largest upstream response the sidecar buffers (to cache, fold or replay it), on every
+	// route but pass-through ones; a larger one is answered with a sidecar-made 502
+	// (upstream-response-too-large).
 	MaxResponseBytes ByteSize `yaml:"max_response_bytes"`
+	// Longest the app may take to send a request's body once its headers are in; past it the
+	// request gets a sidecar-made 408 and its connection is closed (nothing of a buffered
+	// route was sent to GHL). Headers have 10s of their own.
+	BodyTimeout time.Duration `yaml:"body_timeout"`
 	// Heap the garbage collector lets grow before it collects while the live heap is small
 	// (integer bytes or "32MiB"; 0, or a GOGC environment variable, leaves Go's default):
 	// fewer collections and more cache hits per CPU, for up to this much more memory at
@@ -360,6 +365,7 @@ func Default() *Config {
 		},
 		Limits: Limits{
 			MaxBodyBytes:     10 * MiB,
+			BodyTimeout:      10 * time.Second,
 			MaxResponseBytes: 32 * MiB,
 			GCHeapFloor:      32 * MiB,
 		},

@@ -30,6 +30,7 @@ func (c *Config) Validate() error {
 			return first(
 				positive("limits.max_body_bytes", c.Limits.MaxBodyBytes),
 				positive("limits.max_response_bytes", c.Limits.MaxResponseBytes),
+				positive("limits.body_timeout", c.Limits.BodyTimeout),
 				nonNegative("limits.gc_heap_floor", c.Limits.GCHeapFloor))
 		},
 		c.checkRedis,

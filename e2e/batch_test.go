@@ -234,6 +234,7 @@ func TestBatchCoalescesSpreadUpdates(t *testing.T) {
 	r := startReplica(t, testConfig(t, up.URL, "GHLPROXY_BATCH_COALESCE=3s"))
 	token := fakeghl.Token("Location", "loc-coalesce", "app-1")
 	id := createContact(t, up.URL, token, "loc-coalesce", "coalesce@example.com")
+	verifyToken(t, r, ghlHeaders(token), id)
 	fields := []string{"firstName", "lastName", "companyName", "website", "city", "state"}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: len(fields)}}
 	defer client.CloseIdleConnections()
@@ -389,6 +390,7 @@ func TestBatchMergedWriteTimeoutNotResent(t *testing.T) {
 	// A linger long enough that both updates are queued together, whatever the host's load.
 	r := startReplica(t, testConfig(t, up.URL, "GHLPROXY_BATCH_LINGER=2s",
 		"GHLPROXY_TRANSPORT_TIMEOUT=300ms", "GHLPROXY_TRANSPORT_HEADER_TIMEOUT=300ms"))
+	verifyToken(t, r, ghlHeaders(token), id)
 	up.Fake.SetExtraDelay(5 * time.Second)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2}}
 	defer client.CloseIdleConnections()

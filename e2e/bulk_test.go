@@ -79,6 +79,8 @@ func TestBulkTagAdds(t *testing.T) {
 			}
 		}
 	}
+	verifyToken(t, bulk, ghlHeaders(token), viaBulk[0])
+	verifyToken(t, single, ghlHeaders(token), viaSingle[0])
 	before := up.Fake.Stats()
 
 	answers := tagBurst(t, bulk.URL, token, viaBulk, `["vip","synced"]`)

@@ -75,7 +75,13 @@ func startReplica(t *testing.T, cfg *config.Config) *replica {
 		_ = s.Serve(ctx, pl, ol)
 	}()
 	r := &replica{URL: "http://" + pl.Addr().String(), OpsURL: "http://" + ol.Addr().String(), S: s}
-	r.stop = func() { cancel(); <-done }
+	r.stop = func() {
+		// Connections the default client dialed but never used look new to the server,
+		// whose Shutdown waits 5 s before it counts them idle: close them first.
+		http.DefaultClient.CloseIdleConnections()
+		cancel()
+		<-done
+	}
 	t.Cleanup(r.stop)
 	return r
 }

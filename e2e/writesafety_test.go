@@ -44,6 +44,10 @@ func writeRigs(t *testing.T, env ...string) map[string]func(t *testing.T) *write
 	}
 }
 
+// coalesce holds a partial update long enough for a second one, sent once the first is
+// queued, to merge with it even on a loaded machine.
+const coalesce = 3 * time.Second
+
 // waitForQueued waits until the replica's batcher holds n writes.
 func waitForQueued(t *testing.T, r *replica, n int) {
 	t.Helper()
@@ -51,6 +55,16 @@ func waitForQueued(t *testing.T, r *replica, n int) {
 	poll.Until(t, 10*time.Second, fmt.Sprintf("%d writes queued in the batcher", n), func() bool {
 		return testutil.ToFloat64(g) >= float64(n)
 	})
+}
+
+// verifyToken reads contact id through r, so that GHL has answered the token 2xx there: its
+// calls then spend its claims' bucket together instead of going one at a time
+// (identity.Credential.Admit), and concurrent writes can merge.
+func verifyToken(t *testing.T, r *replica, hdr http.Header, id string) {
+	t.Helper()
+	if resp, b := call(t, http.DefaultClient, "GET", r.URL+"/contacts/"+id, "", hdr); resp.StatusCode != 200 {
+		t.Fatalf("verifying the token: %d %s", resp.StatusCode, b)
+	}
 }
 
 // contactOnStandIn reads a contact straight from the stand-in: what GHL holds.
@@ -171,7 +185,7 @@ func TestCreatesKeepTheirReplay(t *testing.T) {
 // for the email. Each write is then sent alone, in order: the email one gets its own 400,
 // the other its 200, and a retry of the other is replayed its 200, not the merged 400.
 func TestMergedRefusalIsSplit(t *testing.T) {
-	for name, rig := range writeRigs(t, "GHLPROXY_BATCH_COALESCE=1s") {
+	for name, rig := range writeRigs(t, "GHLPROXY_BATCH_COALESCE="+coalesce.String()) {
 		t.Run(name, func(t *testing.T) {
 			w := rig(t)
 			token := fakeghl.Token("Location", "locMergeSplit", "app-1")
@@ -180,6 +194,7 @@ func TestMergedRefusalIsSplit(t *testing.T) {
 			id := newContact(t, w.up.URL, token, map[string]any{"locationId": "locMergeSplit", "firstName": "Ann"})
 
 			r := w.replicas[0] // one replica: the merge happens in its batcher
+			verifyToken(t, r, hdr, id)
 			bodies := []string{`{"email":"taken@split.example"}`, `{"firstName":"Bob"}`}
 			answers := make([]answer, 2)
 			client := &http.Client{}
@@ -233,13 +248,14 @@ func TestMergedRefusalIsSplit(t *testing.T) {
 // the entity's latest write. A retry of on is a new intent and is sent (GHL ends with dnd
 // on); a retry of off is replayed.
 func TestSupersededMergedWriteIsSentAgain(t *testing.T) {
-	for name, rig := range writeRigs(t, "GHLPROXY_BATCH_COALESCE=1s") {
+	for name, rig := range writeRigs(t, "GHLPROXY_BATCH_COALESCE="+coalesce.String()) {
 		t.Run(name, func(t *testing.T) {
 			w := rig(t)
 			token := fakeghl.Token("Location", "locSuperseded", "app-1")
 			hdr := ghlHeaders(token)
 			id := newContact(t, w.up.URL, token, map[string]any{"locationId": "locSuperseded", "firstName": "Sue"})
 			r := w.replicas[0]
+			verifyToken(t, r, hdr, id)
 			on, off := `{"dnd":true}`, `{"dnd":false}`
 			answers := make([]answer, 2)
 			var wg sync.WaitGroup

@@ -1,6 +1,7 @@
 package fakeghl
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 
 // caller is what the stand-in derives from one Authorization header, once per header.
 type caller struct {
+	forged   bool   // a JWT whose signature is not the stand-in's (Config.VerifyTokens)
 	marker   string // CallerOf
 	prefix   []byte // `{"_caller":"<marker>",`
 	scope    string // ScopeOf
@@ -92,4 +94,37 @@ func Token(class, id, app string) string {
 	enc := base64.RawURLEncoding
 	return enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." +
 		enc.EncodeToString(payload) + "." + enc.EncodeToString([]byte("unsigned"))
+}
+
+// signingKey signs the stand-in's JWTs (SignedToken). A test key, and no secret.
+var signingKey = []byte("fakeghl test signing key")
+
+func signature(headerAndPayload string) string {
+	m := hmac.New(sha256.New, signingKey)
+	m.Write([]byte(headerAndPayload))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// SignedToken is Token with a signature the stand-in verifies when Config.VerifyTokens is
+// on; a token with the same claims and another signature is a forgery to it.
+func SignedToken(class, id, app string) string { return Sign(Token(class, id, app)) }
+
+// Sign gives a JWT the stand-in's signature in place of its own.
+func Sign(token string) string {
+	i := strings.LastIndexByte(token, '.')
+	return token[:i+1] + signature(token[:i])
+}
+
+// forgedJWT says whether a bearer token is a JWT without the stand-in's signature.
+func forgedJWT(authorization string) bool {
+	token := authorization
+	if len(token) > 7 && strings.EqualFold(token[:7], "bearer ") {
+		token = token[7:]
+	}
+	token = strings.TrimSpace(token)
+	i := strings.LastIndexByte(token, '.')
+	if strings.Count(token, ".") != 2 {
+		return false
+	}
+	return !hmac.Equal([]byte(token[i+1:]), []byte(signature(token[:i])))
 }

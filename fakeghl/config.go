@@ -55,6 +55,11 @@ type Config struct {
 	// Now is the clock; tests inject a fake one to cross window boundaries without
 	// sleeping. Default time.Now.
 	Now func() time.Time
+
+	// VerifyTokens makes the stand-in check JWT signatures as GHL does: a JWT must carry
+	// the signature SignedToken gives it, or it is answered GHL's 401 before it counts
+	// against any scope. Off, it accepts any token (Token's are unsigned).
+	VerifyTokens bool
 }
 
 // DefaultConfig is GHL as a client sees it: default limits and a ~150 ms median latency.

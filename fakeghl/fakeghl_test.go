@@ -646,3 +646,30 @@ func TestBulkTagsEqualSingles(t *testing.T) {
 	}
 	c.expect(422, "POST", "/contacts/bulk/tags/update/replace", map[string]any{"contacts": bulk, "tags": []string{"a"}, "locationId": "loc1"})
 }
+
+// TestVerifyTokens: with VerifyTokens, a JWT is accepted only with the stand-in's own
+// signature, and a forged one is refused before it counts against any scope.
+func TestVerifyTokens(t *testing.T) {
+	s := fakeghl.New(fakeghl.Config{VerifyTokens: true, Limit: 2})
+	defer s.Close()
+	get := func(token string) int {
+		req := httptest.NewRequest("GET", "/locations/L1", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	good := fakeghl.SignedToken("Location", "L1", "app")
+	forged := fakeghl.Token("Location", "L1", "app")
+	for range 5 {
+		if code := get(forged); code != 401 {
+			t.Fatalf("forged token: %d, want 401", code)
+		}
+	}
+	if code := get(good); code != 200 {
+		t.Fatalf("signed token after forged ones: %d; forgeries must not count against its scope", code)
+	}
+	if code := get("pit-opaque"); code == 401 {
+		t.Fatal("an opaque token is refused: only JWT signatures are checked")
+	}
+}

@@ -194,7 +194,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// GHL's gateway exempts the OAuth endpoints from tokens and limits.
 	if !strings.HasPrefix(r.URL.Path, "/oauth/") {
-		if c == nil {
+		if c == nil || c.forged {
 			st.stats.call(label, http.StatusUnauthorized)
 			writeError(w, http.StatusUnauthorized, "Invalid JWT")
 			return
@@ -256,7 +256,7 @@ func (s *Server) caller(st *state, auth string) *caller {
 		return c.(*caller)
 	}
 	scope, loc := scopeOf(auth)
-	c := &caller{marker: CallerOf(auth), scope: scope, location: loc}
+	c := &caller{marker: CallerOf(auth), scope: scope, location: loc, forged: s.cfg.VerifyTokens && forgedJWT(auth)}
 	c.prefix = []byte(`{"_caller":"` + c.marker + `",`)
 	st.scopesMu.Lock()
 	wn := st.scopes[scope]

@@ -18,6 +18,7 @@ const (
 	CauseBodyTooLarge        = "request-body-too-large"
 	CauseHeadersTooLarge     = "request-headers-too-large"
 	CauseMalformed           = "malformed-request"
+	CauseRequestTimeout      = "request-timeout"
 	CauseRateLimited         = "rate-limited"
 	CauseFoldFailed          = "fold-failed"
 	CauseShuttingDown        = "shutting-down"

@@ -2,18 +2,61 @@ package ghlerror
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 )
 
-// Listener wraps l so that the answers net/http's server writes on its own, for requests it
-// cannot parse — a malformed escape in the path, a bad request line or header, headers over
-// the limit, an unknown transfer coding — reach clients in GHL's error shape with
-// X-Ghlproxy-Error, like every other error the sidecar makes. net/http has no hook for
-// these: it writes each as plain text straight to the connection, in one Write, and closes
-// it. Everything else passes through untouched.
-func Listener(l net.Listener) net.Listener { return listener{l} }
+// Serve serves srv on l so that the answers net/http's server writes on its own, for
+// requests it cannot parse — a malformed escape in the path, a bad request line or
+// header, headers over the limit, an unknown transfer coding — reach clients in GHL's
+// error shape with X-Ghlproxy-Error, like every other error the sidecar makes. net/http
+// has no hook for these: it writes each as plain text straight to the connection, in one
+// Write, and closes it.
+//
+// Only those writes are touched. A connection is "responding" from the moment a handler
+// starts on it until the server reports it idle again (the response, its last flush
+// included, is out); net/http writes its refusals only in between, when it failed to read
+// the next request. A response body that happens to hold the same bytes — at a buffer
+// boundary, in one write — is therefore never rewritten, and its length never changes
+// under the client. Serve wraps srv.Handler, srv.ConnContext and srv.ConnState (keeping
+// theirs) and then calls srv.Serve(l).
+func Serve(srv *http.Server, l net.Listener) error {
+	next := srv.Handler
+	if next == nil {
+		next = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := r.Context().Value(connKey{}).(*conn); ok {
+			c.responding.Store(true)
+		}
+		next.ServeHTTP(w, r)
+	})
+	connCtx := srv.ConnContext
+	srv.ConnContext = func(ctx context.Context, nc net.Conn) context.Context {
+		if connCtx != nil {
+			ctx = connCtx(ctx, nc)
+		}
+		if c, ok := nc.(*conn); ok {
+			ctx = context.WithValue(ctx, connKey{}, c)
+		}
+		return ctx
+	}
+	connState := srv.ConnState
+	srv.ConnState = func(nc net.Conn, st http.ConnState) {
+		if c, ok := nc.(*conn); ok && st == http.StateIdle {
+			c.responding.Store(false)
+		}
+		if connState != nil {
+			connState(nc, st)
+		}
+	}
+	return srv.Serve(listener{l})
+}
+
+type connKey struct{}
 
 type listener struct{ net.Listener }
 
@@ -25,16 +68,23 @@ func (l listener) Accept() (net.Conn, error) {
 	return &conn{Conn: c}, nil
 }
 
-type conn struct{ net.Conn }
+type conn struct {
+	net.Conn
+	// responding: a handler's response is being written (see Serve). A hijacked
+	// connection stays responding: what a handler writes on it is never rewritten.
+	responding atomic.Bool
+}
 
 // Write replaces one of net/http's own error answers; the count returned is the caller's,
 // so the server's bookkeeping is unchanged.
 func (c *conn) Write(p []byte) (int, error) {
-	if out := rewrite(p); out != nil {
-		if _, err := c.Conn.Write(out); err != nil {
-			return 0, err
+	if !c.responding.Load() {
+		if out := rewrite(p); out != nil {
+			if _, err := c.Conn.Write(out); err != nil {
+				return 0, err
+			}
+			return len(p), nil
 		}
-		return len(p), nil
 	}
 	return c.Conn.Write(p)
 }
@@ -56,7 +106,7 @@ const netHTTPHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnectio
 // net/http's server ("HTTP/1.1 400 Bad Request" + netHTTPHeaders + text), else nil.
 func rewrite(p []byte) []byte {
 	const proto = "HTTP/1.1 "
-	// Cheap tests first: this runs on every write of every response.
+	// Cheap tests first: this runs on every write between responses.
 	if len(p) > 512 || len(p) <= len(proto) || (p[len(proto)] != '4' && p[len(proto)] != '5') || !bytes.HasPrefix(p, []byte(proto)) {
 		return nil
 	}

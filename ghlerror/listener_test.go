@@ -3,9 +3,11 @@ package ghlerror
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,7 +21,7 @@ func serve(t *testing.T, srv *http.Server) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = srv.Serve(Listener(l)) }()
+	go func() { _ = Serve(srv, l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return l.Addr().String()
 }
@@ -100,5 +102,47 @@ func TestListenerGivesServerErrorsGHLShape(t *testing.T) {
 	}
 	if resp, b := raw(t, addr, "GET /contacts/1 HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 || string(b) != "ok /contacts/1" {
 		t.Errorf("a good request after the bad ones: %d %q", resp.StatusCode, b)
+	}
+}
+
+// TestResponseBodiesAreNeverRewritten is item 7 of the write-safety issue: a response body
+// that holds net/http's plain-text 400 — at a 4 KiB buffer boundary, so that it reaches the
+// connection in a write of its own — passes byte for byte, and the keep-alive connection
+// stays in step (the next response on it parses). Every offset around the boundary is
+// tried, so one of them is the boundary whatever the header size.
+func TestResponseBodiesAreNeverRewritten(t *testing.T) {
+	const refusal = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request"
+	body := func(k int) string { return strings.Repeat("a", k) + refusal }
+	addr := serve(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var k int
+		if _, err := fmt.Sscanf(r.URL.Path, "/body/%d", &k); err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		b := body(k)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		_, _ = io.WriteString(w, b)
+	})})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	for k := 3500; k <= 4200; k++ {
+		if _, err := fmt.Fprintf(c, "GET /body/%d HTTP/1.1\r\nHost: x\r\n\r\n", k); err != nil {
+			t.Fatalf("k=%d: the connection was closed: %v", k, err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("k=%d: the connection is out of step: %v", k, err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(got) != body(k) || resp.Header.Get(Header) != "" {
+			t.Fatalf("k=%d: the body was changed on its way (%d bytes, %v, %s %q)", k, len(got), err, Header, resp.Header.Get(Header))
+		}
 	}
 }

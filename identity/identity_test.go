@@ -1,10 +1,14 @@
 package identity
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func jwt(claims map[string]any) string {
@@ -58,4 +62,111 @@ func FuzzResolve(f *testing.F) {
 			t.Fatalf("malformed credential %+v", c)
 		}
 	})
+}
+
+// TestBearerSpellingIsOneCredential: the Bearer scheme is case-insensitive and its spacing
+// free, to GHL as to HTTP; every spelling of one token is one credential, with one hash,
+// scope and key (so a "bearer" write invalidates a "Bearer" read's entry).
+func TestBearerSpellingIsOneCredential(t *testing.T) {
+	r := NewResolver("s")
+	want := r.Resolve("Bearer pit-abc123")
+	for _, h := range []string{"bearer pit-abc123", "BEARER pit-abc123", "Bearer  pit-abc123", " Bearer pit-abc123 ", "Bearer\tpit-abc123", "bEaReR   pit-abc123"} {
+		c := r.Resolve(h)
+		if c.Hash != want.Hash || c.ScopeKey != want.ScopeKey || c.EncKey != want.EncKey || c.LimitKey() != want.LimitKey() {
+			t.Errorf("%q is another credential than %q", h, "Bearer pit-abc123")
+		}
+	}
+	if r.Resolve("Bearer pit-abc124").Hash == want.Hash {
+		t.Error("another token has the same hash")
+	}
+	if r.Resolve("Basic cGl0LWFiYzEyMw==").Hash == want.Hash {
+		t.Error("another scheme has the same hash")
+	}
+}
+
+// TestUnverifiedClaimsSpendTheirOwnBudget is item 6 of the write-safety issue: until GHL
+// answers a JWT 2xx its claims are the token's word only, so it spends a budget of its own;
+// after that, its claims' — which other tokens of the location share.
+func TestUnverifiedClaimsSpendTheirOwnBudget(t *testing.T) {
+	r := NewResolver("s")
+	claims := map[string]any{"authClass": "Location", "authClassId": "victim", "oauthMeta": map[string]any{"client": "app1"}}
+	real, forged := r.Resolve("Bearer "+jwt(claims)), r.Resolve("Bearer "+jwt(claims)+"forged")
+	if real.ScopeKey != forged.ScopeKey {
+		t.Fatal("two tokens of one location's claims have different scopes: invalidation would not reach both")
+	}
+	if real.LimitKey() == real.ScopeKey || forged.LimitKey() == real.ScopeKey || real.LimitKey() == forged.LimitKey() {
+		t.Fatal("an unverified token spends its claims' budget, or another token's")
+	}
+	if real.Verified() || forged.Verified() {
+		t.Fatal("verified before GHL answered")
+	}
+	real.MarkVerified()
+	if !real.Verified() || real.LimitKey() != real.ScopeKey {
+		t.Fatalf("verified token spends %s, want its claims' %s", real.LimitKey(), real.ScopeKey)
+	}
+	if forged.Verified() || forged.LimitKey() == real.ScopeKey {
+		t.Fatal("verifying one token verified another")
+	}
+	pit := r.Resolve("Bearer pit-xyz")
+	if !pit.Verified() || pit.LimitKey() != pit.ScopeKey {
+		t.Fatal("an opaque token's scope is its own: nothing to verify")
+	}
+}
+
+// TestAdmitOneUnverifiedAtATime: an unverified token's requests go one at a time; once one
+// is answered 2xx, the others go at once.
+func TestAdmitOneUnverifiedAtATime(t *testing.T) {
+	r := NewResolver("s")
+	c := r.Resolve("Bearer " + jwt(map[string]any{"authClass": "Location", "authClassId": "L"}))
+	release, err := c.Admit(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := c.Admit(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a second unverified request was admitted while the first is out: %v", err)
+	}
+	second := make(chan error, 1)
+	go func() {
+		rel, err := c.Admit(context.Background())
+		if err == nil {
+			rel()
+		}
+		second <- err
+	}()
+	c.MarkVerified()
+	release()
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // verified: no waiting, no slot
+		rel, err := c.Admit(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rel()
+	}
+}
+
+// TestMemoBoundedInBytes is item 5a of the write-safety issue: credentials are remembered
+// within a bound of bytes, whatever the tokens' sizes and number; those in use stay.
+func TestMemoBoundedInBytes(t *testing.T) {
+	r := NewResolver("s")
+	hot := r.Resolve("Bearer hot-token")
+	big := strings.Repeat("x", MaxAuthorizationBytes-100)
+	for i := range 2000 {
+		r.Resolve("Bearer " + big + strconv.Itoa(i))
+		if i%100 == 0 {
+			if r.Resolve("Bearer hot-token") != hot {
+				t.Fatal("a credential in use was forgotten")
+			}
+		}
+	}
+	r.mu.RLock()
+	held := r.cur.bytes + r.old.bytes
+	r.mu.RUnlock()
+	if held > 2*memoBytes {
+		t.Fatalf("the memo holds %d bytes after 2000 distinct %d-byte headers; bound %d", held, len(big), 2*memoBytes)
+	}
 }

@@ -155,6 +155,7 @@ func (a *Admin) explain(w http.ResponseWriter, r *http.Request) {
 	in.Method, in.URL = method, u
 	h := a.Handler
 	x := h.classify(in)
+	h.identify(in, x)
 	out := map[string]any{
 		"method":    method,
 		"path":      u.EscapedPath(),
@@ -165,6 +166,10 @@ func (a *Admin) explain(w http.ResponseWriter, r *http.Request) {
 		"credential": map[string]any{
 			"hash":      x.cred.Hash[:16],
 			"anonymous": x.cred.Anonymous,
+			// false until GHL has answered the token 2xx on this replica: until then it
+			// spends a budget of its own (limit_key), one request at a time.
+			"claims_verified": x.cred.Verified(),
+			"limit_key":       x.cred.LimitKey(),
 		},
 	}
 	if x.route != nil && (x.policy == routes.Read || x.policy == routes.Query || x.policy == routes.Write) {
@@ -183,7 +188,7 @@ func (a *Admin) explain(w http.ResponseWriter, r *http.Request) {
 		out["fold"] = map[string]any{"folds": folds, "window_seconds": int(window / time.Second)}
 	}
 	if a.ScopeTokens != nil && x.cred != nil {
-		out["ratelimit"] = a.ScopeTokens(x.cred.ScopeKey)
+		out["ratelimit"] = a.ScopeTokens(x.cred.LimitKey())
 	}
 	writeJSON(w, http.StatusOK, out)
 }

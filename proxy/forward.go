@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,8 +34,61 @@ var hopHeaders = []string{
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
+// boundBody gives the app BodyTimeout to send r's body: a client that sends part of one and
+// stalls would otherwise hold its connection and goroutine for as long as it likes. The
+// deadline is lifted once the body is in, so a request that waits long for a token or for
+// GHL is not cut by it.
+func (h *Handler) boundBody(w http.ResponseWriter, r *http.Request, x *exchange) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return
+	}
+	rc := http.NewResponseController(w)
+	deadline := time.Now().Add(h.cfg.BodyTimeout)
+	if rc.SetReadDeadline(deadline) != nil {
+		return // not a connection with deadlines (an in-process request)
+	}
+	x.body = &boundedBody{ReadCloser: r.Body, rc: rc, deadline: deadline}
+	r.Body = x.body
+}
+
+// boundedBody lifts the read deadline at the end of the body and notes when it ran out.
+type boundedBody struct {
+	io.ReadCloser
+	rc       *http.ResponseController
+	deadline time.Time
+	lifted   atomic.Bool // the whole body is in
+	timedOut atomic.Bool
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF && !b.lifted.Load():
+		b.lifted.Store(true)
+		_ = b.rc.SetReadDeadline(time.Time{})
+	case err != nil && err != io.EOF && !time.Now().Before(b.deadline):
+		// The deadline ran out: the first read sees the timeout, later ones (the server
+		// keeps the connection's error) an unexpected EOF.
+		b.timedOut.Store(true)
+	}
+	return n, err
+}
+
+// timedOut says the body ran out of BodyTimeout. The streaming proxy may learn of it first
+// as its context ending (the server cancels it when the connection's read fails), before
+// its body reader has seen the error: a body not all in past its deadline counts.
+func (b *boundedBody) timedOutNow() bool {
+	return b != nil && (b.timedOut.Load() || (!b.lifted.Load() && !time.Now().Before(b.deadline)))
+}
+
+func (h *Handler) bodyTooSlow(w http.ResponseWriter, x *exchange) {
+	x.status = http.StatusRequestTimeout
+	ghlerror.Write(w, http.StatusRequestTimeout, ghlerror.CauseRequestTimeout,
+		"the request body did not arrive within limits.body_timeout; nothing was sent to GHL")
+}
+
 // readBody reads the whole request body, bounded: the fold and the cache key need all of it
-// before anything goes upstream. It answers 413 or 400 itself and reports false then.
+// before anything goes upstream. It answers 413, 408 or 400 itself and reports false then.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, x *exchange) ([]byte, bool) {
 	if _, err := parseQuery(r.URL.RawQuery); err != nil {
 		x.status = http.StatusBadRequest
@@ -53,6 +107,10 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, x *exchange) 
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			h.tooLarge(w, x)
+			return nil, false
+		}
+		if x.body.timedOutNow() {
+			h.bodyTooSlow(w, x)
 			return nil, false
 		}
 		x.status = http.StatusBadRequest
@@ -152,8 +210,20 @@ func (h *Handler) observeUpstream(x *exchange, resp *http.Response, err error, d
 			m.UpstreamRemain.WithLabelValues("daily").Set(float64(n))
 		}
 	}
-	if h.cfg.Limiter != nil && x.cred != nil {
-		h.cfg.Limiter.Observe(x.cred.ScopeKey, code, resp.Header)
+	if x.cred == nil {
+		return
+	}
+	if code >= 200 && code <= 299 {
+		// GHL accepted the token: its claims are real, and so is their budget. The calls
+		// it made before, on its own, were in that budget's window too: charged to it.
+		if n := x.cred.MarkVerified(); n > 0 && h.cfg.Limiter != nil {
+			h.cfg.Limiter.Charge(x.cred.ScopeKey, n)
+		}
+	}
+	if h.cfg.Limiter != nil {
+		// After MarkVerified: the answer's X-RateLimit-* headers speak of the budget the
+		// token really spends.
+		h.cfg.Limiter.Observe(x.cred.LimitKey(), code, resp.Header)
 	}
 }
 
@@ -219,8 +289,16 @@ func (h *Handler) newStreamProxy() http.Handler {
 		FlushInterval: 0,
 		BufferPool:    bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if x, ok := r.Context().Value(exchangeKey{}).(*exchange); ok && x.policy != routes.Pass {
+			x, ok := r.Context().Value(exchangeKey{}).(*exchange)
+			if ok && x.policy != routes.Pass {
 				h.observeUpstream(x, nil, err, time.Since(x.upstreamStart))
+			}
+			if ok && x.body.timedOutNow() {
+				// The app stalled, not GHL; what GHL got of the body it cannot act on (its
+				// length was never reached).
+				ghlerror.Write(w, http.StatusRequestTimeout, ghlerror.CauseRequestTimeout,
+					"the request body did not arrive within limits.body_timeout")
+				return
 			}
 			status, cause, msg := upstreamError(err)
 			ghlerror.Write(w, status, cause, msg)

@@ -21,6 +21,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,6 +45,7 @@ import (
 type Limiter interface {
 	Wait(ctx context.Context, scope string, n int, p ratelimit.Priority) (ratelimit.Grant, error)
 	Observe(scope string, status int, h http.Header)
+	Charge(scope string, n int)
 }
 
 // Cache is the read and query cache (package cache).
@@ -77,6 +80,8 @@ type Config struct {
 	// answers the sidecar buffers for caching and folding (502 past it).
 	MaxBodyBytes     int64
 	MaxResponseBytes int64
+	// BodyTimeout bounds how long the app may take to send a request body (408 past it).
+	BodyTimeout time.Duration
 	// UpstreamTimeout bounds one buffered upstream call from start to last byte.
 	UpstreamTimeout time.Duration
 	// SlowThreshold: upstream calls slower than this are logged and counted; 0 turns it off.
@@ -147,6 +152,9 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.UpstreamTimeout <= 0 {
 		cfg.UpstreamTimeout = 60 * time.Second
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = 10 * time.Second
+	}
 	h := &Handler{cfg: cfg}
 	h.upOrigin = cfg.Upstream.Scheme + "://" + cfg.Upstream.Host
 	h.upOriginJ = strings.ReplaceAll(h.upOrigin, "/", `\/`)
@@ -173,13 +181,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x := h.classify(r)
 	defer h.observe(x)
-	if x.cred != nil && x.cred.Anonymous {
-		// Answered here: GHL would say the same, and an anonymous request has no scope
-		// to spend budget from.
-		x.outcome = metrics.OutcomeRejected
-		x.status = http.StatusUnauthorized
-		ghlerror.Write(w, http.StatusUnauthorized, ghlerror.CauseUnauthorized, "Authorization header is missing: GHL requires a Bearer token")
-		return
+	h.boundBody(w, r, x)
+	if x.policy != routes.Pass {
+		if len(r.Header.Get("Authorization")) > identity.MaxAuthorizationBytes {
+			x.outcome, x.status = metrics.OutcomeRejected, http.StatusRequestHeaderFieldsTooLarge
+			ghlerror.Write(w, x.status, ghlerror.CauseHeadersTooLarge,
+				"Authorization header exceeds "+strconv.Itoa(identity.MaxAuthorizationBytes)+" bytes; nothing was sent to GHL")
+			return
+		}
+		h.identify(r, x)
+		if x.cred.Anonymous {
+			// Answered here: GHL would say the same, and an anonymous request has no scope
+			// to spend budget from.
+			x.outcome, x.status = metrics.OutcomeRejected, http.StatusUnauthorized
+			ghlerror.Write(w, http.StatusUnauthorized, ghlerror.CauseUnauthorized, "Authorization header is missing: GHL requires a Bearer token")
+			return
+		}
 	}
 
 	switch x.policy {
@@ -212,6 +229,8 @@ type exchange struct {
 	bodyJSON bool
 	// upstreamStart is when a streamed request went upstream.
 	upstreamStart time.Time
+	// body is the request body under limits.body_timeout, when it has one.
+	body *boundedBody
 	// queued is the rate-limit wait of the call this request led, in µs. Atomic because a
 	// detached fold leader may still set it after its own caller gave up.
 	queued atomic.Int64
@@ -224,18 +243,49 @@ func (x *exchange) recorder(w http.ResponseWriter) http.ResponseWriter {
 	return &statusRecorder{ResponseWriter: w, x: x}
 }
 
+// classify matches r to its route. Headers named in r's Connection header go first: they
+// never reach GHL (RFC 9110 §7.6.1), so nothing may be keyed or decided on them either —
+// "Connection: Version" must not leave a Version in the key that GHL never saw.
 func (h *Handler) classify(r *http.Request) *exchange {
+	dropConnectionNamed(r.Header)
 	x := &exchange{start: time.Now(), label: routes.OtherTemplate}
 	x.route, x.params = h.cfg.Routes.Match(r.Method, r.URL.EscapedPath())
 	if x.route != nil {
 		x.label = x.route.Template
 		x.policy = x.route.Policy
 	}
-	if x.policy != routes.Pass {
-		x.cred = h.cfg.Identity.Resolve(r.Header.Get("Authorization"))
-		x.version = r.Header.Get("Version")
+	if x.policy != routes.Pass && underOAuth(r.URL.Path) {
+		// However the path is spelled, anything under /oauth/ is a token call: untouched.
+		x.route, x.params, x.label, x.policy = nil, nil, routes.OtherTemplate, routes.Pass
 	}
 	return x
+}
+
+// identify resolves the credential and Version of a request that is not a pass.
+func (h *Handler) identify(r *http.Request, x *exchange) {
+	x.cred = h.cfg.Identity.Resolve(r.Header.Get("Authorization"))
+	x.version = r.Header.Get("Version")
+}
+
+// underOAuth says whether a request path (unescaped, as net/http decodes it) names
+// something under /oauth/ once cleaned: "//oauth/token", "/x/../oauth/token" and
+// "/OAuth/token" all do. GHL's edge may normalise a path before routing it, so the sidecar
+// takes the widest reading: a token call must never be cached, folded or replayed.
+func underOAuth(p string) bool {
+	c := strings.ToLower(path.Clean("/" + p))
+	return c == "/oauth" || strings.HasPrefix(c, "/oauth/")
+}
+
+// dropConnectionNamed removes the headers that r's Connection header names, but Upgrade,
+// which the streaming proxy needs to recognise an upgrade (and drops itself).
+func dropConnectionNamed(hd http.Header) {
+	for _, v := range hd["Connection"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = http.CanonicalHeaderKey(strings.TrimSpace(f)); f != "" && f != "Upgrade" && f != "Connection" {
+				delete(hd, f)
+			}
+		}
+	}
 }
 
 func (h *Handler) observe(x *exchange) {
@@ -293,6 +343,12 @@ func methodLabel(x *exchange) string {
 // still behind the scope's bucket, since GHL counts it all the same.
 func (h *Handler) passLimited(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.outcome = metrics.OutcomePass
+	release, err := x.cred.Admit(r.Context())
+	if err != nil {
+		h.writeError(w, x, err)
+		return
+	}
+	defer release()
 	if h.cfg.Limiter != nil {
 		if err := h.wait(r.Context(), x, 1, ratelimit.Interactive); err != nil {
 			h.writeError(w, x, err)
@@ -387,6 +443,13 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 // 429 anyway (its window is shared with clients we cannot see) — one retry after the pause
 // the limiter learned from that answer. Reads are safe to resend; writes never are.
 func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+	// A token whose claims GHL has not vouched for goes upstream one call at a time, on
+	// its own budget (identity.Credential.Admit).
+	release, err := x.cred.Admit(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	for attempt := 0; ; attempt++ {
 		if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
 			return nil, err
@@ -490,6 +553,11 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 // sendWrite sends a write through the batcher when there is one, else with a token of its
 // own. Never resent: GHL may have applied a write that timed out or was answered 429.
 func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+	release, err := x.cred.Admit(ctx) // see fetchRead
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	send := func(ctx context.Context, b []byte) (*upstream.Response, error) {
 		return h.roundTrip(ctx, r, x, b)
 	}
@@ -503,7 +571,7 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 	// fold's marker of this one must say "sent" then too, or a retry after a timeout would
 	// be sent again instead of told it may have been applied.
 	mark := func() error { return dedupe.MarkSent(ctx) }
-	wr := batcher.Write{Scope: x.cred.ScopeKey, Body: body, Send: send, Sending: mark}
+	wr := batcher.Write{Scope: x.cred.LimitKey(), Body: body, Send: send, Sending: mark}
 	if x.route.Entity != "" {
 		if id := x.params.Get(x.route.Entity); id != "" {
 			// Order per entity within the scope: two tokens of one location writing the
@@ -604,7 +672,7 @@ func (h *Handler) wait(ctx context.Context, x *exchange, n int, p ratelimit.Prio
 	if h.cfg.Limiter == nil {
 		return nil
 	}
-	g, err := h.cfg.Limiter.Wait(ctx, x.cred.ScopeKey, n, priorityOf(ctx, p))
+	g, err := h.cfg.Limiter.Wait(ctx, x.cred.LimitKey(), n, priorityOf(ctx, p))
 	if err != nil {
 		return err
 	}

@@ -599,6 +599,18 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 	s.update(d, now, fb)
 }
 
+// Charge takes n tokens of scope for calls that already went upstream on another scope's
+// budget, without waiting: the bucket goes into debt if it must, and later requests wait
+// for it. The proxy charges a token's claims the calls it made before GHL vouched for them
+// (identity.Credential.LimitKey), so the claims' window still counts every call.
+func (l *Limiter) Charge(scopeKey string, n int) {
+	if n < 1 {
+		return
+	}
+	a := takeArgs{n: float64(n), mode: modeReserve, maxWait: math.MaxFloat64}
+	l.take(context.Background(), l.scope(scopeKey), a, l.cfg.Now())
+}
+
 func headerNum(h http.Header, name string, missing float64) float64 {
 	v := h.Get(name)
 	if v == "" {

@@ -285,3 +285,24 @@ func TestWaitBatchNotStarvedByInteractive(t *testing.T) {
 	}
 	t.Fatal("batch request never granted")
 }
+
+// TestChargeTakesWithoutWaiting: Charge takes tokens at once, into debt if it must, and
+// the requests after it wait for them — on the embedded and the shared bucket alike.
+func TestChargeTakesWithoutWaiting(t *testing.T) {
+	cfg := Config{Rate: 10, Per: time.Second, Burst: 5, MaxWait: time.Second}
+	backends(t, cfg, func(t *testing.T, l *Limiter, sleeps *[]time.Duration, tol time.Duration) {
+		ctx := context.Background()
+		l.Charge("s1", 3)
+		if len(*sleeps) != 0 {
+			t.Fatalf("Charge slept: %v", *sleeps)
+		}
+		if g := mustWait(t, l, ctx, "s1", 2, Interactive); g.Remaining != 0 || len(*sleeps) != 0 {
+			t.Fatalf("after charging 3 of 5: %+v, sleeps %v; want the last 2 at once", g, *sleeps)
+		}
+		l.Charge("s1", 4) // into debt: 4 intervals
+		mustWait(t, l, ctx, "s1", 1, Interactive)
+		if len(*sleeps) != 1 || !near((*sleeps)[0], 500*time.Millisecond, tol) {
+			t.Fatalf("the request after a debt of 4 slept %v, want 500ms", *sleeps)
+		}
+	})
+}

@@ -71,6 +71,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		Log:                  log,
 		MaxBodyBytes:         int64(cfg.Limits.MaxBodyBytes),
 		MaxResponseBytes:     int64(cfg.Limits.MaxResponseBytes),
+		BodyTimeout:          cfg.Limits.BodyTimeout,
 		UpstreamTimeout:      cfg.Transport.Timeout,
 		SlowThreshold:        cfg.Transport.SlowThreshold,
 		StaleWhileRevalidate: cfg.Cache.StaleWhileRevalidate,
@@ -109,7 +110,7 @@ func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
 	osrv := &http.Server{Handler: s.Ops, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
 	// Requests net/http refuses before any handler runs get GHL's error shape too.
-	go func() { errc <- psrv.Serve(ghlerror.Listener(pl)) }()
+	go func() { errc <- ghlerror.Serve(psrv, pl) }()
 	go func() { errc <- osrv.Serve(ol) }()
 	s.startWarm(ctx)
 	s.log.Info("ghlproxy serving", "listen", pl.Addr().String(), "ops", ol.Addr().String(),
