@@ -46,8 +46,9 @@ type Config struct {
 	// StandIn: the stand-in's limits and latency. Default fakeghl.DefaultConfig() (GHL's
 	// limits, ~150 ms median latency).
 	StandIn *fakeghl.Config
-	// Retries: how often a client resends a request answered 429, after 1 s, 2 s, 4 s, …
-	// as GHL's SDKs do. Default 3.
+	// Retries: how often a client resends a request answered 429, after 1 s, 2 s, 4 s, …:
+	// a common client back-off (GHL's Node SDK resends 429s only with rateLimitRetry on,
+	// and waits the interval GHL names; its Python and PHP SDKs do not). Default 3.
 	Retries int
 	// Progress receives a progress bar; nil shows none.
 	Progress io.Writer
@@ -282,7 +283,8 @@ func (d *driver) do(ctx context.Context, o op, rng *rand.Rand) {
 	}
 }
 
-// send makes one request as a GHL SDK does: resent on 429 after 1 s, 2 s, 4 s …
+// send makes one request as a client with a common back-off does: resent on 429 after 1 s,
+// 2 s, 4 s …
 func (d *driver) send(ctx context.Context, method, path, body string) int {
 	start := time.Now()
 	status, tooMany := 0, 0
