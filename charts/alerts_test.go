@@ -24,6 +24,10 @@ tests:
         values: '1x20'
       - series: 'ghlproxy_degraded{namespace="shop",pod="b"}'
         values: '0x20'
+      - series: 'ghlproxy_redis_eviction_unsafe{namespace="shop",pod="a"}'
+        values: '1x20'
+      - series: 'ghlproxy_redis_eviction_unsafe{namespace="shop",pod="b"}'
+        values: '0x20'
       - series: 'ghlproxy_invalidations_pending{namespace="shop",pod="a",stage="fold"}'
         values: '0 3x20'
       - series: 'ghlproxy_invalidations_pending{namespace="shop",pod="b",stage="cache"}'
@@ -56,6 +60,10 @@ tests:
         exp_alerts: []
       - eval_time: 10m
         alertname: GhlproxyDegraded
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: shop, pod: a}
+      - eval_time: 10m
+        alertname: GhlproxyRedisCanEvict
         exp_alerts:
           - exp_labels: {severity: warning, namespace: shop, pod: a}
       - eval_time: 4m

@@ -140,6 +140,12 @@ func TestInjectorWithChartTLS(t *testing.T) {
 	if e := envOf(sc, "GHLPROXY_LISTEN"); e == nil || e.Value != "127.0.0.1:8080" {
 		t.Errorf("sidecar GHLPROXY_LISTEN %+v", e)
 	}
+	// Item 9 of the write-safety issue: an admin token is always set (a mesh delivers
+	// outside traffic from loopback), the one kept in the release's admin Secret.
+	admin := find[corev1.Secret](t, objs, "Secret", "rel-ghlproxy-admin")
+	if e := envOf(sc, "GHLPROXY_ADMIN_TOKEN"); e == nil || len(e.Value) < 32 || e.Value != string(admin.Data["admin-token"]) {
+		t.Errorf("sidecar GHLPROXY_ADMIN_TOKEN %+v; want the generated token of Secret rel-ghlproxy-admin", e)
+	}
 	if e := envOf(sc, "GHLPROXY_REDIS_URL"); e != nil {
 		t.Errorf("no Redis configured, yet the sidecar has %+v", e)
 	}
@@ -256,8 +262,8 @@ func TestInjectorWithCertManager(t *testing.T) {
 		t.Fatalf("inject-ca-from %q", ref)
 	}
 	for _, o := range objs {
-		if o.Kind == "Secret" {
-			t.Errorf("chart renders Secret %s; cert-manager makes it", o.Name)
+		if o.Kind == "Secret" && o.Name != "rel-ghlproxy-admin" {
+			t.Errorf("chart renders Secret %s; cert-manager makes the TLS ones", o.Name)
 		}
 	}
 	crt := find[unstructured.Unstructured](t, objs, "Certificate", name)
@@ -350,6 +356,13 @@ func TestStandalone(t *testing.T) {
 	}
 	if e := envOf(c, "GHLPROXY_REDIS_URL"); e == nil || e.ValueFrom.SecretKeyRef.Name != "redis-credentials" || e.ValueFrom.SecretKeyRef.Key != "url" {
 		t.Errorf("redis env %+v", e)
+	}
+	admin := find[corev1.Secret](t, objs, "Secret", "rel-ghlproxy-admin")
+	if len(admin.Data["admin-token"]) < 32 {
+		t.Errorf("generated admin token %q", admin.Data["admin-token"])
+	}
+	if e := envOf(c, "GHLPROXY_ADMIN_TOKEN"); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef.Name != "rel-ghlproxy-admin" || e.ValueFrom.SecretKeyRef.Key != "admin-token" {
+		t.Errorf("standalone admin token env %+v; want it from the admin Secret", e)
 	}
 	for k, v := range map[string]string{"GHLPROXY_LOG_LEVEL": "debug", "GHLPROXY_UPSTREAM": "http://fakeghl.test:8081", "GHLPROXY_OPS_LISTEN": ":9090"} {
 		if e := envOf(c, k); e == nil || e.Value != v {
@@ -501,6 +514,9 @@ spec:
 	}
 	if e := envOf(sc, "GHLPROXY_REDIS_URL"); e == nil || e.ValueFrom.SecretKeyRef.Name != "app-redis" || e.ValueFrom.SecretKeyRef.Key != "redis-url" {
 		t.Errorf("redis env %+v (subchart default key expected)", e)
+	}
+	if e := envOf(sc, "GHLPROXY_ADMIN_TOKEN"); e == nil || len(e.Value) < 32 {
+		t.Errorf("sidecar included by hand has admin token %+v; want a generated one", e)
 	}
 	// The injector leaves such a pod alone.
 	in, err := injector.New(sc, "")

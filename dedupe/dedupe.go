@@ -176,6 +176,10 @@ type Fold struct {
 	origin string
 
 	forgets atomic.Int64 // Forgets heard from other replicas: a test seam
+
+	// stopped ends every fetch at once when Shutdown's deadline passes (abort).
+	stopped context.Context
+	abort   context.CancelFunc
 }
 
 // New builds a Fold. With rdb nil it folds within this process only (embedded mode); with
@@ -204,6 +208,7 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		unforgotExcept: make(map[string]map[string]int),
 		origin:         newToken(),
 	}
+	f.stopped, f.abort = context.WithCancel(context.Background())
 	if m != nil {
 		f.saved = m.UpstreamSaved.WithLabelValues(metrics.SavedDedupe)
 		f.unforgot = pending.New(m.InvalidationsPending.WithLabelValues("fold"))
@@ -344,6 +349,7 @@ func (f *Fold) newMark(c *call) *sentMark {
 func (f *Fold) fetch(ctx context.Context, c *call, sent *sentMark) (resp *upstream.Response, err error) {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.CallTimeout)
 	defer cancel()
+	defer context.AfterFunc(f.stopped, cancel)() // Shutdown's deadline ends it too
 	f.mu.Lock()
 	sent.cancel = cancel // read by abandon, under f.mu
 	f.mu.Unlock()
@@ -563,14 +569,26 @@ func (f *Fold) redoForgets() bool {
 // Close stops the subscription and waits for the calls in flight on this replica to
 // finish (each is bounded by Config.CallTimeout and Config.WaitBound), so their answers
 // are stored for the other replicas. Close the Redis client after Close.
-func (f *Fold) Close() error {
+func (f *Fold) Close() error { return f.Shutdown(context.Background()) }
+
+// Shutdown is Close within ctx: when ctx ends first, the fetches still running are
+// cancelled (their callers get an error, a write sent gets no answer and is replayed as
+// "may have been applied"), and Shutdown returns once they have.
+func (f *Fold) Shutdown(ctx context.Context) error {
 	var err error
 	f.once.Do(func() {
 		close(f.closing)
 		if f.ps != nil {
 			err = f.ps.Close()
 		}
-		f.bg.Wait()
+		done := make(chan struct{})
+		go func() { f.bg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			f.abort()
+			<-done
+		}
 	})
 	return err
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -506,5 +507,41 @@ func checkMemory(t *testing.T, ns []node, before, after []memory) {
 		if !n.inProcess && after[i].rss > maxHeap {
 			t.Errorf("%s: RSS %.1f MiB after the load, over %d MiB", who, after[i].rss/mib, maxHeap/mib)
 		}
+	}
+}
+
+// TestEvictionPolicyIsReported is item 8h of the write-safety issue: a Redis that may evict
+// keys (a maxmemory with an evicting policy) could drop a bucket or a fold marker, which
+// would then read as a full bucket or a free lock. The sidecar says so in /readyz, its log
+// and ghlproxy_redis_eviction_unsafe; with noeviction it reports nothing.
+func TestEvictionPolicyIsReported(t *testing.T) {
+	for _, c := range []struct {
+		policy string
+		unsafe bool
+	}{{"allkeys-lru", true}, {"volatile-ttl", true}, {"noeviction", false}} {
+		t.Run(c.policy, func(t *testing.T) {
+			srv := redistest.Start(t, "--maxmemory", "64mb", "--maxmemory-policy", c.policy)
+			_, up := startStandIn(t, unlimited())
+			r := startReplica(t, testConfig(t, up.URL, "GHLPROXY_REDIS_URL="+srv.URL(), "GHLPROXY_REDIS_TIMEOUT=1s"))
+			resp, b := call(t, http.DefaultClient, "GET", r.OpsURL+"/readyz", "", nil)
+			var ready struct {
+				Status string
+				Checks map[string]string
+			}
+			if err := json.Unmarshal(b, &ready); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("/readyz: %d %s", resp.StatusCode, b)
+			}
+			got := ready.Checks["redis-eviction"]
+			if unsafe := strings.HasPrefix(got, "unsafe") && strings.Contains(got, c.policy); unsafe != c.unsafe {
+				t.Errorf("/readyz redis-eviction %q with maxmemory-policy %s", got, c.policy)
+			}
+			if c.unsafe && ready.Status != "degraded" {
+				t.Errorf("/readyz status %q; want degraded", ready.Status)
+			}
+			v, _ := metricValue(t, r.OpsURL, "ghlproxy_redis_eviction_unsafe")
+			if (v == 1) != c.unsafe {
+				t.Errorf("ghlproxy_redis_eviction_unsafe = %v with maxmemory-policy %s", v, c.policy)
+			}
+		})
 	}
 }

@@ -352,3 +352,28 @@ func summary(m *sync.Map, phase string) string {
 	}
 	return fmt.Sprintf("n=%d mean=%d max=%d", len(q.ms), sum/max(1, len(q.ms)), hi)
 }
+
+// TestWarmStatusHoldsNoGHLBody is item 9 of the write-safety issue: a warming request GHL
+// refuses shows in GET /_ghlproxy/warm with its status only; GHL's answer — a customer's
+// data, here a marked error message — never reaches whoever reads the endpoint.
+func TestWarmStatusHoldsNoGHLBody(t *testing.T) {
+	const marker = "Customer Secret Zq81"
+	ghl := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, `{"statusCode":400,"message":"contact %s is invalid"}`, marker)
+	}))
+	t.Cleanup(ghl.Close)
+	t.Setenv("GHL_WARM_TOKEN", "pit-warm-status")
+	r := startReplica(t, testConfig(t, ghl.URL, "GHLPROXY_WARM_INTERVAL=1h",
+		warmTargets(`{path: "/contacts/?locationId=loc-w&limit=2"}`)))
+	until(t, 10*time.Second, "the start-up warming run", func() bool { return len(runs(t, r, "")) > 0 })
+	run := runs(t, r, "")[0]
+	if run.Result != warm.ResultError || len(run.Errors) != 1 || !strings.Contains(run.Errors[0], "status 400") {
+		t.Fatalf("run %+v; want one error naming the status", run)
+	}
+	_, body := call(t, http.DefaultClient, "GET", r.URL+"/_ghlproxy/warm", "", nil)
+	if strings.Contains(string(body), marker) {
+		t.Errorf("GET /_ghlproxy/warm holds GHL's answer: %s", body)
+	}
+}

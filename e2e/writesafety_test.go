@@ -356,3 +356,57 @@ func TestFoldOutlastsThirtySeconds(t *testing.T) {
 		t.Fatalf("a read GHL answers in 31 s, with transport.timeout 40s: %d %v %s", a.Status, a.Err, a.Body)
 	}
 }
+
+// TestShutdownWithinOneGrace is item 8g of the write-safety issue: a read in flight to a
+// GHL that takes 20 s to answer, and a write queued behind an empty bucket, when the
+// sidecar is told to stop with shutdown.grace 1.5s. Everything is over within that one
+// period: the write is answered (not sent), the read ended, and Serve returns — not after
+// a second period for the stages, nor after the read's own 20 s.
+func TestShutdownWithinOneGrace(t *testing.T) {
+	const grace = 1500 * time.Millisecond
+	up := startLoggedStandIn(t, unlimited())
+	r := startReplica(t, testConfig(t, up.URL, "GHLPROXY_SHUTDOWN_GRACE="+grace.String(),
+		"GHLPROXY_RATELIMIT_RATE=6", "GHLPROXY_RATELIMIT_PER=1m", "GHLPROXY_RATELIMIT_BURST=6"))
+	token := fakeghl.Token("Location", "locShutdown", "app-1")
+	hdr := ghlHeaders(token)
+	id := newContact(t, up.URL, token, map[string]any{"locationId": "locShutdown", "firstName": "Shu"})
+	verifyToken(t, r, hdr, id)
+	for i := range 4 { // the bucket but one token, for the read
+		call(t, http.DefaultClient, "GET", r.URL+fmt.Sprintf("/contacts/drain%d", i), "", hdr)
+	}
+	up.Fake.SetExtraDelay(20 * time.Second)
+	read := make(chan answer, 1)
+	go func() {
+		read <- send(http.DefaultClient, "GET", r.URL+"/contacts/"+id+"?slow=1", "", hdr, 30*time.Second, nil)
+	}()
+	poll.Until(t, 10*time.Second, "the read to reach the stand-in", func() bool {
+		for _, a := range up.Log.arrivals() {
+			if strings.Contains(a.Path, id) && a.Status == 0 {
+				return true
+			}
+		}
+		return false
+	})
+	write := make(chan answer, 1)
+	go func() {
+		write <- send(http.DefaultClient, "PUT", r.URL+"/contacts/"+id, `{"firstName":"Late"}`, hdr, 30*time.Second, nil)
+	}()
+	waitForQueued(t, r, 1)
+
+	start := time.Now()
+	r.stop()
+	took := time.Since(start)
+	t.Logf("Serve returned %v after the stop", took.Round(time.Millisecond))
+	if took > grace+time.Second {
+		t.Errorf("shutting down took %v with shutdown.grace %v", took, grace)
+	}
+	if a := <-write; a.Err == nil && a.Status/100 == 2 {
+		t.Errorf("the queued write was answered %d: it had no token, it cannot have been sent", a.Status)
+	}
+	if puts := writesTo(up.Fake.Stats(), id, "PUT"); puts != 0 {
+		t.Errorf("%d PUTs reached the stand-in", puts)
+	}
+	if a := <-read; a.Err == nil && (a.Status != http.StatusServiceUnavailable || a.Header.Get("X-Ghlproxy-Error") != "shutting-down") {
+		t.Errorf("the read in flight got %d %q %s; want the sidecar's 503 shutting-down", a.Status, a.Header.Get("X-Ghlproxy-Error"), a.Body)
+	}
+}

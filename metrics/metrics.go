@@ -57,6 +57,9 @@ type Metrics struct {
 
 	RedisUp  prometheus.Gauge
 	Degraded prometheus.Gauge
+	// RedisEvictionUnsafe is 1 while Redis may evict keys (a maxmemory with a policy other
+	// than noeviction): a bucket or fold marker evicted reads as a full bucket or a free lock.
+	RedisEvictionUnsafe prometheus.Gauge
 
 	WarmRuns        *prometheus.CounterVec // result
 	WarmLastSuccess prometheus.Gauge
@@ -91,11 +94,12 @@ func New() *Metrics {
 		CacheEvictions:    f.counter("cache_evictions_total", "Entries evicted from the in-process cache layer for space."),
 		InvalidationsPending: f.gaugeVec("invalidations_pending", "Invalidations made by writes that Redis has not confirmed yet, by stage (cache, fold); each is retried until Redis does, and meanwhile this replica takes nothing it concerns from Redis.",
 			"stage"),
-		RedisUp:         f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
-		Degraded:        f.gauge("degraded", "1 while the sidecar runs without its shared store (local fallback buckets)."),
-		WarmRuns:        f.counterVec("warm_runs_total", "Runs of the warming loop by result (ok, error, skipped).", "result"),
-		WarmLastSuccess: f.gauge("warm_last_success_timestamp_seconds", "Unix time of the last warming run that succeeded."),
-		WarmEntries:     f.counter("warm_entries_total", "Cache entries stored by the warming loop."),
+		RedisUp:             f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
+		Degraded:            f.gauge("degraded", "1 while the sidecar runs without its shared store (local fallback buckets)."),
+		RedisEvictionUnsafe: f.gauge("redis_eviction_unsafe", "1 while Redis has a maxmemory and a maxmemory-policy other than noeviction: it may evict the shared buckets and fold markers, which would then read as a full bucket or a free lock."),
+		WarmRuns:            f.counterVec("warm_runs_total", "Runs of the warming loop by result (ok, error, skipped).", "result"),
+		WarmLastSuccess:     f.gauge("warm_last_success_timestamp_seconds", "Unix time of the last warming run that succeeded."),
+		WarmEntries:         f.counter("warm_entries_total", "Cache entries stored by the warming loop."),
 	}
 	m.RedisUp.Set(1)
 	// Exported at 0 from the start (also on the embedded store, which has nothing to

@@ -345,13 +345,13 @@ func (h *Handler) passLimited(w http.ResponseWriter, r *http.Request, x *exchang
 	x.outcome = metrics.OutcomePass
 	release, err := x.cred.Admit(r.Context())
 	if err != nil {
-		h.writeError(w, x, err)
+		h.writeError(w, r, x, err)
 		return
 	}
 	defer release()
 	if h.cfg.Limiter != nil {
 		if err := h.wait(r.Context(), x, 1, ratelimit.Interactive); err != nil {
-			h.writeError(w, x, err)
+			h.writeError(w, r, x, err)
 			return
 		}
 		if q := x.queued.Load(); q >= 1000 {
@@ -420,7 +420,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		return
 	}
 	if err != nil {
-		h.writeError(w, x, err)
+		h.writeError(w, r, x, err)
 		return
 	}
 	var status string
@@ -541,7 +541,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 	o := dedupe.Options{Write: true, SentByFetch: true, Tags: h.scopedTags(x, x.route.EntityTags(x.params))}
 	resp, outcome, err := h.fold(r, x, key, cc, o, fetch)
 	if err != nil {
-		h.writeError(w, x, err)
+		h.writeError(w, r, x, err)
 		return
 	}
 	if outcome == dedupe.Leader && x.batch.Load() != nil {

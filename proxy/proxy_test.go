@@ -162,23 +162,40 @@ func TestForwardsExactly(t *testing.T) {
 	}
 }
 
+// TestRewritesUpstreamLinks: absolute links to the upstream in paging fields point at the
+// sidecar, in plain and in escaped-slash JSON; the same address in a data field (item 8f of
+// the write-safety issue: a website, a document URL, a value that is the word
+// "nextPageUrl") stays as GHL sent it, so a read-modify-write never writes the sidecar's
+// address into GHL.
 func TestRewritesUpstreamLinks(t *testing.T) {
 	var upURL string
 	up, _ := recordingUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		esc := strings.ReplaceAll(upURL, "/", `\/`)
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"contacts":[],"meta":{"nextPageUrl":"` + upURL + `/contacts/?startAfterId=x","escaped":"` + strings.ReplaceAll(upURL, "/", `\/`) + `/contacts/"}}`))
+		_, _ = w.Write([]byte(`{"contacts":[{"website":"` + upURL + `/x","note":"nextPageUrl","attachments":[{"url":"` + esc + `/documents/download/d1"}]}],` +
+			`"meta":{"nextPageUrl":"` + upURL + `/contacts/?startAfterId=x","prevPageUrl":"` + esc + `/contacts/"}}`))
 	})
 	upURL = up.URL
 	px, _ := newProxy(t, up.URL)
-	_, body := do(t, "GET", px.URL+"/contacts/?locationId=L1", "", auth)
-	var v struct {
-		Meta struct{ NextPageUrl, Escaped string }
-	}
-	if err := json.Unmarshal([]byte(body), &v); err != nil {
-		t.Fatal(err)
-	}
-	if v.Meta.NextPageUrl != px.URL+"/contacts/?startAfterId=x" || v.Meta.Escaped != px.URL+"/contacts/" {
-		t.Fatalf("links not rewritten to the sidecar: %+v", v.Meta)
+	for range 2 { // the second time from the Response's remembered spans
+		_, body := do(t, "GET", px.URL+"/contacts/?locationId=L1", "", auth)
+		var v struct {
+			Contacts []struct {
+				Website, Note string
+				Attachments   []struct{ URL string }
+			}
+			Meta struct{ NextPageUrl, PrevPageUrl string }
+		}
+		if err := json.Unmarshal([]byte(body), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Meta.NextPageUrl != px.URL+"/contacts/?startAfterId=x" || v.Meta.PrevPageUrl != px.URL+"/contacts/" {
+			t.Fatalf("links not rewritten to the sidecar: %+v", v.Meta)
+		}
+		c := v.Contacts[0]
+		if c.Website != up.URL+"/x" || c.Note != "nextPageUrl" || c.Attachments[0].URL != up.URL+"/documents/download/d1" {
+			t.Fatalf("data fields changed: %+v", c)
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -11,12 +12,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/ghlproxy/ghlproxy/batcher"
 	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/dedupe"
 	"github.com/ghlproxy/ghlproxy/ghlerror"
 	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
+	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
@@ -55,7 +59,7 @@ func (h *Handler) writeResponse(w http.ResponseWriter, r *http.Request, x *excha
 	for k, vs := range resp.Header {
 		dst[k] = vs
 	}
-	body := h.rewriteLinks(r, resp.Body)
+	body := h.rewriteLinks(r, resp)
 	dst["Content-Length"] = []string{strconv.Itoa(len(body))}
 	if cacheStatus != "" {
 		dst["Cache-Status"] = []string{cacheStatus}
@@ -70,12 +74,20 @@ func (h *Handler) writeResponse(w http.ResponseWriter, r *http.Request, x *excha
 	}
 }
 
-// rewriteLinks points absolute links to the upstream host (meta.nextPageUrl and the like)
-// at the address the client used, so that following them stays behind the sidecar.
-func (h *Handler) rewriteLinks(r *http.Request, body []byte) []byte {
+// rewriteLinks points the absolute links to the upstream host in resp's paging fields
+// (meta.nextPageUrl and the like, see linkFields) at the address the client used, so that
+// following them stays behind the sidecar. Only there: a data field that happens to hold
+// the upstream's address (a contact's website, a document's download URL) is the app's
+// data, and an app that reads a record, changes it and writes it back must not write the
+// sidecar's address into GHL.
+func (h *Handler) rewriteLinks(r *http.Request, resp *upstream.Response) []byte {
+	body := resp.Body
 	hasPlain := bytes.Contains(body, []byte(h.upOrigin))
-	hasEscaped := bytes.Contains(body, []byte(h.upOriginJ))
-	if !hasPlain && !hasEscaped {
+	if !hasPlain && !bytes.Contains(body, []byte(h.upOriginJ)) {
+		return body
+	}
+	spans := resp.Links(findLinkFields)
+	if len(spans) == 0 {
 		return body
 	}
 	scheme := "http"
@@ -83,18 +95,55 @@ func (h *Handler) rewriteLinks(r *http.Request, body []byte) []byte {
 		scheme = "https"
 	}
 	origin := scheme + "://" + r.Host
-	if hasPlain {
-		body = bytes.ReplaceAll(body, []byte(h.upOrigin), []byte(origin))
+	originJ := strings.ReplaceAll(origin, "/", `\/`)
+	out := make([]byte, 0, len(body)+len(spans)*len(origin))
+	at := 0
+	for _, sp := range spans {
+		out = append(out, body[at:sp.Start]...)
+		v := bytes.ReplaceAll(body[sp.Start:sp.End], []byte(h.upOrigin), []byte(origin))
+		out = append(out, bytes.ReplaceAll(v, []byte(h.upOriginJ), []byte(originJ))...)
+		at = sp.End
 	}
-	if hasEscaped {
-		body = bytes.ReplaceAll(body, []byte(h.upOriginJ), []byte(strings.ReplaceAll(origin, "/", `\/`)))
+	return append(out, body[at:]...)
+}
+
+// linkFields are the members GHL puts absolute paging links in, wherever they sit in an
+// answer (meta.nextPageUrl of contact and opportunity lists in GHL's specs).
+var linkFields = map[string]bool{"nextPageUrl": true, "prevPageUrl": true, "previousPageUrl": true}
+
+// findLinkFields returns where the string values of linkFields members are in body; none
+// when body is not JSON.
+func findLinkFields(body []byte) []upstream.Span {
+	var spans []upstream.Span
+	d := jsontext.NewDecoder(bytes.NewReader(body), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	for {
+		tok, err := d.ReadToken()
+		if err != nil {
+			return spans // io.EOF, or not JSON: what was found so far is still right
+		}
+		if tok.Kind() != '"' {
+			continue
+		}
+		// A string read as an object member's name (the object then holds an odd count of
+		// names and values), with its value next.
+		if k, n := d.StackIndex(d.StackDepth()); k != '{' || n%2 == 0 || !linkFields[tok.String()] {
+			continue
+		}
+		if d.PeekKind() != '"' {
+			continue
+		}
+		v, err := d.ReadValue()
+		if err != nil {
+			return spans
+		}
+		end := int(d.InputOffset())
+		spans = append(spans, upstream.Span{Start: end - len(v), End: end})
 	}
-	return body
 }
 
 // writeError answers with a sidecar-made error in GHL's shape. Each message says whether
 // anything reached GHL, because that is what the caller needs to decide on a retry.
-func (h *Handler) writeError(w http.ResponseWriter, x *exchange, err error) {
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
 	var (
 		rej     *ratelimit.RejectedError
 		lost    *dedupe.LeaderLostError
@@ -133,6 +182,13 @@ func (h *Handler) writeError(w http.ResponseWriter, x *exchange, err error) {
 		fail(http.StatusGatewayTimeout, ghlerror.CauseUpstreamTimeout, "the identical request in flight on another replica did not finish in time")
 	case errors.Is(err, dedupe.ErrLeaseLost):
 		fail(http.StatusServiceUnavailable, ghlerror.CauseFoldFailed, "the sidecar lost track of this write before sending it; nothing was sent to GHL, retry")
+	case errors.Is(err, context.Canceled) && r.Context().Err() == nil:
+		// Not the client: the sidecar ended the call because its shutdown grace ran out.
+		msg := "the sidecar is shutting down and stopped this request; retry"
+		if x.policy == routes.Write {
+			msg = "the sidecar is shutting down and stopped waiting for GHL: the write may have been applied; check before retrying"
+		}
+		fail(http.StatusServiceUnavailable, ghlerror.CauseShuttingDown, msg)
 	case errors.Is(err, batcher.ErrClosed):
 		fail(http.StatusServiceUnavailable, ghlerror.CauseShuttingDown, "the sidecar is shutting down; nothing was sent to GHL, retry")
 	case errors.Is(err, batcher.ErrQueueFull):

@@ -1,7 +1,10 @@
 package sidecar
 
 import (
+	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -51,4 +54,85 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		}), nil
 	}
 	return nil, nil
+}
+
+// evictionRisk says what is wrong when Redis may evict the sidecar's keys, "" when it may
+// not. A token bucket or a fold marker that Redis evicts is simply gone, and a missing key
+// reads as a full bucket or a free lock: budgets would be overspent and writes folded with
+// nothing. Only a Redis without a maxmemory, or with maxmemory-policy noeviction (which
+// refuses writes instead, and the sidecar then runs degraded), keeps them. A Cluster is
+// asked node by node. CONFIG may be disabled (managed Redis), so INFO memory is read.
+func evictionRisk(ctx context.Context, rdb redis.UniversalClient) (string, error) {
+	check := func(ctx context.Context, c redis.Cmdable) (string, error) {
+		info, err := c.Info(ctx, "memory").Result()
+		if err != nil {
+			return "", err
+		}
+		var maxmemory, policy string
+		for _, line := range strings.Split(info, "\n") {
+			k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+			switch k {
+			case "maxmemory":
+				maxmemory = v
+			case "maxmemory_policy":
+				policy = v
+			}
+		}
+		if maxmemory == "" || maxmemory == "0" || policy == "noeviction" {
+			return "", nil
+		}
+		return "maxmemory " + maxmemory + " with maxmemory-policy " + policy +
+			" can evict the shared buckets and fold markers; set maxmemory-policy noeviction", nil
+	}
+	if cl, ok := rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		var risk string
+		err := cl.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			r, err := check(ctx, c)
+			mu.Lock()
+			if r != "" && risk == "" {
+				risk = c.Options().Addr + ": " + r
+			}
+			mu.Unlock()
+			return err
+		})
+		return risk, err
+	}
+	return check(ctx, rdb)
+}
+
+// evictionCheck asks Redis about eviction at most every evictionEvery, for /readyz and the
+// redis_eviction_unsafe gauge: an operator may change the policy while the sidecar runs.
+type evictionCheck struct {
+	rdb   redis.UniversalClient
+	gauge interface{ Set(float64) }
+
+	mu   sync.Mutex
+	at   time.Time
+	last string
+}
+
+const evictionEvery = 30 * time.Second
+
+func (e *evictionCheck) status() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.at.IsZero() && time.Since(e.at) < evictionEvery {
+		return e.last
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	risk, err := evictionRisk(ctx, e.rdb)
+	switch {
+	case err != nil:
+		return "unknown: " + err.Error() // asked again next time
+	case risk != "":
+		e.last = "unsafe: " + risk
+		e.gauge.Set(1)
+	default:
+		e.last = "ok"
+		e.gauge.Set(0)
+	}
+	e.at = time.Now()
+	return e.last
 }

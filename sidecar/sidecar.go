@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,10 +35,13 @@ type Sidecar struct {
 	Proxy   *proxy.Handler
 	Ops     *ops.Handler
 	rdb     redis.UniversalClient
-	closers []func() error
+	// closers release the parts in reverse order, all within one deadline; drainers start
+	// flushing what a part holds as soon as shutdown begins.
+	closers, drainers []func(ctx context.Context) error
 	// stageChecks report, per stage, whether it runs without its shared store (/readyz).
 	stageChecks []ops.Check
 	warm        *warm.Loop // nil unless warm.interval and warm.targets are set
+	eviction    *evictionCheck
 }
 
 // New builds a sidecar from cfg. It does not listen yet.
@@ -51,7 +55,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		return nil, err
 	}
 	if s.rdb != nil {
-		s.closers = append(s.closers, s.rdb.Close)
+		s.closers = append(s.closers, func(context.Context) error { return s.rdb.Close() })
+		s.eviction = &evictionCheck{rdb: s.rdb, gauge: s.Metrics.RedisEvictionUnsafe}
+		if risk := s.eviction.status(); risk != "ok" {
+			log.Warn("redis can evict the sidecar's keys", "problem", risk)
+		}
 	}
 	table, stale, err := routeTable(cfg)
 	if err != nil {
@@ -127,21 +135,36 @@ func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	s.log.Info("shutting down", "grace", grace)
+	// One grace period for everything. The batcher flushes what it holds at once, while the
+	// server waits for the requests those writes belong to; the stages then get what is
+	// left of the period (the fold ends what is still in flight when it is over).
+	var drained sync.WaitGroup
+	for _, d := range s.drainers {
+		drained.Go(func() { _ = d(sctx) })
+	}
 	if serr := psrv.Shutdown(sctx); serr != nil {
 		s.log.Warn("in-flight requests did not finish within the grace period", "err", serr)
 	}
 	_ = osrv.Shutdown(sctx)
-	s.Close()
+	drained.Wait()
+	s.close(sctx)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
 }
 
-// Close releases the stages and the store; safe to call more than once.
+// Close releases the stages and the store within shutdown.grace; safe to call more than
+// once.
 func (s *Sidecar) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.grace())
+	defer cancel()
+	s.close(ctx)
+}
+
+func (s *Sidecar) close(ctx context.Context) {
 	for i := len(s.closers) - 1; i >= 0; i-- {
-		if err := s.closers[i](); err != nil {
+		if err := s.closers[i](ctx); err != nil {
 			s.log.Debug("close", "err", err)
 		}
 	}
@@ -168,5 +191,5 @@ func (s *Sidecar) checks() []ops.Check {
 			return "unreachable: " + err.Error() + " (serving on local fallbacks)", false
 		}
 		return "ok", false
-	}}}, s.stageChecks...)
+	}}, {Name: "redis-eviction", Status: func() (string, bool) { return s.eviction.status(), false }}}, s.stageChecks...)
 }

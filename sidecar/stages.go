@@ -40,7 +40,7 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	if err != nil {
 		return err
 	}
-	s.closers = append(s.closers, lim.Close)
+	s.closers = append(s.closers, func(context.Context) error { return lim.Close() })
 	pc.Limiter = lim
 	admin.LimiterStats = func() any {
 		return map[string]any{"scopes": lim.Stats(), "degraded": lim.Degraded(), "replicas": lim.Replicas()}
@@ -65,14 +65,14 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	if err != nil {
 		return err
 	}
-	s.closers = append(s.closers, fold.Close)
+	s.closers = append(s.closers, fold.Shutdown)
 	pc.Fold = fold
 
 	c, err := cache.New(cache.Config{MemoryBytes: int64(cfg.Cache.MemoryBytes)}, s.rdb, s.Metrics, s.log)
 	if err != nil {
 		return err
 	}
-	s.closers = append(s.closers, c.Close)
+	s.closers = append(s.closers, func(context.Context) error { return c.Close() })
 	pc.Cache = c
 	s.stageChecks = append(s.stageChecks, ops.Check{Name: "cache", Status: func() (string, bool) {
 		if !c.Stats().Coherent {
@@ -117,11 +117,8 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	}, lim, s.Metrics, s.log)
 	// Closed first (closers run in reverse): it answers every write it holds while the
 	// limiter and the fold are still there.
-	s.closers = append(s.closers, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), s.grace())
-		defer cancel()
-		return b.Close(ctx)
-	})
+	s.closers = append(s.closers, b.Close)
+	s.drainers = append(s.drainers, b.Close)
 	pc.Batcher = b
 	if cfg.Batch.Merge {
 		pc.MergeRoutes = map[string]bool{}

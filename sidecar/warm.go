@@ -52,5 +52,5 @@ func (s *Sidecar) startWarm(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.warm.Run(ctx) })
-	s.closers = append(s.closers, func() error { cancel(); wg.Wait(); return nil })
+	s.closers = append(s.closers, func(context.Context) error { cancel(); wg.Wait(); return nil })
 }

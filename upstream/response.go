@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,24 @@ type Response struct {
 	// after it, so the cache judges whether an answer may predate a write from Sent, not
 	// Date. Only the replica that made the call knows it; it is not encoded.
 	Sent time.Time
+
+	// links remembers where the body's link fields are (Links): a cached answer is served
+	// many times, and finding them takes a pass over the body.
+	links atomic.Pointer[[]Span]
+}
+
+// Span is a range of bytes of a body, [Start, End).
+type Span struct{ Start, End int }
+
+// Links returns find(r.Body), computed on the first call and remembered: the Response is
+// immutable, so its link fields never move. Safe for concurrent use.
+func (r *Response) Links(find func(body []byte) []Span) []Span {
+	if p := r.links.Load(); p != nil {
+		return *p
+	}
+	s := find(r.Body)
+	r.links.Store(&s)
+	return s
 }
 
 // encodingVersion is bumped whenever the binary layout changes, so that replicas of

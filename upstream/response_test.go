@@ -17,7 +17,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Status != r.Status || !reflect.DeepEqual(got.Header, r.Header) || !bytes.Equal(got.Body, r.Body) || !got.Date.Equal(r.Date) {
-		t.Fatalf("round trip: %+v != %+v", got, r)
+		t.Fatalf("round trip: %+v != %+v", &got, r)
 	}
 }
 

@@ -367,7 +367,13 @@ func (l *Loop) warmRequest(ctx context.Context, t Target, auth string, req Reque
 		}
 		r.Pages++
 		if rec.status < 200 || rec.status > 299 {
-			r.Errors = append(r.Errors, fmt.Sprintf("%s %s: page %d: status %d: %s", method, req.Path, page, rec.status, snippet(rec.body.Bytes())))
+			// The status and, for the sidecar's own errors, their cause: never GHL's body,
+			// which is a customer's data and would reach whoever reads /_ghlproxy/warm.
+			msg := fmt.Sprintf("%s %s: page %d: status %d", method, req.Path, page, rec.status)
+			if cause := rec.header.Get(ghlerror.Header); cause != "" {
+				msg += " (" + cause + ")"
+			}
+			r.Errors = append(r.Errors, msg)
 			return false
 		}
 		if strings.Contains(rec.header.Get("Cache-Status"), "stored") {
@@ -425,13 +431,4 @@ func (r *recorder) WriteHeader(code int) {
 func (r *recorder) Write(b []byte) (int, error) {
 	r.WriteHeader(http.StatusOK)
 	return r.body.Write(b)
-}
-
-func snippet(b []byte) string {
-	const n = 200
-	s := strings.TrimSpace(string(b))
-	if len(s) > n {
-		s = s[:n] + "…"
-	}
-	return s
 }

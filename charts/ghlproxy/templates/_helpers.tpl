@@ -71,6 +71,48 @@ parent chart that passes only (dict "Values" .Values.ghlproxy): then image.tag m
 {{- end }}
 {{- end }}
 
+{{/*
+The admin token the chart generates when admin.token and admin.existingSecret are empty:
+the one in the release's admin Secret if there is one (so an upgrade keeps it), else a new
+one, the same in every template of one render. helm template cannot look up, and a parent
+chart including ghlproxy.sidecar by hand passes no .Release: those get a new one each time.
+*/}}
+{{- define "ghlproxy.generatedAdminToken" -}}
+{{- if not (hasKey .Values "_adminToken") }}
+{{- $tok := "" }}
+{{- if hasKey . "Release" }}
+{{- $s := lookup "v1" "Secret" .Release.Namespace (printf "%s-admin" (include "ghlproxy.fullname" .)) }}
+{{- if and $s (hasKey ($s.data | default dict) "admin-token") }}
+{{- $tok = index $s.data "admin-token" | b64dec }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Values "_adminToken" ($tok | default (randAlphaNum 40)) }}
+{{- end }}
+{{- .Values._adminToken }}
+{{- end }}
+
+{{/* GHLPROXY_ADMIN_TOKEN; pass (list . "sidecar"|"standalone"). See values.yaml admin. */}}
+{{- define "ghlproxy.adminEnv" -}}
+{{- $root := index . 0 -}}
+{{- $a := $root.Values.admin }}
+- name: GHLPROXY_ADMIN_TOKEN
+{{- if $a.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $a.existingSecret | quote }}
+      key: {{ $a.existingSecretKey | quote }}
+{{- else if $a.token }}
+  value: {{ $a.token | quote }}
+{{- else if eq (index . 1) "standalone" }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ghlproxy.fullname" $root }}-admin
+      key: admin-token
+{{- else }}
+  value: {{ include "ghlproxy.generatedAdminToken" $root | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Environment shared by the sidecar and standalone mode; pass (list . mode). */}}
 {{- define "ghlproxy.env" -}}
 {{- $root := index . 0 -}}
@@ -103,6 +145,7 @@ parent chart that passes only (dict "Values" .Values.ghlproxy): then image.tag m
 {{- end }}
 {{- end }}
 {{- include "ghlproxy.redisEnv" . }}
+{{- include "ghlproxy.adminEnv" . }}
 {{- with $root.Values.identity.existingSecret }}
 - name: GHLPROXY_IDENTITY_SECRET
   valueFrom:
