@@ -51,11 +51,12 @@
 // caller but the last is told it was superseded (Info.Superseded).
 //
 // Failures. A write is either sent exactly once, or its caller gets an error before it was
-// sent (a write carried by another write's merged or bulk call is marked as sent through its
-// Sending hook first, and left out unsent if that fails): a caller whose ctx ends while its
-// write is queued (also while the group waits for its grant) gets ctx.Err() and the write is
-// dropped from the queue; a limiter error (a *ratelimit.RejectedError after
-// ratelimit.max_wait) answers the writes the group asked for, and nothing of it is sent.
+// sent, marked upstream.ErrNotSent where it had been marked sent (every write of a call is
+// marked sent through its Sending hook right before the call goes, and left out unsent if
+// that fails): a caller whose ctx ends while its write is queued (also while the group
+// waits for its grant) gets ctx.Err() and the write is dropped from the queue; a limiter
+// error (a *ratelimit.RejectedError after ratelimit.max_wait) answers the writes the group
+// asked for, and nothing of it is sent. Close's deadline ends the calls still upstream.
 //
 // The wait bound. A write waits in the batcher's queue (behind the groups ahead of it, one
 // grant at a time per scope) and then in the limiter, and the limiter's MaxWait only sees the
@@ -65,12 +66,13 @@
 // found so before its group asks or the limiter's wait ran into that deadline. When the
 // limiter refuses a group, the writes that cannot make it (time left below the refusal's
 // RetryAfter, and always the oldest, whose time set the bound) get the refusal; the others
-// stay at the head of the queue and ask again. Once a group is cut, its writes are sent whatever happens
-// to their callers: Send runs on context.WithoutCancel of the caller's ctx, so a client
-// hanging up cannot abort a write half-way (GHL may or may not have applied it); Send must
-// bound itself (the proxy's round trip has its own upstream timeout). Submit then waits for
-// the answer even if its ctx ended. Nothing is ever resent: a 429 or a timeout from GHL is
-// the caller's answer.
+// stay at the head of the queue and ask again. Once a group is cut, its writes are sent
+// whatever happens to their callers: Send runs on context.WithoutCancel of the caller's ctx
+// (ended only when Close's deadline passes), so a client hanging up cannot abort a write
+// half-way (GHL may or may not have applied it); Send must bound itself (the proxy's round
+// trip has its own upstream timeout). Submit then waits for the answer even if its ctx
+// ended. Nothing is ever resent: a 429 or a timeout from GHL is the caller's answer; a
+// refused combined call is split (above), each write sent for the first time alone.
 package batcher
 
 import (
@@ -113,10 +115,10 @@ type Write struct {
 	// Bulk, when non-nil (and Config.Bulk), lets this write go out in one bulk call with
 	// other writes of the same Bulk.Key to other entities. Needs a non-empty Entity.
 	Bulk *Bulk
-	// Sending, when set, is called right before a call that carries this write but is made
-	// by another write's Send (a merged or bulk call) goes upstream: the proxy records
-	// there that the write may now be applied, as its own Send would have. An error takes
-	// the write out of the call unsent; its caller gets the error.
+	// Sending, when set, is called right before a call that carries this write goes
+	// upstream, whichever write's Send makes it: the proxy records there that the write may
+	// now be applied. An error takes the write out of the call unsent and its caller gets
+	// the error; when that was the call's first write, the next one makes the call.
 	Sending func() error
 }
 
@@ -390,7 +392,7 @@ func (b *Batcher) Submit(ctx context.Context, w Write) (*upstream.Response, Info
 		}
 		b.mu.Unlock()
 		wake(s)
-		return nil, Info{}, ctx.Err()
+		return nil, Info{}, fmt.Errorf("%w: %w", upstream.ErrNotSent, ctx.Err())
 	}
 	b.mu.Unlock()
 	// Cut into a group: it will be (or was) sent; the answer is the caller's.
@@ -755,9 +757,16 @@ func (b *Batcher) send(info Info, c *call) {
 	ws := c.writes
 	b.mu.Unlock()
 
+	// Every write the call carries is marked sent before it goes, its first included: a
+	// write whose caller left may not be sent, and then the next one leads the call.
 	ws = b.marked(ws)
+	if len(ws) == 0 {
+		b.finished(c)
+		return
+	}
 	first := ws[0]
-	ctx := context.WithoutCancel(first.ctx)
+	ctx, stop := b.sendContext(first.ctx)
+	defer stop()
 	var answers []result
 	switch {
 	case len(ws) > 1 && first.fields == nil: // a bulk call: merging writes have fields
@@ -772,6 +781,11 @@ func (b *Batcher) send(info Info, c *call) {
 	for i, p := range ws {
 		p.done <- answers[i]
 	}
+	b.finished(c)
+}
+
+// finished lets the entities' next calls go.
+func (b *Batcher) finished(c *call) {
 	b.mu.Lock()
 	for _, e := range c.entities {
 		if b.tails[e] == c {
@@ -780,6 +794,15 @@ func (b *Batcher) send(info Info, c *call) {
 	}
 	b.mu.Unlock()
 	close(c.done)
+}
+
+// sendContext is the context a call is sent on: not its callers' (a client hanging up must
+// not abort a write half-way), but ended when Close's deadline passes, so that shutdown
+// takes one grace period even for calls GHL is slow to answer.
+func (b *Batcher) sendContext(parent context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	stop := context.AfterFunc(b.base, cancel)
+	return ctx, func() { stop(); cancel() }
 }
 
 // sendBulk makes the bulk call of ws, one answer per write. When GHL refuses the call as a
@@ -850,38 +873,55 @@ func splittable(resp *upstream.Response) bool {
 // alone sends each write of a refused combined call by itself, in arrival order (they may
 // share an entity), each behind a token of its own: the combined call spent one, and these
 // are new calls. A write whose token cannot be had within MaxWait gets the limiter's error
-// and is not sent.
+// and is not sent (the error says so: upstream.ErrNotSent). Of a merged call's writes —
+// one entity — every one that succeeded but the last is Superseded, as in a merged call:
+// the last is the entity's latest.
 func (b *Batcher) alone(info Info, ws []*pending) []result {
 	answers := make([]result, len(ws))
 	info.Merged, info.Bulk = 1, 0
 	for i, p := range ws {
-		ctx := context.WithoutCancel(p.ctx)
-		if b.lim != nil {
-			wctx, cancel := ctx, context.CancelFunc(func() {})
-			if b.cfg.MaxWait > 0 {
-				wctx, cancel = context.WithTimeout(ctx, b.cfg.MaxWait)
-			}
-			_, err := b.lim.Wait(wctx, p.w.Scope, 1, ratelimit.Batch)
-			cancel()
-			if errors.Is(err, context.DeadlineExceeded) {
-				err = &ratelimit.RejectedError{RetryAfter: expiredRetry} // the bound set here
-			}
-			if err != nil {
-				answers[i] = result{err: err}
-				continue
+		ctx, stop := b.sendContext(p.ctx)
+		answers[i] = b.sendAlone(ctx, info, p)
+		stop()
+	}
+	if ws[0].fields != nil {
+		last := -1
+		for i, a := range answers {
+			if a.err == nil && a.resp.Status/100 == 2 {
+				if last >= 0 {
+					answers[last].info.Superseded = true
+				}
+				last = i
 			}
 		}
-		resp, err := p.w.Send(ctx, p.w.Body)
-		answers[i] = result{resp: resp, info: info, err: err}
 	}
 	return answers
 }
 
-// marked calls Sending of the writes ws[0]'s Send carries besides its own, answers those
-// whose Sending fails with its error (they are not sent) and returns the rest.
+func (b *Batcher) sendAlone(ctx context.Context, info Info, p *pending) result {
+	if b.lim != nil {
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if b.cfg.MaxWait > 0 {
+			wctx, cancel = context.WithTimeout(ctx, b.cfg.MaxWait)
+		}
+		_, err := b.lim.Wait(wctx, p.w.Scope, 1, ratelimit.Batch)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = &ratelimit.RejectedError{RetryAfter: expiredRetry} // the bound set here
+		}
+		if err != nil {
+			return result{err: fmt.Errorf("%w: %w", upstream.ErrNotSent, err)}
+		}
+	}
+	resp, err := p.w.Send(ctx, p.w.Body)
+	return result{resp: resp, info: info, err: err}
+}
+
+// marked calls Sending of every write of a call, answers those whose Sending fails with its
+// error (they are not sent) and returns the rest.
 func (b *Batcher) marked(ws []*pending) []*pending {
-	out := ws[:1:1]
-	for _, p := range ws[1:] {
+	out := ws[:0:0]
+	for _, p := range ws {
 		if p.w.Sending != nil {
 			if err := p.w.Sending(); err != nil {
 				p.done <- result{err: err}

@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -98,4 +99,33 @@ func TestMergedWritesButTheLastAreSuperseded(t *testing.T) {
 		}
 	}
 	closeBatcher(t, b)
+}
+
+// TestMergedCallOutlivesItsFirstWrite: the first write of a merged call cannot be sent (its
+// caller left; Sending fails): the call goes with the others' fields, led by the next
+// write, and every other caller gets its answer.
+func TestMergedCallOutlivesItsFirstWrite(t *testing.T) {
+	st := newStand(t)
+	b := New(Config{Min: 3, Max: 3, Linger: time.Hour, Merge: true}, openBucket(), nil, nil)
+	gone := errors.New("caller left")
+	w := func(body string, sending func() error) Write {
+		return Write{Scope: "loc1", Entity: "contacts/A", MergeKey: "k", Body: []byte(body), Send: st.send("A", nil), Sending: sending}
+	}
+	chs := submitInOrder(t, b,
+		w(`{"a":1}`, func() error { return gone }),
+		w(`{"b":2}`, nil),
+		w(`{"c":3}`, nil))
+	if r := receive(t, chs[0]); !errors.Is(r.err, gone) {
+		t.Fatalf("the write that could not be marked: %+v, want its Sending error", r)
+	}
+	for i, ch := range chs[1:] {
+		if r := receive(t, ch); r.err != nil || r.info.Merged != 2 {
+			t.Fatalf("write %d: %+v; want the merged call of the two left", i+1, r)
+		}
+	}
+	closeBatcher(t, b)
+	calls := st.recorded()
+	if len(calls) != 1 || string(calls[0].body) != `{"b":2,"c":3}` {
+		t.Fatalf("upstream calls %d, body %s; want one call without the first write's field", len(calls), calls[0].body)
+	}
 }

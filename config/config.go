@@ -83,7 +83,8 @@ type Limits struct {
 	MaxResponseBytes ByteSize `yaml:"max_response_bytes"`
 	// Longest the app may take to send a request's body once its headers are in; past it the
 	// request gets a sidecar-made 408 and its connection is closed (nothing of a buffered
-	// route was sent to GHL). Headers have 10s of their own.
+	// route was sent to GHL). Headers have 10s of their own; /oauth/ is not bounded (it
+	// passes untouched).
 	BodyTimeout time.Duration `yaml:"body_timeout"`
 	// Heap the garbage collector lets grow before it collects while the live heap is small
 	// (integer bytes or "32MiB"; 0, or a GOGC environment variable, leaves Go's default):

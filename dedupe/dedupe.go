@@ -258,7 +258,7 @@ type call struct {
 // *UnconfirmedError.
 func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, Outcome, error) {
 	f.mu.Lock()
-	if e, ok := f.replay.get(key, f.now()); ok {
+	if e, ok := f.replay.get(key, f.now()); ok && f.replaysLocally(o) {
 		resp, err := e.resp, e.err
 		f.mu.Unlock()
 		if err == nil {
@@ -267,6 +267,9 @@ func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context
 		return resp, Replay, err
 	}
 	c, joined := f.calls[key]
+	if joined && c.sent != nil && c.sent.abandoned() {
+		joined = false // its callers left; it sends nothing and answers nobody
+	}
 	if joined && c.forgotten {
 		// A write landed while that call ran: its answer may predate the write, and this
 		// caller began after it. A new call takes the key; the old one still answers its
@@ -338,8 +341,11 @@ func (f *Fold) newMark(c *call) *sentMark {
 	s := &sentMark{}
 	f.mu.Lock()
 	c.sent = s
-	if c.waiters == 0 {
-		s.abandon()
+	if c.opt.Write {
+		c.forgotten = false // a write about to lead: only Forgets after it is sent count
+	}
+	if c.waiters == 0 && s.abandon() && f.calls[c.key] == c {
+		delete(f.calls, c.key)
 	}
 	f.mu.Unlock()
 	return s
@@ -388,7 +394,9 @@ func (f *Fold) keep(c *call, resp *upstream.Response, err error, sent *sentMark)
 		return keepNothing
 	}
 	if err != nil {
-		if c.opt.Write && sent.sent() {
+		// Marked sent, but the error says it never left (a merged call's write sent alone
+		// found no token): its retries are new, not "may have been applied".
+		if c.opt.Write && sent.sent() && !errors.Is(err, upstream.ErrNotSent) {
 			return keepUnconfirmed
 		}
 		return keepNothing
@@ -423,7 +431,7 @@ func (f *Fold) finish(c *call, resp *upstream.Response, err error, out Outcome, 
 	if f.calls[c.key] == c {
 		delete(f.calls, c.key)
 	}
-	if f.now().Before(expires) {
+	if f.now().Before(expires) && f.replaysLocally(c.opt) {
 		switch {
 		case k == keepAnswer && !c.forgotten:
 			f.replay.put(c.key, resp, nil, c.opt.Tags, expires)
@@ -435,6 +443,12 @@ func (f *Fold) finish(c *call, resp *upstream.Response, err error, out Outcome, 
 	c.resp, c.err, c.outcome = resp, err, out
 	close(c.done)
 }
+
+// replaysLocally says whether a call may be answered from the in-process replay store. A
+// write with Redis may not: a later write on another replica ends its replay, and this
+// replica learns of that by a pub/sub notice that can trail the next request — so a
+// write's retry asks Redis (one round trip, for a retry) rather than replay a copy.
+func (f *Fold) replaysLocally(o Options) bool { return f.rdb == nil || !o.Write }
 
 // forgetLocal drops in-process replays carrying any of tags and marks calls in flight with
 // them, so an answer fetched before the write is shared but not replayed: every read, and
@@ -449,7 +463,10 @@ func (f *Fold) forgetLocal(tags []string, except string) {
 		if c.forgotten || key == except || !intersects(c.opt.Tags, tags) {
 			continue
 		}
-		if !c.opt.Write || (c.sent != nil && c.sent.state.Load() >= markSending) {
+		// A write not yet leading (waiting for a call on another replica) is forgotten too:
+		// the answer it may take from Redis could predate this write. One that leads
+		// clears the mark until it is sent (lead).
+		if !c.opt.Write || c.sent == nil || c.sent.state.Load() >= markSending {
 			c.forgotten = true
 		}
 	}
@@ -501,8 +518,9 @@ func (f *Fold) retryForget(tags []string, except string) {
 		}
 		ex[except]++
 	}
-	f.mu.Unlock()
+	// Under mu with the excepts: redoForgets never sees an except without its tag pending.
 	f.unforgot.Add(time.Now().Add(f.cfg.CallTimeout+f.cfg.Window), tags...)
+	f.mu.Unlock()
 	pending.Wake(f.forgetWake)
 }
 
@@ -527,8 +545,10 @@ func (f *Fold) redoForgets() bool {
 	f.mu.Lock()
 	for t, ex := range f.unforgotExcept {
 		if !due[t] {
-			delete(f.unforgotExcept, t) // given up: its replays are gone anyway
-			continue
+			if !f.unforgot.Any([]string{t}) {
+				delete(f.unforgotExcept, t) // given up: its replays are gone anyway
+			}
+			continue // or added again since Due: the next round has it
 		}
 		for e, n := range ex {
 			byExcept[e] = append(byExcept[e], t)
@@ -567,8 +587,9 @@ func (f *Fold) redoForgets() bool {
 }
 
 // Close stops the subscription and waits for the calls in flight on this replica to
-// finish (each is bounded by Config.CallTimeout and Config.WaitBound), so their answers
-// are stored for the other replicas. Close the Redis client after Close.
+// finish, so their answers are stored for the other replicas: a call waiting for another
+// replica gives up at once, a fetch runs to its end (bounded by what it calls: the
+// batcher's and the transport's own bounds). Close the Redis client after Close.
 func (f *Fold) Close() error { return f.Shutdown(context.Background()) }
 
 // Shutdown is Close within ctx: when ctx ends first, the fetches still running are

@@ -84,9 +84,10 @@ if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
 local kind = 'p:'
 if ARGV[3] == '1' then kind = 'w:' end
 redis.call('SET', KEYS[1], kind .. ARGV[1], 'PX', ARGV[2])
-if r and r == 'X' then
-  -- A tombstone laid before this call began: it concerns calls before this one (a
-  -- stalled leader's answer still stops at it), not this one's.
+if r and string.sub(r, 1, 1) == 'X' then
+  -- A tombstone laid before this call began (bare, or adopted by a call before it): it
+  -- concerns calls before this one (a stalled leader's answer still stops at it), not
+  -- this one's.
   redis.call('SET', KEYS[3], 'X' .. ARGV[1], 'KEEPTTL')
 end
 return {0}`),
@@ -333,16 +334,21 @@ func (f *Fold) leadLocal(ctx context.Context, c *call) {
 func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	window := f.window(c.opt)
 	indexed := true
+	index := func(life time.Duration) error {
+		pipe := f.rdb.Pipeline()
+		for _, t := range c.opt.Tags {
+			f.scripts.index.Eval(ctx, pipe, []string{f.tagKey(t)}, c.key, ms(life)) // EVALSHA in a pipeline would not fall back on NOSCRIPT
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	indexedAt := time.Now()
 	if window > 0 && len(c.opt.Tags) > 0 {
 		// Indexed before the fetch, so a Forget while it runs finds the key and leaves a
 		// tombstone that keeps the possibly outdated answer from being replayed (see the
 		// tomb script for writes). The record can live until the fetch times out plus the
 		// window.
-		pipe := f.rdb.Pipeline()
-		for _, t := range c.opt.Tags {
-			f.scripts.index.Eval(ctx, pipe, []string{f.tagKey(t)}, c.key, ms(window+f.cfg.CallTimeout)) // EVALSHA in a pipeline would not fall back on NOSCRIPT
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
+		if err := index(window + f.cfg.CallTimeout); err != nil {
 			// No Forget could find this answer: it goes to this call's callers only.
 			f.log.Warn("redis: indexing fold tags; the answer will not be replayed", "err", err)
 			indexed = false
@@ -388,6 +394,13 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	}
 
 	kp := f.keep(c, resp, err, sent)
+	if kp == keepAnswer && indexed && time.Since(indexedAt) > f.cfg.CallTimeout {
+		// The fetch outlasted its bound (a write the batcher sent regardless of it): list
+		// the key again, for as long as its record will live, or a Forget could miss it.
+		if err := index(window + time.Second); err != nil {
+			indexed = false
+		}
+	}
 	f.mu.Lock()
 	forgotten := c.forgotten
 	f.mu.Unlock()

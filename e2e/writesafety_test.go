@@ -366,14 +366,15 @@ func TestShutdownWithinOneGrace(t *testing.T) {
 	const grace = 1500 * time.Millisecond
 	up := startLoggedStandIn(t, unlimited())
 	r := startReplica(t, testConfig(t, up.URL, "GHLPROXY_SHUTDOWN_GRACE="+grace.String(),
-		"GHLPROXY_RATELIMIT_RATE=6", "GHLPROXY_RATELIMIT_PER=1m", "GHLPROXY_RATELIMIT_BURST=6"))
+		"GHLPROXY_RATELIMIT_RATE=6", "GHLPROXY_RATELIMIT_PER=1m", "GHLPROXY_RATELIMIT_BURST=7"))
 	token := fakeghl.Token("Location", "locShutdown", "app-1")
 	hdr := ghlHeaders(token)
 	id := newContact(t, up.URL, token, map[string]any{"locationId": "locShutdown", "firstName": "Shu"})
 	verifyToken(t, r, hdr, id)
-	for i := range 4 { // the bucket but one token, for the read
+	for i := range 4 { // the bucket but two tokens: the read's and a write's
 		call(t, http.DefaultClient, "GET", r.URL+fmt.Sprintf("/contacts/drain%d", i), "", hdr)
 	}
+	other := newContact(t, up.URL, token, map[string]any{"locationId": "locShutdown", "firstName": "Oth"})
 	up.Fake.SetExtraDelay(20 * time.Second)
 	read := make(chan answer, 1)
 	go func() {
@@ -382,6 +383,19 @@ func TestShutdownWithinOneGrace(t *testing.T) {
 	poll.Until(t, 10*time.Second, "the read to reach the stand-in", func() bool {
 		for _, a := range up.Log.arrivals() {
 			if strings.Contains(a.Path, id) && a.Status == 0 {
+				return true
+			}
+		}
+		return false
+	})
+	// A write sent, GHL slow to answer it, and one queued behind the empty bucket.
+	sent := make(chan answer, 1)
+	go func() {
+		sent <- send(http.DefaultClient, "PUT", r.URL+"/contacts/"+other, `{"firstName":"Slow"}`, hdr, 30*time.Second, nil)
+	}()
+	poll.Until(t, 10*time.Second, "the write to reach the stand-in", func() bool {
+		for _, a := range up.Log.arrivals() {
+			if a.Method == "PUT" && a.Status == 0 {
 				return true
 			}
 		}
@@ -400,8 +414,11 @@ func TestShutdownWithinOneGrace(t *testing.T) {
 	if took > grace+time.Second {
 		t.Errorf("shutting down took %v with shutdown.grace %v", took, grace)
 	}
-	if a := <-write; a.Err == nil && a.Status/100 == 2 {
-		t.Errorf("the queued write was answered %d: it had no token, it cannot have been sent", a.Status)
+	if a := <-write; a.Err == nil && (a.Status/100 == 2 || strings.Contains(string(a.Body), "may have been applied")) {
+		t.Errorf("the queued write was answered %d %s: it had no token, it was not sent", a.Status, a.Body)
+	}
+	if a := <-sent; a.Err == nil && (a.Status != http.StatusServiceUnavailable || !strings.Contains(string(a.Body), "may have been applied")) {
+		t.Errorf("the write GHL was still answering got %d %s; want the sidecar's 503 saying it may have been applied", a.Status, a.Body)
 	}
 	if puts := writesTo(up.Fake.Stats(), id, "PUT"); puts != 0 {
 		t.Errorf("%d PUTs reached the stand-in", puts)

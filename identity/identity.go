@@ -51,8 +51,10 @@ type Credential struct {
 	// named a resource, so ScopeKey and ownKey differ.
 	ownKey  string
 	claimed bool
-	// verified: GHL has answered this token with a 2xx, so its claims are GHL's.
+	// verified: GHL has answered this token with a 2xx, so its claims are GHL's;
+	// vouched is closed then, releasing every call waiting in Admit at once.
 	verified atomic.Bool
+	vouched  chan struct{}
 	// probe admits one upstream call at a time while the claims are unverified; probes
 	// counts the calls it admitted, for the claims' bucket to be charged (MarkVerified).
 	probe  chan struct{}
@@ -83,20 +85,27 @@ func (c *Credential) MarkVerified() (unverifiedCalls int) {
 	if !c.claimed || !c.verified.CompareAndSwap(false, true) {
 		return 0
 	}
+	close(c.vouched)
 	return int(c.probes.Load())
 }
 
 // Admit lets one upstream call of an unverified credential out at a time, so that a new
 // token spends at most one call outside its claims' bucket before GHL has vouched for it;
-// its other calls wait here, and once one is answered 2xx they spend the claims' bucket.
-// Cache hits never come here. It returns a release to call once the call's answer is in,
-// or ctx.Err(). For a verified credential it returns at once.
+// its other calls wait here, and the moment one is answered 2xx they all go, on the
+// claims' bucket. Cache hits never come here. It returns a release to call as soon as the
+// call's answer (its status) is in — calling it more than once is harmless — or ctx.Err().
+// For a verified credential it returns at once.
+//
+// A token GHL never answers 2xx (every call a 4xx) stays on its own budget, one call at a
+// time: such a token is failing anyway.
 func (c *Credential) Admit(ctx context.Context) (release func(), err error) {
 	if c.Verified() {
 		return noRelease, nil
 	}
 	select {
 	case c.probe <- struct{}{}:
+	case <-c.vouched:
+		return noRelease, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -105,7 +114,8 @@ func (c *Credential) Admit(ctx context.Context) (release func(), err error) {
 		return noRelease, nil
 	}
 	c.probes.Add(1)
-	return func() { <-c.probe }, nil
+	var once sync.Once
+	return func() { once.Do(func() { <-c.probe }) }, nil
 }
 
 func noRelease() {}
@@ -176,13 +186,18 @@ func (r *Resolver) Resolve(authorization string) *Credential {
 	if c != nil {
 		return c
 	}
+	r.mu.RLock()
+	c = r.old.get(h, authorization)
+	r.mu.RUnlock()
+	if c == nil {
+		// Derived outside the lock: hashes of up to 16 KiB must not stall every other
+		// request's lookup while a flood of new tokens arrives.
+		c = r.derive(authorization)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if c = r.cur.get(h, authorization); c != nil {
-		return c
-	}
-	if c = r.old.get(h, authorization); c == nil {
-		c = r.derive(authorization)
+	if found := r.cur.get(h, authorization); found != nil {
+		return found // another request put it first: one Credential per header
 	}
 	if r.cur.bytes+len(authorization)+memoEntryCost > memoBytes {
 		r.old, r.cur = r.cur, newMemo()
@@ -207,7 +222,7 @@ func Canonical(authorization string) string {
 }
 
 func (r *Resolver) derive(authorization string) *Credential {
-	c := &Credential{probe: make(chan struct{}, 1)}
+	c := &Credential{probe: make(chan struct{}, 1), vouched: make(chan struct{})}
 	canon := Canonical(authorization)
 	if canon == "" {
 		c.Anonymous = true

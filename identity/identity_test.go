@@ -113,8 +113,9 @@ func TestUnverifiedClaimsSpendTheirOwnBudget(t *testing.T) {
 	}
 }
 
-// TestAdmitOneUnverifiedAtATime: an unverified token's requests go one at a time; once one
-// is answered 2xx, the others go at once.
+// TestAdmitOneUnverifiedAtATime: an unverified token's calls go one at a time; the moment
+// one is answered 2xx, every call waiting goes, even while the first is still out (a long
+// download must not hold them), and later calls do not wait at all.
 func TestAdmitOneUnverifiedAtATime(t *testing.T) {
 	r := NewResolver("s")
 	c := r.Resolve("Bearer " + jwt(map[string]any{"authClass": "Location", "authClassId": "L"}))
@@ -122,30 +123,50 @@ func TestAdmitOneUnverifiedAtATime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if _, err := c.Admit(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("a second unverified request was admitted while the first is out: %v", err)
+	const waiting = 3
+	admitted := make(chan error, waiting)
+	entered := make(chan struct{}, waiting)
+	for range waiting {
+		go func() {
+			entered <- struct{}{}
+			rel, err := c.Admit(context.Background())
+			if err == nil {
+				rel()
+			}
+			admitted <- err
+		}()
 	}
-	second := make(chan error, 1)
-	go func() {
-		rel, err := c.Admit(context.Background())
-		if err == nil {
-			rel()
+	for range waiting {
+		<-entered
+	}
+	select {
+	case err := <-admitted:
+		t.Fatalf("a call was admitted while the first unverified one is out: %v", err)
+	default:
+	}
+	// A waiter that arrived and gave up is not admitted either.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Admit(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("an unverified call with its context gone: %v", err)
+	}
+	if n := c.MarkVerified(); n != 1 {
+		t.Fatalf("MarkVerified reported %d unverified calls, want 1", n)
+	}
+	for range waiting { // released by the verification, the first call still out
+		select {
+		case err := <-admitted:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("calls waiting for an unverified token were not let go when it was verified")
 		}
-		second <- err
-	}()
-	c.MarkVerified()
+	}
 	release()
-	if err := <-second; err != nil {
-		t.Fatal(err)
-	}
-	for range 3 { // verified: no waiting, no slot
-		rel, err := c.Admit(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rel()
+	release() // harmless
+	if n := c.MarkVerified(); n != 0 {
+		t.Fatalf("a second MarkVerified reported %d calls to charge", n)
 	}
 }
 

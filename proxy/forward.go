@@ -213,6 +213,9 @@ func (h *Handler) observeUpstream(x *exchange, resp *http.Response, err error, d
 	if x.cred == nil {
 		return
 	}
+	if x.admitted != nil {
+		defer x.admitted() // after MarkVerified: the next call finds the token verified
+	}
 	if code >= 200 && code <= 299 {
 		// GHL accepted the token: its claims are real, and so is their budget. The calls
 		// it made before, on its own, were in that budget's window too: charged to it.

@@ -181,8 +181,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x := h.classify(r)
 	defer h.observe(x)
-	h.boundBody(w, r, x)
+	if x.policy != routes.Pass { // /oauth/ goes untouched, timing included
+		h.boundBody(w, r, x)
+	}
 	if x.policy != routes.Pass {
+		if len(r.Header["Authorization"]) > 1 {
+			// Which one GHL's edge honours is not the sidecar's to guess: the key, the
+			// budget and the verification must be about the credential GHL uses.
+			x.outcome, x.status = metrics.OutcomeRejected, http.StatusBadRequest
+			ghlerror.Write(w, x.status, ghlerror.CauseMalformed, "more than one Authorization header; nothing was sent to GHL")
+			return
+		}
 		if len(r.Header.Get("Authorization")) > identity.MaxAuthorizationBytes {
 			x.outcome, x.status = metrics.OutcomeRejected, http.StatusRequestHeaderFieldsTooLarge
 			ghlerror.Write(w, x.status, ghlerror.CauseHeadersTooLarge,
@@ -231,6 +240,10 @@ type exchange struct {
 	upstreamStart time.Time
 	// body is the request body under limits.body_timeout, when it has one.
 	body *boundedBody
+	// admitted releases the credential's probe (identity.Credential.Admit) once the
+	// upstream answer is in; nil when there is none to release. Set and called on the
+	// goroutine that makes the call.
+	admitted func()
 	// queued is the rate-limit wait of the call this request led, in µs. Atomic because a
 	// detached fold leader may still set it after its own caller gave up.
 	queued atomic.Int64
@@ -349,6 +362,7 @@ func (h *Handler) passLimited(w http.ResponseWriter, r *http.Request, x *exchang
 		return
 	}
 	defer release()
+	x.admitted = release // a long download does not hold the token's other calls
 	if h.cfg.Limiter != nil {
 		if err := h.wait(r.Context(), x, 1, ratelimit.Interactive); err != nil {
 			h.writeError(w, r, x, err)
@@ -450,6 +464,7 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 		return nil, err
 	}
 	defer release()
+	x.admitted = release
 	for attempt := 0; ; attempt++ {
 		if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
 			return nil, err
@@ -558,6 +573,7 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 		return nil, err
 	}
 	defer release()
+	x.admitted = release
 	send := func(ctx context.Context, b []byte) (*upstream.Response, error) {
 		return h.roundTrip(ctx, r, x, b)
 	}

@@ -185,7 +185,7 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, x *exchange
 	case errors.Is(err, context.Canceled) && r.Context().Err() == nil:
 		// Not the client: the sidecar ended the call because its shutdown grace ran out.
 		msg := "the sidecar is shutting down and stopped this request; retry"
-		if x.policy == routes.Write {
+		if x.policy == routes.Write && !errors.Is(err, upstream.ErrNotSent) {
 			msg = "the sidecar is shutting down and stopped waiting for GHL: the write may have been applied; check before retrying"
 		}
 		fail(http.StatusServiceUnavailable, ghlerror.CauseShuttingDown, msg)

@@ -96,6 +96,9 @@ func evictionRisk(ctx context.Context, rdb redis.UniversalClient) (string, error
 			mu.Unlock()
 			return err
 		})
+		if risk != "" {
+			return risk, nil // one node that can evict is enough to say so
+		}
 		return risk, err
 	}
 	return check(ctx, rdb)

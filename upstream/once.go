@@ -36,6 +36,11 @@ func AtMostOnce(rt http.RoundTripper) http.RoundTripper {
 	return atMostOnce{rt}
 }
 
+// ErrNotSent marks (through errors.Is) the error of a write that provably never reached
+// GHL — refused before it left, dropped from a queue, its connection never written — as
+// opposed to one that may have been applied. Retries of such a write are sent.
+var ErrNotSent = errors.New("not sent to GHL")
+
 // ErrResendRefused is the error of a write whose connection failed after it was sent (or
 // began to be): the transport wanted to send it again, and AtMostOnce refused. GHL may
 // have applied it.
