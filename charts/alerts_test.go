@@ -50,6 +50,12 @@ tests:
         values: '0+100x30'
       - series: 'ghlproxy_ratelimit_wait_seconds_bucket{namespace="shop",pod="a",priority="interactive",le="+Inf"}'
         values: '0+100x30'
+      - series: 'ghlproxy_webhooks_total{namespace="shop",pod="a",type="other",result="refused"}'
+        values: '0+6x30'
+      - series: 'ghlproxy_webhooks_total{namespace="shop",pod="b",type="ContactUpdate",result="applied"}'
+        values: '0+60x30'
+      - series: 'ghlproxy_webhooks_total{namespace="shop",pod="b",type="other",result="refused"}'
+        values: '0x30'
     alert_rule_test:
       - eval_time: 20m
         alertname: GhlproxyUpstream429s
@@ -83,6 +89,13 @@ tests:
           - exp_labels: {severity: warning, namespace: shop, pod: a}
       - eval_time: 20m
         alertname: GhlproxyLongQueueWaits
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: shop, pod: a}
+      - eval_time: 10m
+        alertname: GhlproxyWebhooksRefused
+        exp_alerts: []
+      - eval_time: 28m
+        alertname: GhlproxyWebhooksRefused
         exp_alerts:
           - exp_labels: {severity: warning, namespace: shop, pod: a}
       - eval_time: 20m

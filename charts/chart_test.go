@@ -21,6 +21,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -29,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ghlproxy/ghlproxy/injector"
+	"github.com/ghlproxy/ghlproxy/webhook"
 )
 
 const (
@@ -456,11 +458,62 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"proxy.gomaxprocs=0", "gomaxprocs"},
 		{"sidecar.envVar=GHL-URL", "envVar"},
 		{"redis.url=redis://r:6379,redis.existingSecret=s", "not both"},
+		{"webhooks.port=70000", "port"},
+		{"webhooks.forwardUrl=ftp://app/hooks", "forwardUrl"},
+		{"webhooks.maxAge=soon", "maxAge"},
+		{"webhooks.ingress.enabled=true", "standalone.enabled and webhooks.port"},
 	} {
 		out, err := runErr(helm, "template", "rel", chartDir, "--kube-version", kubeVersion, "--set", tc.set)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("--set %s: err %v, want one naming %s\n%.300s", tc.set, err, tc.want, out)
 		}
+	}
+}
+
+// TestWebhooks is item 4 of the webhook issue: webhooks.port is a container port of the
+// sidecar and of standalone mode, a port of the standalone Service, and the backend of an
+// optional Ingress of the receiver's path alone; none of it by default.
+func TestWebhooks(t *testing.T) {
+	objs := render(t)
+	sc := sidecarOf(t, objs)
+	if slices.ContainsFunc(sc.Ports, func(p corev1.ContainerPort) bool { return p.Name == "ghlproxy-webhooks" }) ||
+		envOf(sc, "GHLPROXY_WEBHOOKS_LISTEN") != nil || has(objs, "Ingress") {
+		t.Errorf("webhook listener or Ingress rendered by default: ports %v", sc.Ports)
+	}
+
+	sc = sidecarOf(t, render(t, "--set", "webhooks.port=8088", "--set", "webhooks.publicKey=abcd"))
+	if !slices.ContainsFunc(sc.Ports, func(p corev1.ContainerPort) bool { return p.Name == "ghlproxy-webhooks" && p.ContainerPort == 8088 }) {
+		t.Errorf("sidecar ports %v lack ghlproxy-webhooks 8088", sc.Ports)
+	}
+	for k, v := range map[string]string{"GHLPROXY_WEBHOOKS_LISTEN": ":8088", "GHLPROXY_WEBHOOKS_PUBLIC_KEY": "abcd"} {
+		if e := envOf(sc, k); e == nil || e.Value != v {
+			t.Errorf("sidecar %s = %+v, want %s", k, e, v)
+		}
+	}
+
+	objs = render(t, "--values", filepath.Join(chartDir, "ci", "webhooks-values.yaml"))
+	dep := find[appsv1.Deployment](t, objs, "Deployment", "rel-ghlproxy")
+	svc := find[corev1.Service](t, objs, "Service", "rel-ghlproxy")
+	checkServiceReaches(t, svc, dep, 8088)
+	c := dep.Spec.Template.Spec.Containers[0]
+	for k, v := range map[string]string{"GHLPROXY_WEBHOOKS_LISTEN": ":8088", "GHLPROXY_WEBHOOKS_FORWARD_URL": "http://app.shop.svc:3000/ghl/webhooks",
+		"GHLPROXY_WEBHOOKS_MAX_AGE": "2m"} {
+		if e := envOf(c, k); e == nil || e.Value != v {
+			t.Errorf("standalone %s = %+v, want %s", k, e, v)
+		}
+	}
+	ing := find[networkingv1.Ingress](t, objs, "Ingress", "rel-ghlproxy-webhooks")
+	if ing.Spec.IngressClassName == nil || *ing.Spec.IngressClassName != "nginx" || len(ing.Spec.TLS) != 1 || len(ing.Spec.Rules) != 1 {
+		t.Fatalf("Ingress spec %+v", ing.Spec)
+	}
+	rule := ing.Spec.Rules[0]
+	if rule.Host != "hooks.example.com" || rule.HTTP == nil || len(rule.HTTP.Paths) != 1 {
+		t.Fatalf("Ingress rule %+v", rule)
+	}
+	p := rule.HTTP.Paths[0]
+	if p.Path != webhook.Path || p.PathType == nil || *p.PathType != networkingv1.PathTypeExact ||
+		p.Backend.Service == nil || p.Backend.Service.Name != svc.Name || p.Backend.Service.Port.Name != "ghlproxy-webhooks" {
+		t.Errorf("Ingress path %+v, want exactly %s to the Service's ghlproxy-webhooks port", p, webhook.Path)
 	}
 }
 

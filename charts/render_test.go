@@ -21,6 +21,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -102,6 +103,7 @@ var typed = map[string]func() any{
 	"v1/ServiceAccount":             func() any { return new(corev1.ServiceAccount) },
 	"v1/ConfigMap":                  func() any { return new(corev1.ConfigMap) },
 	"v1/Secret":                     func() any { return new(corev1.Secret) },
+	"networking.k8s.io/v1/Ingress":  func() any { return new(networkingv1.Ingress) },
 	"policy/v1/PodDisruptionBudget": func() any { return new(policyv1.PodDisruptionBudget) },
 	"admissionregistration.k8s.io/v1/MutatingWebhookConfiguration": func() any {
 		return new(admissionregistrationv1.MutatingWebhookConfiguration)

@@ -42,6 +42,8 @@ type Config struct {
 	Cache Cache `yaml:"cache"`
 	// The warming loop.
 	Warm Warm `yaml:"warm"`
+	// GHL's webhook deliveries, which drop what changes made in GHL itself made wrong.
+	Webhooks Webhooks `yaml:"webhooks"`
 	// The /_ghlproxy/ admin endpoints.
 	Admin Admin `yaml:"admin"`
 	// Credential hashing.
@@ -298,6 +300,27 @@ func (t WarmTarget) Token(lookupEnv func(string) (string, bool)) (string, error)
 }
 
 // Admin guards the mutating /_ghlproxy/ endpoints (cache purge, warm now).
+// Webhooks receives GHL's signed webhook deliveries at POST /_ghlproxy/webhooks/ghl, on the
+// proxy listener and, when set, on a listener of its own.
+type Webhooks struct {
+	// Address of a listener that serves only POST /_ghlproxy/webhooks/ghl, so that only
+	// the receiver is exposed to GHL; empty: none (the proxy listener still serves it).
+	Listen string `yaml:"listen"`
+	// Ed25519 key that verifies X-GHL-Signature: PEM, base64 of the DER
+	// SubjectPublicKeyInfo, or the raw 32-byte key in base64 or hex. Empty: the key GHL
+	// publishes in its Webhook Integration Guide.
+	PublicKey string `yaml:"public_key"`
+	// RSA key that verifies the legacy X-WH-Signature, which GHL is retiring: PEM or base64
+	// DER. Empty: the key GHL publishes for it.
+	LegacyPublicKey string `yaml:"legacy_public_key"`
+	// A delivery whose timestamp is further than this from now, either way, is refused.
+	MaxAge time.Duration `yaml:"max_age"`
+	// URL every verified delivery is passed on to unchanged (body and headers), for an app
+	// that handles GHL's webhooks itself; GHL then gets the app's answer. Empty: a verified
+	// delivery is answered 204.
+	ForwardURL string `yaml:"forward_url"`
+}
+
 type Admin struct {
 	// Bearer token the mutating /_ghlproxy/ endpoints require; empty allows loopback
 	// callers only.
@@ -400,6 +423,7 @@ func Default() *Config {
 			Jitter:   10 * time.Second,
 			MaxPages: 5,
 		},
+		Webhooks: Webhooks{MaxAge: 5 * time.Minute},
 		Log: Log{
 			Level:  "info",
 			Format: "text",

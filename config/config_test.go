@@ -148,6 +148,9 @@ func TestConfigFileFromEnv(t *testing.T) {
 	}
 }
 
+// legacyKey is an RSA public key (base64 DER) for webhooks.legacy_public_key.
+const legacyKey = "MIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEAokvo/r9tVgcfZ5DysOSCFrm602qYV0MaAiNnX9O8KxMbiyRKWeL9JpCpVpt4XHIcBOK4u3cLSqJGOLaPuXw6dO0t6Q/ZVdAV5Phz+ZtzPL16iCGeK9po6D6JHBpbi989mmzMryUnQJezlYJ3DVfBcsedpinheNnyYeFXolrJvcsjDtfAeRx5ByHQmTnSdFUzuAnC9/GepgLT9SM4nCpvuxmZMxrJt5Rw+VUaQ9B8JSvbMPpez4peKaJPZHBbU3OdeCVx5klVXXZQGNHOs8gF3kvoV5rTnXV0IknLBXlcKKAQLZcY/Q9rG6Ifi9c+5vqlvHPCUJFT5XUGG5RKgOKUJ062fRtN+rLYZUV+BjafxQauvC8wSWeYja63VSUruvmNj8xkx2zE/Juc+yjLjTXpIocmaiFeAO6fUtNjDeFVkhf5LNb59vECyrHD2SQIrhgXpO4Q3dVNA5rw576PwTzNh/AMfHKIjE4xQA1SZuYJmNnmVZLIZBlQAF9Ntd03rfadZ+yDiOXCCs9FkHibELhCHULgCsnuDJHcrGNd5/Ddm5hxGQ0ASitgHeMZ0kcIOwKDOzOU53lDza6/Y09T7sYJPQe7z0cvj7aE4B+Ax1ZoZGPzpJlZtGXCsu9aTEGEnKzmsFqwcSsnw3JB31IGKAykT1hhTiaCeIY/OwwwNUY2yvcCAwEAAQ=="
+
 func TestEveryKeyFromEveryLayer(t *testing.T) {
 	// A value for every key that differs from its default, in flag/env text form.
 	values := map[string]string{
@@ -165,8 +168,11 @@ func TestEveryKeyFromEveryLayer(t *testing.T) {
 		"cache.negative_ttl": "13s", "cache.memory_bytes": "1GiB", "cache.coherence": "none",
 		"cache.routes":  `[{route: "POST /contacts/search", ttl: 5s, policy: query}]`,
 		"warm.interval": "5m", "warm.jitter": "1m", "warm.max_pages": "2",
-		"warm.targets": `[{name: main, token_env: GHL_TOKEN, requests: [{path: "/contacts/?locationId=Ab"}]}]`,
-		"admin.token":  "admintok", "identity.secret": "idsecret",
+		"webhooks.listen": ":9443", "webhooks.public_key": "8b61d1d6cacbe28d7c3bc0516bb815258ec6edbba96cddc7f40c09ac7083a0e8",
+		"webhooks.max_age": "7m", "webhooks.forward_url": "http://app:3000/ghl/webhooks",
+		"webhooks.legacy_public_key": legacyKey,
+		"warm.targets":               `[{name: main, token_env: GHL_TOKEN, requests: [{path: "/contacts/?locationId=Ab"}]}]`,
+		"admin.token":                "admintok", "identity.secret": "idsecret",
 		"log.level": "debug", "log.format": "json", "shutdown.grace": "9s",
 	}
 	var env, args []string

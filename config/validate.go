@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ghlproxy/ghlproxy/webhook"
 )
 
 // Validate reports the first invalid value, in key order, as one line naming the key:
@@ -39,6 +41,7 @@ func (c *Config) Validate() error {
 		c.checkBatch,
 		c.checkCache,
 		c.checkWarm,
+		c.checkWebhooks,
 		c.checkLog,
 		func() error { return positive("shutdown.grace", c.Shutdown.Grace) },
 	} {
@@ -127,6 +130,37 @@ func checkAddr(key, addr string) error {
 	}
 	return nil
 }
+func (c *Config) checkWebhooks() error {
+	w := c.Webhooks
+	if w.Listen != "" {
+		if err := checkAddr("webhooks.listen", w.Listen); err != nil {
+			return err
+		}
+		if w.Listen == c.Listen || w.Listen == c.OpsListen {
+			if _, port, _ := net.SplitHostPort(w.Listen); port != "0" {
+				return fmt.Errorf("webhooks.listen: must differ from listen and ops_listen (%q)", w.Listen)
+			}
+		}
+	}
+	if w.PublicKey != "" {
+		if _, err := webhook.ParsePublicKey(w.PublicKey); err != nil {
+			return fmt.Errorf("webhooks.public_key: %w", err)
+		}
+	}
+	if w.LegacyPublicKey != "" {
+		if _, err := webhook.ParseLegacyPublicKey(w.LegacyPublicKey); err != nil {
+			return fmt.Errorf("webhooks.legacy_public_key: %w", err)
+		}
+	}
+	if w.ForwardURL != "" {
+		u, err := url.Parse(w.ForwardURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("webhooks.forward_url: not an absolute http(s) URL: %q", w.ForwardURL)
+		}
+	}
+	return positive("webhooks.max_age", w.MaxAge)
+}
+
 func (c *Config) checkUpstream() error {
 	u, err := url.Parse(c.Upstream)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" {

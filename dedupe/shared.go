@@ -560,7 +560,7 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 
 // A Forget notice is "@<origin>", then "!<except>" when the Forget spares a call, then the
 // tags, a line each. Tags never begin with '@' or '!' (they are "<scope key>:<hash>", see
-// proxy.ScopedTag), so a notice without those lines, from a replica of an older version,
+// routes.ScopedTag), so a notice without those lines, from a replica of an older version,
 // still parses: every line is a tag.
 func forgetNotice(origin, except string, tags []string) string {
 	head := "@" + origin + "\n"

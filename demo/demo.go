@@ -2,7 +2,8 @@
 // loopback ports, drives one realistic workload — many users reading hot leads and
 // searching, client retries of creates, bursts of updates to the same leads — first
 // straight at the stand-in, then through the sidecar, each time against a fresh stand-in
-// with the same seed, and reports what it measured. `ghlproxy demo` prints that report.
+// with the same seed, and reports what it measured. After the sidecar's run a lead is
+// edited "in GHL's UI" and the report says how soon the app saw it, through GHL's webhook. `ghlproxy demo` prints that report.
 package demo
 
 import (
@@ -107,6 +108,9 @@ type Result struct {
 	HitRatio float64
 	Saved    map[string]float64
 	Wall     time.Duration
+	// Edit is a change made in GHL's UI after the workload, reaching the app through
+	// GHL's webhook (sidecar run only).
+	Edit *Edit
 }
 
 // Report is the comparison.
@@ -196,6 +200,9 @@ func runOnce(ctx context.Context, cfg Config, work [][]op, name string, viaSidec
 	if side != nil {
 		if err := side.stats(ctx, &res); err != nil {
 			return res, err
+		}
+		if res.Edit, err = d.outsideEdit(ctx, fake, side.url, ids[0]); err != nil {
+			return res, fmt.Errorf("outside edit: %w", err)
 		}
 	}
 	return res, ctx.Err()
@@ -428,7 +435,9 @@ type runningSidecar struct {
 }
 
 func startSidecar(upstream string, cfg Config) (*runningSidecar, error) {
-	env := []string{"GHLPROXY_UPSTREAM=" + upstream, "GHLPROXY_LOG_LEVEL=error"}
+	// The sidecar trusts the stand-in's webhook key, as it trusts GHL's by default.
+	env := []string{"GHLPROXY_UPSTREAM=" + upstream, "GHLPROXY_LOG_LEVEL=error",
+		"GHLPROXY_WEBHOOKS_PUBLIC_KEY=" + fakeghl.WebhookPublicKeyBase64()}
 	if cfg.RedisURL != "" {
 		env = append(env, "GHLPROXY_REDIS_URL="+cfg.RedisURL)
 	}

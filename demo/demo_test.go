@@ -11,7 +11,8 @@ import (
 )
 
 // TestDemo runs a small workload that still asks for more than GHL's 100 requests per 10 s,
-// and checks that the report has every figure and shows the sidecar ahead.
+// and checks that the report has every figure and shows the sidecar ahead, and that an
+// edit made in GHL's UI reaches the app through the webhook.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two workloads of a few seconds")
@@ -42,7 +43,14 @@ func TestDemo(t *testing.T) {
 	if s.HitRatio <= 0 || len(s.Saved) == 0 || s.P50 <= 0 || d.P99 <= 0 {
 		t.Errorf("missing figures: hit ratio %v, saved %v, p50 %v, direct p99 %v", s.HitRatio, s.Saved, s.P50, d.P99)
 	}
-	for _, want := range []string{"latency p50", "latency p95", "latency p99", "429s seen by clients", "upstream calls",
+	// The outside edit: cached before, GHL's webhook accepted, the next read fresh.
+	if e := s.Edit; e == nil || !e.CachedBefore || e.Status != 204 || e.Fresh <= 0 || e.Bound <= time.Minute {
+		t.Errorf("outside edit: %+v, want a cached lead, a delivery answered 204 and a fresh read", e)
+	}
+	if d.Edit != nil {
+		t.Errorf("the direct run has an outside edit: %+v", d.Edit)
+	}
+	for _, want := range []string{"edit in GHL's UI of a cached lead", "latency p50", "latency p95", "latency p99", "429s seen by clients", "upstream calls",
 		"cache hit ratio", "duplicate contacts created", "upstream calls saved by the sidecar: cache "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)

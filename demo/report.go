@@ -54,6 +54,21 @@ func (r *Report) Print(w io.Writer) {
 	if d.UpstreamCalls > 0 {
 		fmt.Fprintf(w, "upstream calls: %.0f%% fewer through the sidecar\n", 100*(1-float64(s.UpstreamCalls)/float64(d.UpstreamCalls)))
 	}
+	if e := s.Edit; e != nil {
+		lead := "a cached lead"
+		if !e.CachedBefore {
+			lead = "a lead the sidecar had not cached"
+		}
+		switch {
+		case e.Status == 0:
+			fmt.Fprintf(w, "edit in GHL's UI of %s: no webhook delivery was answered within 5 s\n", lead)
+		case e.Fresh > 0:
+			fmt.Fprintf(w, "edit in GHL's UI of %s: GHL's webhook answered %d after %s; the app read the change %s after the edit (without the webhook: up to %s)\n",
+				lead, e.Status, ms(e.Delivery), ms(e.Fresh), e.Bound)
+		default:
+			fmt.Fprintf(w, "edit in GHL's UI of %s: GHL's webhook answered %d after %s, but the app's next read was still the old lead\n", lead, e.Status, ms(e.Delivery))
+		}
+	}
 }
 
 func ms(d time.Duration) string {

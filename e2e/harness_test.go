@@ -52,6 +52,12 @@ func testConfig(t *testing.T, upstream string, env ...string) *config.Config {
 // startReplica runs a sidecar with cfg until the test ends.
 func startReplica(t *testing.T, cfg *config.Config) *replica {
 	t.Helper()
+	return startReplicaWith(t, cfg, nil)
+}
+
+// startReplicaWith is startReplica with setup run on the sidecar before it serves.
+func startReplicaWith(t *testing.T, cfg *config.Config, setup func(*sidecar.Sidecar)) *replica {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -67,6 +73,9 @@ func startReplica(t *testing.T, cfg *config.Config) *replica {
 	ol, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

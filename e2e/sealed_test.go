@@ -11,12 +11,13 @@ import (
 	"github.com/ghlproxy/ghlproxy/fakeghl"
 	"github.com/ghlproxy/ghlproxy/internal/poll"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
+	"github.com/ghlproxy/ghlproxy/webhook"
 )
 
 // TestEveryRedisValueIsSealed is item 4 of the write-safety issue: every path that writes
 // to Redis runs — a miss, a hit from Redis, a stale-while-revalidate refresh, a
 // stale-if-error answer, a fold shared across replicas, a replayed write, a batch, a merge,
-// a bulk tag call and a warming run — and then every key and value in Redis is scanned for
+// a bulk tag call, a warming run and a webhook — and then every key and value in Redis is scanned for
 // the token, the location, the contacts' ids, names, emails and tags, and the names of
 // GHL's fields. None may be there in the clear.
 func TestEveryRedisValueIsSealed(t *testing.T) {
@@ -54,7 +55,7 @@ func TestEveryRedisValueIsSealed(t *testing.T) {
 		// Long enough that the two updates of one contact merge and the five tag adds go
 		// out as one bulk call, however loaded the machine.
 		"GHLPROXY_BATCH_COALESCE=1s", "GHLPROXY_BATCH_LINGER=500ms",
-		"GHLPROXY_WARM_INTERVAL=1h", warmTargets(`{method: POST, path: /contacts/search, body: '`+search+`'}`))
+		"GHLPROXY_WARM_INTERVAL=1h", standInKey, warmTargets(`{method: POST, path: /contacts/search, body: '`+search+`'}`))
 	a, b := rs[0], rs[1]
 	hdr := ghlHeaders(token)
 	get := func(r *replica, id string) *http.Response {
@@ -176,7 +177,18 @@ func TestEveryRedisValueIsSealed(t *testing.T) {
 		paths["merge"] = paths["merge"] || strings.Contains(h, "merged=2")
 		paths["bulk"] = paths["bulk"] || strings.Contains(h, "bulk=")
 	}
-	for _, p := range []string{"warm", "miss", "hit from redis", "stale refresh", "stale if error", "fold", "replay", "batch", "merge", "bulk"} {
+	// A webhook from GHL (an edit in its UI), received by one replica: its id is remembered
+	// and the location's scopes are read, on every replica.
+	fake.SetWebhookURL(a.URL + webhook.Path)
+	if _, err := fake.Edit("contacts", ids[7], map[string]any{"firstName": "SealUiQv"}, false); err != nil {
+		t.Fatal(err)
+	}
+	leak.add("SealUiQv", "first name")
+	d, _ := delivered(t, fake, 0, "ContactUpdate")
+	leak.add(d.WebhookID, "webhook id")
+	paths["webhook"] = d.Status == http.StatusNoContent
+
+	for _, p := range []string{"warm", "miss", "hit from redis", "stale refresh", "stale if error", "fold", "replay", "batch", "merge", "bulk", "webhook"} {
 		if !paths[p] {
 			t.Errorf("the %s path did not run: what it writes to Redis is not scanned", p)
 		}

@@ -60,6 +60,10 @@ type Config struct {
 	// the signature SignedToken gives it, or it is answered GHL's 401 before it counts
 	// against any scope. Off, it accepts any token (Token's are unsigned).
 	VerifyTokens bool
+
+	// WebhookURL is where the stand-in sends the signed webhooks of its changes (see
+	// SetWebhookURL); "" sends none.
+	WebhookURL string
 }
 
 // DefaultConfig is GHL as a client sees it: default limits and a ~150 ms median latency.

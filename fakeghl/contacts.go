@@ -106,6 +106,7 @@ func createContact(q *request) reply {
 	}
 	r := q.newContact(loc, body)
 	q.logWrite(r.id, raw, http.StatusCreated, "contacts")
+	q.emit(r, "ContactCreate")
 	return wrap(http.StatusCreated, "contact", r.enc, "")
 }
 
@@ -148,6 +149,7 @@ func updateContact(q *request) reply {
 	}
 	r.merge(body, q.now, "dateUpdated")
 	q.logWrite(r.id, raw, http.StatusOK, "")
+	q.emit(r, contactEvents(body)...)
 	return wrap(http.StatusOK, "contact", r.enc, `,"succeded":true`)
 }
 
@@ -163,18 +165,20 @@ func upsertContact(q *request) reply {
 	if r, _ := duplicate(st.contacts, loc, body, nil); r != nil {
 		r.merge(body, q.now, "dateUpdated")
 		q.logWrite(r.id, raw, http.StatusOK, "")
+		q.emit(r, contactEvents(body)...)
 		return wrap(http.StatusOK, "contact", r.enc, `,"new":false`+trace)
 	}
 	r := q.newContact(loc, body)
 	q.logWrite(r.id, raw, http.StatusOK, "contacts")
+	q.emit(r, "ContactCreate")
 	return wrap(http.StatusOK, "contact", r.enc, `,"new":true`+trace)
 }
 
 func deleteContact(q *request) reply {
-	return q.deleteFrom(q.st.store.contacts, "Contact not found")
+	return q.deleteFrom(q.st.store.contacts, "Contact not found", "ContactDelete")
 }
 
-func (q *request) deleteFrom(c *collection, notFound string) reply {
+func (q *request) deleteFrom(c *collection, notFound, deleted string) reply {
 	st := q.st.store
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -184,6 +188,7 @@ func (q *request) deleteFrom(c *collection, notFound string) reply {
 	}
 	c.remove(r)
 	q.logWrite(r.id, nil, http.StatusOK, "")
+	q.emit(r, deleted)
 	return reply{status: http.StatusOK, body: []byte(`{"succeded":true}`)}
 }
 
@@ -208,6 +213,7 @@ func (q *request) changeTags(add bool) reply {
 		status = http.StatusCreated
 	}
 	q.logWrite(r.id, raw, status, "")
+	q.emit(r, "ContactTagUpdate")
 	b, _ := json.Marshal(map[string]any{"tags": list})
 	return reply{status: status, body: b}
 }
@@ -293,6 +299,7 @@ func bulkTags(q *request) reply {
 			old := strs(r.fields["tags"])
 			_, added, removed := q.applyTags(r, tags, op == "add", all)
 			q.logWrite(r.id, raw, http.StatusCreated, "")
+			q.emit(r, "ContactTagUpdate")
 			entries = append(entries, entry{ContactID: id, Message: "Tags updated", Type: "success",
 				OldTags: append([]string{}, old...), TagsAdded: append([]string{}, added...), TagsRemoved: append([]string{}, removed...)})
 		}

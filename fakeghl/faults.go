@@ -35,6 +35,14 @@ type Faults struct {
 	OutageMode  OutageMode `json:"outageMode"`
 	// Latency is the median latency (see Config.Latency).
 	Latency Duration `json:"latency"`
+
+	// WebhookDelay holds each webhook delivery back this long after its change.
+	WebhookDelay Duration `json:"webhookDelay"`
+	// WebhookDuplicateRate is the share (0..1) of events delivered twice, the same body
+	// (and webhookId) both times, as GHL does when it retries.
+	WebhookDuplicateRate float64 `json:"webhookDuplicateRate"`
+	// WebhookDropRate is the share (0..1) of events never delivered.
+	WebhookDropRate float64 `json:"webhookDropRate"`
 }
 
 // Duration is a time.Duration that reads and writes JSON as "1.5s" (numbers are
@@ -74,6 +82,10 @@ type faultPatch struct {
 	Outage      *Duration   `json:"outage"` // from now
 	OutageMode  *OutageMode `json:"outageMode"`
 	Latency     *Duration   `json:"latency"`
+
+	WebhookDelay         *Duration `json:"webhookDelay"`
+	WebhookDuplicateRate *float64  `json:"webhookDuplicateRate"`
+	WebhookDropRate      *float64  `json:"webhookDropRate"`
 }
 
 func (p faultPatch) apply(f *Faults, now time.Time) error {
@@ -98,6 +110,15 @@ func (p faultPatch) apply(f *Faults, now time.Time) error {
 	if p.Latency != nil {
 		f.Latency = *p.Latency
 	}
+	if p.WebhookDelay != nil {
+		f.WebhookDelay = *p.WebhookDelay
+	}
+	if p.WebhookDuplicateRate != nil {
+		f.WebhookDuplicateRate = *p.WebhookDuplicateRate
+	}
+	if p.WebhookDropRate != nil {
+		f.WebhookDropRate = *p.WebhookDropRate
+	}
 	return f.validate()
 }
 
@@ -108,6 +129,9 @@ func (f *Faults) validate() error {
 	if f.ResetRate < 0 || f.ResetRate > 1 {
 		return fmt.Errorf("resetRate: %v is not between 0 and 1", f.ResetRate)
 	}
+	if f.WebhookDuplicateRate < 0 || f.WebhookDuplicateRate > 1 || f.WebhookDropRate < 0 || f.WebhookDropRate > 1 {
+		return fmt.Errorf("webhookDuplicateRate, webhookDropRate: not between 0 and 1")
+	}
 	if f.ErrorStatus != 0 && (f.ErrorStatus < 400 || f.ErrorStatus > 599) {
 		return fmt.Errorf("errorStatus: %d is not an error status", f.ErrorStatus)
 	}
@@ -116,8 +140,8 @@ func (f *Faults) validate() error {
 	default:
 		return fmt.Errorf("outageMode: %q is neither %q nor %q", f.OutageMode, Outage503, OutageReset)
 	}
-	if f.ExtraDelay < 0 || f.Latency < 0 {
-		return fmt.Errorf("extraDelay, latency: must not be negative")
+	if f.ExtraDelay < 0 || f.Latency < 0 || f.WebhookDelay < 0 {
+		return fmt.Errorf("extraDelay, latency, webhookDelay: must not be negative")
 	}
 	return nil
 }
@@ -130,6 +154,9 @@ const (
 	streamLatency1
 	streamLatency2
 	streamID
+	streamWebhookDrop
+	streamWebhookDuplicate
+	streamWebhookID
 )
 
 func splitmix(x uint64) uint64 {

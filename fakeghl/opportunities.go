@@ -22,6 +22,7 @@ func createOpportunity(q *request) reply {
 	r.encode()
 	st.opportunities.add(r)
 	q.logWrite(r.id, raw, http.StatusCreated, "opportunities")
+	q.emit(r, "OpportunityCreate")
 	return wrap(http.StatusCreated, "opportunity", r.enc, "")
 }
 
@@ -37,7 +38,7 @@ func getOpportunity(q *request) reply {
 }
 
 func updateOpportunity(q *request) reply {
-	r, rep := q.update(q.st.store.opportunities, "Opportunity not found", "updatedAt")
+	r, rep := q.update(q.st.store.opportunities, "Opportunity not found", "updatedAt", opportunityEvents)
 	if r == nil {
 		return rep
 	}
@@ -45,7 +46,8 @@ func updateOpportunity(q *request) reply {
 }
 
 func updateOpportunityStatus(q *request) reply {
-	r, rep := q.update(q.st.store.opportunities, "Opportunity not found", "updatedAt")
+	r, rep := q.update(q.st.store.opportunities, "Opportunity not found", "updatedAt",
+		func(map[string]any) []string { return []string{"OpportunityStatusUpdate"} })
 	if r == nil {
 		return rep
 	}
@@ -53,12 +55,13 @@ func updateOpportunityStatus(q *request) reply {
 }
 
 func deleteOpportunity(q *request) reply {
-	return q.deleteFrom(q.st.store.opportunities, "Opportunity not found")
+	return q.deleteFrom(q.st.store.opportunities, "Opportunity not found", "OpportunityDelete")
 }
 
-// update merges the body into the record named by the first path parameter. It returns
-// the record's state after the merge, or nil and the error to answer.
-func (q *request) update(c *collection, notFound, updatedKey string) (*record, reply) {
+// update merges the body into the record named by the first path parameter and reports
+// the events of the change (events of the body). It returns the record's state after the
+// merge, or nil and the error to answer.
+func (q *request) update(c *collection, notFound, updatedKey string, events func(map[string]any) []string) (*record, reply) {
 	body, raw, bad := q.body()
 	if bad != nil {
 		return nil, *bad
@@ -72,6 +75,7 @@ func (q *request) update(c *collection, notFound, updatedKey string) (*record, r
 	}
 	r.merge(body, q.now, updatedKey)
 	q.logWrite(r.id, raw, http.StatusOK, "")
+	q.emit(r, events(body)...)
 	return &record{id: r.id, loc: r.loc, enc: r.enc}, reply{}
 }
 
@@ -180,7 +184,7 @@ func getConversation(q *request) reply {
 }
 
 func updateConversation(q *request) reply {
-	r, rep := q.update(q.st.store.conversations, "Conversation not found", "dateUpdated")
+	r, rep := q.update(q.st.store.conversations, "Conversation not found", "dateUpdated", conversationEvents)
 	if r == nil {
 		return rep
 	}
@@ -188,7 +192,7 @@ func updateConversation(q *request) reply {
 }
 
 func deleteConversation(q *request) reply {
-	return q.deleteFrom(q.st.store.conversations, "Conversation not found")
+	return q.deleteFrom(q.st.store.conversations, "Conversation not found", "")
 }
 
 // searchConversations is GET /conversations/search: locationId, contactId, query, limit.

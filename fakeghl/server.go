@@ -29,6 +29,8 @@ type Server struct {
 	faults  atomic.Pointer[Faults]
 	faultMu sync.Mutex // serialises fault writers; readers load the pointer
 
+	hooks hooks // webhook deliveries
+
 	done      chan struct{}
 	closeOnce sync.Once
 }
@@ -55,6 +57,8 @@ func New(cfg Config) *Server {
 		daily:    []string{strconv.Itoa(cfg.Daily)},
 		done:     make(chan struct{}),
 	}
+	s.hooks.queue = make(chan outgoing, webhookQueue)
+	s.SetWebhookURL(cfg.WebhookURL)
 	s.table = routes.New()
 	s.entries = newEntries(s.table)
 	s.state.Store(newState())
@@ -65,14 +69,14 @@ func New(cfg Config) *Server {
 }
 
 // Close ends the latency waits of requests in flight (they are answered at once) so that
-// an httptest server closes quickly. The Server keeps answering afterwards, without
-// latency.
+// an httptest server closes quickly, and stops the webhook deliveries. The Server keeps
+// answering afterwards, without latency.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() { close(s.done) })
 }
 
 // Reset forgets every entity, counter, rate-limit window and fault, as if the stand-in had
-// just started with its Config.
+// just started with its Config; the webhook receiver URL stays.
 func (s *Server) Reset() {
 	s.state.Store(newState())
 	s.faultMu.Lock()
@@ -151,6 +155,7 @@ type request struct {
 	now    time.Time
 	base   string
 	seed   uint64
+	srv    *Server
 }
 
 type handler func(q *request) reply
@@ -234,7 +239,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	q := &request{r: r, st: st, c: c, params: params, n: n, now: s.cfg.Now(), base: s.cfg.BaseURL, seed: s.cfg.Seed}
+	q := &request{r: r, st: st, c: c, params: params, n: n, now: s.cfg.Now(), base: s.cfg.BaseURL, seed: s.cfg.Seed, srv: s}
 	var rep reply
 	switch {
 	case e == nil:

@@ -27,6 +27,8 @@ type Stats struct {
 	// Writes lists, per entity id, the writes that reached it in the order they were
 	// applied (creation first).
 	Writes map[string][]Write `json:"writes"`
+	// Webhooks is what became of the events of the changes (see SetWebhookURL).
+	Webhooks WebhookStats `json:"webhooks"`
 }
 
 // Write is one state-changing request applied to an entity.
@@ -64,6 +66,7 @@ type counters struct {
 	tooMany int64
 	creates map[string]int64
 	writes  map[string][]Write
+	hooks   WebhookStats
 }
 
 func newCounters() *counters {
@@ -93,6 +96,27 @@ func (c *counters) write(id string, w Write, created string) {
 	c.mu.Unlock()
 }
 
+func (c *counters) webhookEvent() {
+	c.mu.Lock()
+	c.hooks.Events++
+	c.mu.Unlock()
+}
+
+func (c *counters) webhookDropped() {
+	c.mu.Lock()
+	c.hooks.Dropped++
+	c.mu.Unlock()
+}
+
+func (c *counters) webhookDelivered(d WebhookDelivery) {
+	c.mu.Lock()
+	if len(c.hooks.Deliveries) == maxDeliveries {
+		c.hooks.Deliveries = append(c.hooks.Deliveries[:0], c.hooks.Deliveries[1:]...)
+	}
+	c.hooks.Deliveries = append(c.hooks.Deliveries, d)
+	c.mu.Unlock()
+}
+
 func (c *counters) snapshot() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -103,7 +127,9 @@ func (c *counters) snapshot() Stats {
 		TooMany:     c.tooMany,
 		Creates:     make(map[string]int64, len(c.creates)),
 		Writes:      make(map[string][]Write, len(c.writes)),
+		Webhooks:    c.hooks,
 	}
+	s.Webhooks.Deliveries = append([]WebhookDelivery(nil), c.hooks.Deliveries...)
 	for k, n := range c.routes {
 		m := s.Routes[k.label]
 		if m == nil {

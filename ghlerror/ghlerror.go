@@ -19,6 +19,7 @@ const (
 	CauseHeadersTooLarge     = "request-headers-too-large"
 	CauseMalformed           = "malformed-request"
 	CauseRequestTimeout      = "request-timeout"
+	CauseWebhookSignature    = "webhook-refused"
 	CauseRateLimited         = "rate-limited"
 	CauseFoldFailed          = "fold-failed"
 	CauseShuttingDown        = "shutting-down"

@@ -61,6 +61,9 @@ type Metrics struct {
 	// than noeviction): a bucket or fold marker evicted reads as a full bucket or a free lock.
 	RedisEvictionUnsafe prometheus.Gauge
 
+	Webhooks      *prometheus.CounterVec // type, result
+	Invalidations *prometheus.CounterVec // source: write, webhook, purge
+
 	WarmRuns        *prometheus.CounterVec // result
 	WarmLastSuccess prometheus.Gauge
 	WarmEntries     prometheus.Counter
@@ -97,15 +100,21 @@ func New() *Metrics {
 		RedisUp:             f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
 		Degraded:            f.gauge("degraded", "1 while the sidecar runs without its shared store (local fallback buckets)."),
 		RedisEvictionUnsafe: f.gauge("redis_eviction_unsafe", "1 while Redis has a maxmemory and a maxmemory-policy other than noeviction: it may evict the shared buckets and fold markers, which would then read as a full bucket or a free lock."),
-		WarmRuns:            f.counterVec("warm_runs_total", "Runs of the warming loop by result (ok, error, skipped).", "result"),
-		WarmLastSuccess:     f.gauge("warm_last_success_timestamp_seconds", "Unix time of the last warming run that succeeded."),
-		WarmEntries:         f.counter("warm_entries_total", "Cache entries stored by the warming loop."),
+		Webhooks: f.counterVec("webhooks_total", "GHL webhook deliveries received, by event type (other for types the sidecar does not apply, and for refused ones) and result (applied, duplicate, refused, unknown).",
+			"type", "result"),
+		Invalidations:   f.counterVec("invalidations_total", "Invalidations made, by what caused them (write: a write through the sidecar; webhook: a change GHL reported; purge: DELETE /_ghlproxy/cache).", "source"),
+		WarmRuns:        f.counterVec("warm_runs_total", "Runs of the warming loop by result (ok, error, skipped).", "result"),
+		WarmLastSuccess: f.gauge("warm_last_success_timestamp_seconds", "Unix time of the last warming run that succeeded."),
+		WarmEntries:     f.counter("warm_entries_total", "Cache entries stored by the warming loop."),
 	}
 	m.RedisUp.Set(1)
 	// Exported at 0 from the start (also on the embedded store, which has nothing to
 	// confirm), so dashboards and alerts see a series rather than no data.
 	for _, stage := range []string{"cache", "fold"} {
 		m.InvalidationsPending.WithLabelValues(stage)
+	}
+	for _, source := range []string{SourceWrite, SourceWebhook, SourcePurge} {
+		m.Invalidations.WithLabelValues(source)
 	}
 	return m
 }
@@ -149,3 +158,10 @@ func (f factory) histogramVec(name, help string, buckets []float64, labels ...st
 	f.reg.MustRegister(h)
 	return h
 }
+
+// Sources of invalidations, the source label of invalidations_total.
+const (
+	SourceWrite   = "write"
+	SourceWebhook = "webhook"
+	SourcePurge   = "purge"
+)

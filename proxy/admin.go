@@ -12,6 +12,7 @@ import (
 
 	"github.com/ghlproxy/ghlproxy/ghlerror"
 	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -33,6 +34,9 @@ type Admin struct {
 	Degraded     func() bool
 	WarmRun      func(ctx context.Context) (any, error)
 	WarmStatus   func() any
+	// Webhooks receives GHL's webhook deliveries (webhook.Path). They prove themselves by
+	// their signature, so the admin token is not asked for.
+	Webhooks http.Handler
 }
 
 // PurgeSelector says what DELETE /_ghlproxy/cache drops.
@@ -50,6 +54,8 @@ const AdminHeader = "X-Ghlproxy-Admin-Token"
 func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, adminPrefix)
 	switch {
+	case path == "webhooks/ghl" && a.Webhooks != nil:
+		a.Webhooks.ServeHTTP(w, r)
 	case path == "stats" && r.Method == http.MethodGet:
 		a.stats(w)
 	case path == "explain" && r.Method == http.MethodGet:
@@ -117,7 +123,7 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 	sel := PurgeSelector{Route: q.Get("route"), All: q.Get("all") == "true"}
 	cred := a.Handler.cfg.Identity.Resolve(r.Header.Get("Authorization"))
 	if t := q.Get("tag"); t != "" {
-		sel.Tag = ScopedTag(cred.ScopeKey, t)
+		sel.Tag = routes.ScopedTag(cred.ScopeKey, t)
 	}
 	if sel.Route == "" && sel.Tag == "" && !sel.All {
 		if cred.Anonymous {
@@ -127,6 +133,7 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 		}
 		sel.CredHash = cred.Hash
 	}
+	a.Handler.cfg.Metrics.Invalidations.WithLabelValues(metrics.SourcePurge).Inc()
 	n, err := a.CachePurge(r.Context(), sel)
 	if err != nil {
 		ghlerror.Write(w, http.StatusServiceUnavailable, ghlerror.CauseInternal, "purge failed: "+err.Error())

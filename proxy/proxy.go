@@ -14,9 +14,9 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -108,6 +108,14 @@ type Config struct {
 	Fold    Fold
 	Limiter Limiter
 	Batcher Batcher
+	// Locations learns which scopes cache answers of which location, for webhooks
+	// (webhook.Locations); nil learns nothing.
+	Locations Locations
+}
+
+// Locations records that a scope cached something of a location (package webhook).
+type Locations interface {
+	Note(ctx context.Context, scopeKey, locationID string)
 }
 
 // Stale holds the two stale windows of a route.
@@ -274,6 +282,44 @@ func (h *Handler) classify(r *http.Request) *exchange {
 	return x
 }
 
+// noteLocation tells Locations which location an answer just stored belongs to: the one a
+// Location token is bound to, else one the request names (path, query or body). A webhook
+// of that location then drops the scope's lists and searches too.
+func (h *Handler) noteLocation(ctx context.Context, r *http.Request, x *exchange, body []byte) {
+	if h.cfg.Locations == nil {
+		return
+	}
+	if loc := locationOf(r, x, body); loc != "" {
+		h.cfg.Locations.Note(ctx, x.cred.ScopeKey, loc)
+	}
+}
+
+func locationOf(r *http.Request, x *exchange, body []byte) string {
+	if x.cred.Class == "Location" && x.cred.ClassID != "" {
+		return x.cred.ClassID
+	}
+	if v := x.params.Get("locationId"); v != "" {
+		return v
+	}
+	if strings.Contains(r.URL.RawQuery, "ocation") {
+		q, _ := url.ParseQuery(r.URL.RawQuery)
+		for _, k := range []string{"locationId", "location_id"} {
+			if v := q.Get(k); v != "" {
+				return v
+			}
+		}
+	}
+	if x.bodyJSON && bytes.Contains(body, []byte(`"locationId"`)) {
+		var v struct {
+			LocationID string `json:"locationId"`
+		}
+		if json.Unmarshal(body, &v) == nil {
+			return v.LocationID
+		}
+	}
+	return ""
+}
+
 // identify resolves the credential and Version of a request that is not a pass.
 func (h *Handler) identify(r *http.Request, x *exchange) {
 	x.cred = h.cfg.Identity.Resolve(r.Header.Get("Authorization"))
@@ -417,6 +463,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		resp, err := h.fetchRead(ctx, r, x, body)
 		if err == nil && cacheable && h.storable(resp) {
 			h.store(ctx, key, x, resp, tags)
+			h.noteLocation(ctx, r, x, body)
 		}
 		return resp, err
 	}
@@ -490,6 +537,7 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 			resp, err := h.fetchRead(ctx, out, rx, body)
 			if err == nil && h.storable(resp) {
 				h.store(ctx, key, rx, resp, tags)
+				h.noteLocation(ctx, out, rx, body)
 			}
 			return resp, err
 		}
@@ -610,38 +658,40 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 // replay window: one set of rules (the route table's) for both. except is the write's own
 // fold key, whose answer stays replayable to its retries.
 func (h *Handler) invalidate(ctx context.Context, x *exchange, except string) {
-	tags := h.scopedTags(x, x.route.Invalidates(x.params))
-	if len(tags) == 0 {
-		return
-	}
-	if h.cfg.Cache != nil {
-		if err := h.cfg.Cache.Invalidate(ctx, tags); err != nil {
-			h.cfg.Log.Warn("cache invalidation not confirmed by Redis; retrying it in the background", "route", x.label, "err", err)
-		}
-	}
-	if h.cfg.Fold != nil {
-		if err := h.cfg.Fold.Forget(ctx, tags, except); err != nil {
-			h.cfg.Log.Warn("fold invalidation not confirmed by Redis; retrying it in the background", "route", x.label, "err", err)
-		}
+	if err := h.drop(ctx, h.scopedTags(x, x.route.Invalidates(x.params)), except, metrics.SourceWrite); err != nil {
+		h.cfg.Log.Warn("invalidation not confirmed by Redis; retrying it in the background", "route", x.label, "err", err)
 	}
 }
 
-// scopedTags turns route tags into the tags the stages keep: prefixed with the scope, so
-// a write through one location's token invalidates that location's entries for every
-// credential of it and nobody else's; and hashed, because route tags carry ids from paths
-// (contacts/<id>) and the stages keep tags in Redis key names and pub/sub messages.
+// Invalidate drops what stored tags (routes.ScopedTag) name, in the cache and in the
+// fold's replays, on every replica: the path a change GHL reports by webhook takes, the
+// same as a write's. An error means Redis did not confirm it; the stages retry it.
+func (h *Handler) Invalidate(ctx context.Context, tags []string) error {
+	return h.drop(ctx, tags, "", metrics.SourceWebhook)
+}
+
+func (h *Handler) drop(ctx context.Context, tags []string, except, source string) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	h.cfg.Metrics.Invalidations.WithLabelValues(source).Inc()
+	var errs []error
+	if h.cfg.Cache != nil {
+		errs = append(errs, h.cfg.Cache.Invalidate(ctx, tags))
+	}
+	if h.cfg.Fold != nil {
+		errs = append(errs, h.cfg.Fold.Forget(ctx, tags, except))
+	}
+	return errors.Join(errs...)
+}
+
+// scopedTags turns route tags into the tags the stages keep (see routes.ScopedTag).
 func (h *Handler) scopedTags(x *exchange, tags []string) []string {
 	out := make([]string, len(tags))
 	for i, t := range tags {
-		out[i] = ScopedTag(x.cred.ScopeKey, t)
+		out[i] = routes.ScopedTag(x.cred.ScopeKey, t)
 	}
 	return out
-}
-
-// ScopedTag is the stored form of route tag t in scope scopeKey.
-func ScopedTag(scopeKey, t string) string {
-	sum := sha256.Sum256([]byte(t))
-	return scopeKey + ":" + hex.EncodeToString(sum[:12])
 }
 
 // fold runs fetch through the Fold when this request may fold, else directly. A positive

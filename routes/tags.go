@@ -1,6 +1,8 @@
 package routes
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/url"
 	"strings"
@@ -75,6 +77,32 @@ var stateSets = map[string]bool{
 	"/contacts/{contactId}/workflow/{workflowId}":  true,
 	"/opportunities/{id}/followers":                true,
 	"/invoices/{invoiceId}/void":                   true,
+}
+
+// EveryScope is the scope of entity tags (see ScopedTag).
+const EveryScope = "*"
+
+// ScopedTag is the stored form of route tag t in scope scopeKey (a credential's ScopeKey):
+// prefixed with a scope, and hashed, because route tags carry ids from paths
+// (contacts/<id>) and the stages keep tags in Redis key names and pub/sub messages. The
+// collection tags of a family ("contacts", "contacts/*") are the scope's own, so a write
+// through one location's token drops that location's lists and searches for every
+// credential of it and nobody else's. An entity's tag ("contacts/<id>") is the same in every
+// scope (EveryScope): GHL's ids are unique, so a write through any credential, or a webhook
+// from GHL, drops every copy of that entity.
+func ScopedTag(scopeKey, t string) string {
+	if IsEntityTag(t) {
+		scopeKey = EveryScope
+	}
+	sum := sha256.Sum256([]byte(t))
+	return scopeKey + ":" + hex.EncodeToString(sum[:12])
+}
+
+// IsEntityTag says whether tag names one entity ("contacts/<id>"), rather than a family's
+// collection ("contacts") or every entity of it ("contacts/*").
+func IsEntityTag(tag string) bool {
+	i := strings.LastIndexByte(tag, '/')
+	return i > 0 && tag[i+1:] != "*" && i < len(tag)-1
 }
 
 func expand(patterns []string, p Params) []string {

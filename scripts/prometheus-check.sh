@@ -4,7 +4,8 @@
 #
 # Starts `ghlproxy fakeghl` and `ghlproxy serve` (a tight rate limit, so requests queue),
 # drives a bounded mix of reads, repeated reads, concurrent identical reads, searches and
-# writes through the sidecar with curl, runs Debian's prometheus scraping the sidecar's ops
+# writes through the sidecar with curl (the stand-in reporting the writes by webhook, and
+# one unsigned delivery refused), runs Debian's prometheus scraping the sidecar's ops
 # port every second, then evaluates each panel query of charts/ghlproxy/dashboards/
 # ghlproxy.json and each alert expression of the chart's PrometheusRule through the HTTP
 # API. Alert expressions are evaluated without their threshold comparison: an alert that
@@ -49,14 +50,17 @@ done
 
 fake=$(freeport); proxy=$(freeport); ops=$(freeport); prom=$(freeport)
 echo "== fakeghl :$fake, sidecar :$proxy (ops :$ops), prometheus :$prom"
-"$tmp/ghlproxy" fakeghl --listen "127.0.0.1:$fake" --latency 5ms >"$tmp/fakeghl.log" 2>&1 &
+# The stand-in sends its signed webhooks to the sidecar, which trusts the stand-in's key.
+"$tmp/ghlproxy" fakeghl --listen "127.0.0.1:$fake" --latency 5ms \
+  --webhook-url "http://127.0.0.1:$proxy/_ghlproxy/webhooks/ghl" >"$tmp/fakeghl.log" 2>&1 &
 pids+=($!)
 waitfor "http://127.0.0.1:$fake/_fake/stats" 30
+webhook_key=$(curl -fsS --max-time 5 "http://127.0.0.1:$fake/_fake/webhooks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["publicKey"])')
 
 GHLPROXY_LISTEN="127.0.0.1:$proxy" GHLPROXY_OPS_LISTEN="127.0.0.1:$ops" \
   GHLPROXY_UPSTREAM="http://127.0.0.1:$fake" \
   GHLPROXY_RATELIMIT_RATE=1200 GHLPROXY_RATELIMIT_PER=1m GHLPROXY_RATELIMIT_BURST=5 \
-  GHLPROXY_LOG_LEVEL=warn \
+  GHLPROXY_LOG_LEVEL=warn GHLPROXY_WEBHOOKS_PUBLIC_KEY="$webhook_key" \
   "$tmp/ghlproxy" serve >"$tmp/sidecar.log" 2>&1 &
 pids+=($!)
 waitfor "http://127.0.0.1:$ops/readyz" 60
@@ -107,6 +111,9 @@ load() {
   done
 }
 load 20 60
+# An unsigned delivery, refused: the refused series of the webhook panel and alert.
+curl -s -o /dev/null --max-time 5 -X POST "$base/_ghlproxy/webhooks/ghl" -H "Content-Type: application/json" \
+  -d '{"type":"ContactUpdate","locationId":"x","id":"y"}' || true
 # Then GHL fails a third of the calls for a while, so the error panels and alerts have series.
 curl -fsS -o /dev/null --max-time 5 -X POST "http://127.0.0.1:$fake/_fake/faults" -d '{"errorRate":0.3,"errorStatus":502}'
 load 8 30

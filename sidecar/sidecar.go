@@ -25,6 +25,7 @@ import (
 	"github.com/ghlproxy/ghlproxy/proxy"
 	"github.com/ghlproxy/ghlproxy/upstream"
 	"github.com/ghlproxy/ghlproxy/warm"
+	"github.com/ghlproxy/ghlproxy/webhook"
 )
 
 // Sidecar is one running ghlproxy.
@@ -42,6 +43,12 @@ type Sidecar struct {
 	stageChecks []ops.Check
 	warm        *warm.Loop // nil unless warm.interval and warm.targets are set
 	eviction    *evictionCheck
+	// Webhooks receives GHL's webhook deliveries, on the proxy listener and on
+	// WebhookListener.
+	Webhooks *webhook.Receiver
+	// WebhookListener serves webhook.Path alone (webhooks.listen). Set it before Serve to
+	// choose the listener; left nil, Serve listens on webhooks.listen when that is set.
+	WebhookListener net.Listener
 }
 
 // New builds a sidecar from cfg. It does not listen yet.
@@ -89,6 +96,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		FoldWindow:           cfg.Dedupe.Window,
 		FoldRoutes:           foldRoutes(cfg),
 		FoldMethods:          foldMethods(cfg),
+		Locations:            webhook.NewLocations(s.rdb, ""),
 	}
 	admin := &proxy.Admin{Token: cfg.Admin.Token}
 	if err := s.addStages(&pc, admin); err != nil {
@@ -101,6 +109,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	admin.Handler = s.Proxy
 	s.Proxy.SetAdmin(admin)
+	if s.Webhooks, err = newReceiver(cfg, table, s.Proxy, pc.Locations.(*webhook.Locations), s.rdb, s.Metrics, log); err != nil {
+		s.Close()
+		return nil, err
+	}
+	admin.Webhooks = s.Webhooks
 	if err := s.addWarm(admin); err != nil {
 		s.Close()
 		return nil, err
@@ -116,15 +129,21 @@ func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
 	psrv := &http.Server{Handler: s.Proxy, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	osrv := &http.Server{Handler: s.Ops, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	// Requests net/http refuses before any handler runs get GHL's error shape too.
 	go func() { errc <- ghlerror.Serve(psrv, pl) }()
 	go func() { errc <- osrv.Serve(ol) }()
+	wsrv, err := s.webhookServer()
+	if err != nil {
+		s.log.Error("webhooks.listen", "err", err)
+		errc <- err
+	} else if wsrv != nil {
+		go func() { errc <- ghlerror.Serve(wsrv, s.WebhookListener) }()
+	}
 	s.startWarm(ctx)
 	s.log.Info("ghlproxy serving", "listen", pl.Addr().String(), "ops", ol.Addr().String(),
 		"upstream", s.cfg.Upstream, "store", s.storeName())
 
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
@@ -146,6 +165,9 @@ func (s *Sidecar) Serve(ctx context.Context, pl, ol net.Listener) error {
 		s.log.Warn("in-flight requests did not finish within the grace period", "err", serr)
 	}
 	_ = osrv.Shutdown(sctx)
+	if wsrv != nil {
+		_ = wsrv.Shutdown(sctx)
+	}
 	drained.Wait()
 	s.close(sctx)
 	if errors.Is(err, http.ErrServerClosed) {

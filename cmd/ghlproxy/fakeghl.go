@@ -23,6 +23,7 @@ func runFakeGHL(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	latency := fs.Duration("latency", d.Latency, "median added latency (log-normal, long tail); 0 for none")
 	seed := fs.Uint64("seed", 1, "seed for ids, latencies and faults")
 	baseURL := fs.String("base-url", fakeghl.DefaultBaseURL, "host of absolute links in answers (meta.nextPageUrl)")
+	webhookURL := fs.String("webhook-url", "", "where to send signed webhooks of changes, e.g. http://127.0.0.1:8080/_ghlproxy/webhooks/ghl")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -34,7 +35,12 @@ func runFakeGHL(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cfg := fakeghl.Config{Limit: *limit, Window: *window, Daily: *daily, Latency: *latency, Seed: *seed, BaseURL: *baseURL}
+	cfg := fakeghl.Config{Limit: *limit, Window: *window, Daily: *daily, Latency: *latency, Seed: *seed, BaseURL: *baseURL,
+		WebhookURL: *webhookURL}
 	fmt.Fprintf(stdout, "fake GHL on http://%s — faults and stats under /_fake/ (see the README)\n", *listen)
+	if *webhookURL != "" {
+		fmt.Fprintf(stdout, "webhooks to %s, signed with the stand-in's key; give the receiver:\nGHLPROXY_WEBHOOKS_PUBLIC_KEY=%s\n",
+			*webhookURL, fakeghl.WebhookPublicKeyBase64())
+	}
 	return fakeghl.Run(ctx, *listen, cfg, log)
 }

@@ -113,6 +113,30 @@ chart including ghlproxy.sidecar by hand passes no .Release: those get a new one
 {{- end }}
 {{- end }}
 
+{{/* webhooks.* as GHLPROXY_WEBHOOKS_* variables; see values.yaml webhooks. */}}
+{{- define "ghlproxy.webhooksEnv" -}}
+{{- $w := .Values.webhooks | default dict -}}
+{{- with $w.port }}
+- name: GHLPROXY_WEBHOOKS_LISTEN
+  value: ":{{ . }}"
+{{- end }}
+{{- range $key, $env := dict "publicKey" "GHLPROXY_WEBHOOKS_PUBLIC_KEY" "legacyPublicKey" "GHLPROXY_WEBHOOKS_LEGACY_PUBLIC_KEY" "maxAge" "GHLPROXY_WEBHOOKS_MAX_AGE" "forwardUrl" "GHLPROXY_WEBHOOKS_FORWARD_URL" }}
+{{- with index $w $key }}
+- name: {{ $env }}
+  value: {{ . | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The webhook listener's container port, when webhooks.port is set. */}}
+{{- define "ghlproxy.webhooksPort" -}}
+{{- with (.Values.webhooks | default dict).port }}
+- name: ghlproxy-webhooks
+  containerPort: {{ . }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
 {{/* Environment shared by the sidecar and standalone mode; pass (list . mode). */}}
 {{- define "ghlproxy.env" -}}
 {{- $root := index . 0 -}}
@@ -144,6 +168,7 @@ chart including ghlproxy.sidecar by hand passes no .Release: those get a new one
   value: {{ . | toString | quote }}
 {{- end }}
 {{- end }}
+{{- include "ghlproxy.webhooksEnv" $root }}
 {{- include "ghlproxy.redisEnv" . }}
 {{- include "ghlproxy.adminEnv" . }}
 {{- with $root.Values.identity.existingSecret }}
@@ -214,6 +239,7 @@ passes its startup probe, before the app's containers, and stops after them
     - name: ghlproxy-ops
       containerPort: {{ $p.opsPort }}
       protocol: TCP
+    {{- include "ghlproxy.webhooksPort" . | nindent 4 }}
   env:
     - name: GHLPROXY_LISTEN
       value: "127.0.0.1:{{ $p.port }}"
