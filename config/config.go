@@ -132,7 +132,7 @@ type RateLimit struct {
 	// the safe one is allowed but reported as a start-up warning.
 	Burst int `yaml:"burst"`
 	// Longest a request queues for a token before it gets a sidecar-made 429 with
-	// Retry-After; nothing has gone upstream by then. 0 never queues.
+	// Retry-After; nothing has gone upstream by then. 0 takes the default (20s).
 	MaxWait time.Duration `yaml:"max_wait"`
 	// Tokens warming must leave in the bucket: warming only spends tokens above this, so
 	// interactive traffic always finds some.
@@ -200,11 +200,12 @@ type Cache struct {
 	StaleIfError time.Duration `yaml:"stale_if_error"`
 	// TTL for 404 answers of reads; 0 does not cache them.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
-	// Size of the in-process layer in front of Redis (integer bytes or "64MiB"); 0 turns it
-	// off.
+	// Size of the in-process layer in front of Redis, and of the whole store without Redis
+	// (integer bytes or "64MiB"); 0 takes the default (64MiB).
 	MemoryBytes ByteSize `yaml:"memory_bytes"`
-	// How replicas drop in-process entries another replica's write made wrong: "pubsub"
-	// (Redis publish/subscribe) or "none" (entries live until their TTL).
+	// Accepted for older configurations and not read: replicas always drop in-process
+	// entries another replica invalidated through Redis publish/subscribe, the one
+	// mechanism there is ("pubsub" or "none" are accepted; both mean that).
 	Coherence string `yaml:"coherence"`
 	// Per-route cache policy: a list of {route, ttl, stale_while_revalidate,
 	// stale_if_error, policy}. In flags and environment variables, a YAML or JSON list.
@@ -299,7 +300,6 @@ func (t WarmTarget) Token(lookupEnv func(string) (string, bool)) (string, error)
 	return tok, nil
 }
 
-// Admin guards the mutating /_ghlproxy/ endpoints (cache purge, warm now).
 // Webhooks receives GHL's signed webhook deliveries at POST /_ghlproxy/webhooks/ghl, on the
 // proxy listener and, when set, on a listener of its own.
 type Webhooks struct {
@@ -311,7 +311,8 @@ type Webhooks struct {
 	// publishes in its Webhook Integration Guide.
 	PublicKey string `yaml:"public_key"`
 	// RSA key that verifies the legacy X-WH-Signature, which GHL is retiring: PEM or base64
-	// DER. Empty: the key GHL publishes for it.
+	// DER. Empty: the key GHL publishes for it; "off": deliveries signed only that way are
+	// refused.
 	LegacyPublicKey string `yaml:"legacy_public_key"`
 	// A delivery whose timestamp is further than this from now, either way, is refused.
 	MaxAge time.Duration `yaml:"max_age"`
@@ -321,6 +322,7 @@ type Webhooks struct {
 	ForwardURL string `yaml:"forward_url"`
 }
 
+// Admin guards the mutating /_ghlproxy/ endpoints (cache purge, warm now).
 type Admin struct {
 	// Bearer token the mutating /_ghlproxy/ endpoints require; empty allows loopback
 	// callers only.

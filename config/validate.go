@@ -147,7 +147,7 @@ func (c *Config) checkWebhooks() error {
 			return fmt.Errorf("webhooks.public_key: %w", err)
 		}
 	}
-	if w.LegacyPublicKey != "" {
+	if w.LegacyPublicKey != "" && w.LegacyPublicKey != "off" {
 		if _, err := webhook.ParseLegacyPublicKey(w.LegacyPublicKey); err != nil {
 			return fmt.Errorf("webhooks.legacy_public_key: %w", err)
 		}

@@ -451,6 +451,9 @@ func TestWebhookListenerServesOnlyTheReceiver(t *testing.T) {
 	token := fakeghl.Token("Location", "loc-listen", "")
 	id := newContact(t, up.URL, token, map[string]any{"locationId": "loc-listen", "firstName": "Lis"})
 	readName(t, r, token, id)
+	if name, hit := readName(t, r, token, id); name != "Lis" || !hit {
+		t.Fatalf("before the edit: %q, hit %v; want the cached contact", name, hit)
+	}
 	fake.SetWebhookURL(base + webhook.Path)
 	if _, err := fake.Edit("contacts", id, map[string]any{"firstName": "Tened"}, false); err != nil {
 		t.Fatal(err)

@@ -35,8 +35,8 @@ const (
 	OpsPortName   = "ghlproxy-ops"
 )
 
-// Environment variables of the sidecar that annotations set (DESIGN.md's keys with the
-// GHLPROXY_ prefix).
+// Environment variables of the sidecar that annotations set (configuration keys, as the
+// README's Configuration table names them, with the GHLPROXY_ prefix).
 const (
 	envListen    = "GHLPROXY_LISTEN"
 	envOpsListen = "GHLPROXY_OPS_LISTEN"

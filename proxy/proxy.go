@@ -1,5 +1,6 @@
 // Package proxy is the request pipeline of the sidecar. Every request on the proxy listener
-// goes through Handler.ServeHTTP, which reads top to bottom as DESIGN.md describes it:
+// goes through Handler.ServeHTTP, which reads top to bottom as the README's "What happens to
+// a request" describes it:
 //
 //  1. classify: route template and policy from the route table, credential and scope;
 //  2. reads and read-only searches: cache, then a fold of identical misses, then the rate
@@ -282,9 +283,13 @@ func (h *Handler) classify(r *http.Request) *exchange {
 	return x
 }
 
-// noteLocation tells Locations which location an answer just stored belongs to: the one a
-// Location token is bound to, else one the request names (path, query or body). A webhook
-// of that location then drops the scope's lists and searches too.
+// noteLocation tells Locations which location an answer belongs to: the one a Location
+// token is bound to, else one the request names (path, query or body). A webhook of that
+// location then drops the scope's lists and searches too. It is called before the fetch
+// for a credential GHL has vouched for, so that a webhook arriving while the answer is on
+// its way finds the scope (and the cache refuses to store what that webhook made wrong);
+// for any other credential only once GHL answered it, so that forged tokens add nothing
+// to the registry.
 func (h *Handler) noteLocation(ctx context.Context, r *http.Request, x *exchange, body []byte) {
 	if h.cfg.Locations == nil {
 		return
@@ -460,10 +465,16 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	// Built after the lookup: a hit never needs them.
 	tags := h.scopedTags(x, x.route.Tags(x.params))
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
+		vouched := x.cred.Verified()
+		if vouched && cacheable {
+			h.noteLocation(ctx, r, x, body)
+		}
 		resp, err := h.fetchRead(ctx, r, x, body)
 		if err == nil && cacheable && h.storable(resp) {
 			h.store(ctx, key, x, resp, tags)
-			h.noteLocation(ctx, r, x, body)
+			if !vouched {
+				h.noteLocation(ctx, r, x, body)
+			}
 		}
 		return resp, err
 	}
@@ -534,10 +545,11 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 	go func() {
 		defer h.refreshes.Add(-1)
 		fetch := func(ctx context.Context) (*upstream.Response, error) {
+			// A refresh's credential was answered before (its entry exists): note first.
+			h.noteLocation(ctx, out, rx, body)
 			resp, err := h.fetchRead(ctx, out, rx, body)
 			if err == nil && h.storable(resp) {
 				h.store(ctx, key, rx, resp, tags)
-				h.noteLocation(ctx, out, rx, body)
 			}
 			return resp, err
 		}

@@ -67,16 +67,18 @@ func (r *Route) EntityTags(p Params) []string {
 	return []string{r.Resource + "/" + url.PathEscape(id), r.Resource + "/*"}
 }
 
-// stateSets are the POST routes that set state of an entity rather than create one: adding
-// tags, followers, a campaign or a workflow to a contact, followers to an opportunity,
-// voiding an invoice. A later write can undo what they did (remove the tag again).
+// stateSets are the POST routes that set state of an entity rather than create one, and
+// that are idempotent: adding tags or followers to a contact, followers to an opportunity,
+// voiding an invoice. A later write can undo what they did (remove the tag again), and
+// sending one twice does no harm. Enrolling a contact in a campaign or a workflow is not
+// among them: GHL may run the workflow again for a second enrolment, so a retry of one is
+// replayed for the whole window, like a create, whatever came between — a later write to
+// the contact, or GHL's webhook for the enrolment itself.
 var stateSets = map[string]bool{
-	"/contacts/{contactId}/tags":                   true,
-	"/contacts/{contactId}/followers":              true,
-	"/contacts/{contactId}/campaigns/{campaignId}": true,
-	"/contacts/{contactId}/workflow/{workflowId}":  true,
-	"/opportunities/{id}/followers":                true,
-	"/invoices/{invoiceId}/void":                   true,
+	"/contacts/{contactId}/tags":      true,
+	"/contacts/{contactId}/followers": true,
+	"/opportunities/{id}/followers":   true,
+	"/invoices/{invoiceId}/void":      true,
 }
 
 // EveryScope is the scope of entity tags (see ScopedTag).
@@ -98,11 +100,21 @@ func ScopedTag(scopeKey, t string) string {
 	return scopeKey + ":" + hex.EncodeToString(sum[:12])
 }
 
-// IsEntityTag says whether tag names one entity ("contacts/<id>"), rather than a family's
-// collection ("contacts") or every entity of it ("contacts/*").
+// IsEntityTag says whether tag names one entity ("contacts/<id>") by an id GHL made,
+// unique across locations, rather than a family's collection ("contacts") or every entity
+// of it ("contacts/*"), or an entity of a family named by a name that every location may
+// use (localNames).
 func IsEntityTag(tag string) bool {
 	i := strings.LastIndexByte(tag, '/')
-	return i > 0 && tag[i+1:] != "*" && i < len(tag)-1
+	return i > 0 && tag[i+1:] != "*" && i < len(tag)-1 && !localNames[tag[:i]]
+}
+
+// localNames are the families whose tags take a name from the path, not an id: an object's
+// schema key ("custom_objects.pet", or "contact" in every location) and a conversation
+// channel's type ("SMS"). Their tags stay in the scope that wrote them.
+var localNames = map[string]bool{
+	"objects":                        true,
+	"locations.conversationChannels": true,
 }
 
 func expand(patterns []string, p Params) []string {

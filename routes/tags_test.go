@@ -225,6 +225,9 @@ func TestEntityTags(t *testing.T) {
 		{"POST", "/contacts/c1/notes", nil},
 		{"POST", "/contacts/c1/tasks", nil},
 		{"POST", "/invoices/i1/record-payment", nil},
+		// enrolments are not idempotent: replayed like creates
+		{"POST", "/contacts/c1/workflow/w1", nil},
+		{"POST", "/contacts/c1/campaigns/k1", nil},
 		// reads carry read tags, not entity tags
 		{"GET", "/contacts/c1", nil},
 	}
@@ -246,5 +249,29 @@ func TestEntityTags(t *testing.T) {
 	}
 	if !slices.Contains(put.Invalidates(pps), put.EntityTags(pps)[0]) {
 		t.Errorf("PUT drops %q, not its own entity tag", put.Invalidates(pps))
+	}
+}
+
+// TestEntityTagsAreSharedAcrossScopes: an entity GHL gave an id is the same entity for every
+// credential, so its stored tag is the same in every scope; collections, and families named
+// by a name every location may use, stay in their scope.
+func TestEntityTagsAreSharedAcrossScopes(t *testing.T) {
+	for _, tc := range []struct {
+		tag    string
+		shared bool
+	}{
+		{"contacts/c1", true},
+		{"opportunities/o1", true},
+		{"calendars.events/e1", true},
+		{"contacts", false},
+		{"contacts/*", false},
+		{"objects/custom_objects.pet", false},
+		{"objects.records/r1", true},
+		{"locations.conversationChannels/SMS", false},
+	} {
+		a, b := routes.ScopedTag("scope-a", tc.tag), routes.ScopedTag("scope-b", tc.tag)
+		if (a == b) != tc.shared || routes.IsEntityTag(tc.tag) != tc.shared {
+			t.Errorf("%s: stored %q and %q, IsEntityTag %v; want shared %v", tc.tag, a, b, routes.IsEntityTag(tc.tag), tc.shared)
+		}
 	}
 }

@@ -111,8 +111,8 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		Merge:    cfg.Batch.Merge,
 		Bulk:     cfg.Batch.Bulk,
 		Coalesce: cfg.Batch.Coalesce,
-		// The limiter's bound covers the batcher's queue too (DESIGN.md: a write waits up
-		// to ratelimit.max_wait in all, then gets the sidecar's 429).
+		// The limiter's bound covers the batcher's queue too (README, "The shared token
+		// bucket": a write waits up to ratelimit.max_wait in all, then gets the sidecar's 429).
 		MaxWait: cfg.RateLimit.MaxWait,
 	}, lim, s.Metrics, s.log)
 	// Closed first (closers run in reverse): it answers every write it holds while the

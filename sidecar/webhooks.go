@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"crypto/rsa"
 	"fmt"
 	"log/slog"
 	"net"
@@ -32,9 +33,12 @@ func newReceiver(cfg *config.Config, table *routes.Table, p *proxy.Handler, locs
 	if err != nil {
 		return nil, fmt.Errorf("webhooks.public_key: %w", err)
 	}
-	lk, err := webhook.ParseLegacyPublicKey(legacy)
-	if err != nil {
-		return nil, fmt.Errorf("webhooks.legacy_public_key: %w", err)
+	var lk *rsa.PublicKey
+	if legacy != "off" {
+		var err error
+		if lk, err = webhook.ParseLegacyPublicKey(legacy); err != nil {
+			return nil, fmt.Errorf("webhooks.legacy_public_key: %w", err)
+		}
 	}
 	return webhook.New(webhook.Config{
 		PublicKey:  pk,

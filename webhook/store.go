@@ -18,63 +18,121 @@ func hashed(s string) string {
 }
 
 // seen remembers the webhookIds already processed, on every replica that shares a Redis,
-// so a delivery GHL sends twice — a retry, or the same event to two replicas — is applied
-// (and forwarded) once. Without Redis, or while it fails, this replica's memory decides.
+// so a delivery GHL sends twice — a duplicate, or the same event to two replicas — is
+// applied (and forwarded) once. Without Redis, or while it fails, this replica's memory
+// decides.
+//
+// GHL resends a delivery only when its receiver answered 429, the same payload (its
+// original timestamp) every 10 minutes, up to six times. A delivery the sidecar could not
+// hand on to the app is answered 429 and its id marked as awaiting that retry: the retry is
+// then taken once, however old its timestamp, because GHL announced it by our 429 and its
+// signature shows GHL sent it.
 type seen struct {
 	rdb    redis.UniversalClient
 	prefix string
-	ttl    time.Duration
+	ttl    time.Duration // how long a processed id is remembered
 	now    func() time.Time
 
 	mu    sync.Mutex
-	local map[string]time.Time // id hash -> until
+	local map[string]mark // id hash -> state, used when Redis is absent or failing
+}
+
+type mark struct {
+	until time.Time
+	retry bool // answered 429: GHL's retry is expected
 }
 
 // seenMax bounds the local memory; past it, expired ids go, then everything (a delivery
 // older than max_age is refused by its timestamp anyway).
 const seenMax = 100_000
 
+// retryWindow is how long an id answered 429 waits for GHL's retry: six retries 10
+// minutes apart, with jitter ("about 1 h 10 min", GHL's Automated Webhook Retries guide).
+const retryWindow = 90 * time.Minute
+
 func (s *seen) key(h string) string { return s.prefix + ":{wh:" + h + "}:seen" }
 
-// claim says whether id is new: the caller processes the delivery. A claim made for a
-// delivery that then failed is released, so that GHL's retry is processed.
-func (s *seen) claim(ctx context.Context, id string) (bool, error) {
+// claimScript takes an id for processing: new (and, when ARGV[2] is "1", not too old), or
+// awaiting GHL's retry. It returns 1 when taken, 0 for an id already processed, -1 for a
+// new id whose delivery is too old.
+var claimScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == 'retry' or (not v and ARGV[2] == '1') then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+  return 1
+end
+if not v then return -1 end
+return 0
+`)
+
+// Claim outcomes.
+const (
+	claimed   = 1
+	duplicate = 0
+	tooOld    = -1
+)
+
+// claim takes id for processing (claimed), or says it was processed already (duplicate),
+// or that it is new but fresh is false: its timestamp is out of webhooks.max_age, and only
+// a retry GHL announced may be that old (tooOld).
+func (s *seen) claim(ctx context.Context, id string, fresh bool) (int, error) {
 	h := hashed(id)
+	if s.rdb != nil {
+		f := "0"
+		if fresh {
+			f = "1"
+		}
+		n, err := claimScript.Run(ctx, s.rdb, []string{s.key(h)}, s.ttl.Milliseconds(), f).Int()
+		if err == nil {
+			return n, nil
+		}
+		return s.claimLocal(h, fresh), err // this replica's memory decided
+	}
+	return s.claimLocal(h, fresh), nil
+}
+
+func (s *seen) claimLocal(h string, fresh bool) int {
 	now := s.now()
 	s.mu.Lock()
-	if until, ok := s.local[h]; ok && now.Before(until) {
-		s.mu.Unlock()
-		return false, nil
+	defer s.mu.Unlock()
+	m, ok := s.local[h]
+	if ok && !now.Before(m.until) {
+		ok = false
 	}
+	switch {
+	case ok && !m.retry:
+		return duplicate
+	case !ok && !fresh:
+		return tooOld
+	}
+	s.putLocal(h, mark{until: now.Add(s.ttl)}, now)
+	return claimed
+}
+
+// putLocal records a mark within seenMax; call with s.mu held.
+func (s *seen) putLocal(h string, m mark, now time.Time) {
 	if len(s.local) >= seenMax {
-		for k, until := range s.local {
-			if !now.Before(until) {
+		for k, old := range s.local {
+			if !now.Before(old.until) {
 				delete(s.local, k)
 			}
 		}
 		if len(s.local) >= seenMax {
-			s.local = make(map[string]time.Time)
+			s.local = make(map[string]mark)
 		}
 	}
-	s.local[h] = now.Add(s.ttl)
-	s.mu.Unlock()
-	if s.rdb == nil {
-		return true, nil
-	}
-	ok, err := s.rdb.SetNX(ctx, s.key(h), "1", s.ttl).Result()
-	if err != nil {
-		return true, err // this replica's memory decided
-	}
-	return ok, nil
+	s.local[h] = m
 }
 
-func (s *seen) release(ctx context.Context, id string) {
+// awaitRetry marks a claimed id as answered 429: GHL's retry of it is to be processed.
+func (s *seen) awaitRetry(ctx context.Context, id string) {
 	h := hashed(id)
+	now := s.now()
 	s.mu.Lock()
-	delete(s.local, h)
+	s.putLocal(h, mark{until: now.Add(retryWindow), retry: true}, now)
 	s.mu.Unlock()
 	if s.rdb != nil {
-		_ = s.rdb.Del(ctx, s.key(h)).Err()
+		_ = s.rdb.Set(ctx, s.key(h), "retry", retryWindow).Err()
 	}
 }
 

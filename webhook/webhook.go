@@ -47,7 +47,8 @@ type Config struct {
 	MaxAge time.Duration
 	// ForwardURL, when set, gets every verified delivery unchanged; GHL gets its answer.
 	ForwardURL string
-	// Client forwards; default one with a 30 s timeout.
+	// Client forwards; default one with a 30 s timeout. It never follows a redirect: the
+	// delivery and its signature go to ForwardURL and nowhere else.
 	Client *http.Client
 
 	Routes *routes.Table
@@ -65,10 +66,15 @@ type Config struct {
 }
 
 // MaxBody bounds a delivery's body: GHL's events are a few KiB. bodyTimeout bounds how long
-// a sender may take to send it.
+// a sender may take to send it, and maxInFlight how many deliveries are read at once, so
+// that a listener facing the internet holds at most maxInFlight×MaxBody of bodies; past
+// it a delivery is answered 429, which GHL retries.
 const (
-	MaxBody     = 1 << 20
+	MaxBody     = 256 << 10
 	bodyTimeout = 10 * time.Second
+	maxInFlight = 64
+	// retryAfter is what a 429 asks GHL to wait; GHL retries every 10 minutes anyway.
+	retryAfter = "600"
 )
 
 // Receiver serves Path.
@@ -77,6 +83,7 @@ type Receiver struct {
 	seen *seen
 	m    *prometheus.CounterVec
 	typ  map[string]bool
+	busy chan struct{} // one per delivery being read or processed
 }
 
 // New checks cfg and builds the receiver.
@@ -90,6 +97,9 @@ func New(cfg Config) (*Receiver, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: 30 * time.Second}
 	}
+	c := *cfg.Client
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cfg.Client = &c
 	if cfg.Prefix == "" {
 		cfg.Prefix = "ghlproxy"
 	}
@@ -102,8 +112,8 @@ func New(cfg Config) (*Receiver, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	r := &Receiver{cfg: cfg, m: cfg.Metrics.Webhooks, typ: map[string]bool{}}
-	r.seen = &seen{rdb: cfg.Redis, prefix: cfg.Prefix, ttl: max(2*cfg.MaxAge, 10*time.Minute), now: cfg.Now, local: map[string]time.Time{}}
+	r := &Receiver{cfg: cfg, m: cfg.Metrics.Webhooks, typ: map[string]bool{}, busy: make(chan struct{}, maxInFlight)}
+	r.seen = &seen{rdb: cfg.Redis, prefix: cfg.Prefix, ttl: max(2*cfg.MaxAge, 10*time.Minute), now: cfg.Now, local: map[string]mark{}}
 	for t := range events {
 		r.typ[t] = true
 	}
@@ -144,13 +154,26 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ghlerror.Write(w, http.StatusMethodNotAllowed, ghlerror.CauseMalformed, "webhook deliveries are POSTs")
 		return
 	}
+	select {
+	case rc.busy <- struct{}{}:
+		defer func() { <-rc.busy }()
+	default:
+		w.Header().Set("Retry-After", retryAfter)
+		ghlerror.Write(w, http.StatusTooManyRequests, ghlerror.CauseRateLimited, "too many webhook deliveries at once; GHL retries this one")
+		return
+	}
 	// The body is bounded in size and in time: this listener may face the internet.
 	ctl := http.NewResponseController(w)
 	_ = ctl.SetReadDeadline(time.Now().Add(bodyTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 	_ = ctl.SetReadDeadline(time.Time{})
 	if err != nil {
-		rc.refuse(w, http.StatusRequestEntityTooLarge, ghlerror.CauseBodyTooLarge, "webhook body unreadable or over 1 MiB")
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			rc.refuse(w, http.StatusRequestEntityTooLarge, ghlerror.CauseBodyTooLarge, "webhook body over 256 KiB")
+		} else {
+			rc.refuse(w, http.StatusRequestTimeout, ghlerror.CauseRequestTimeout, "webhook body not received within 10s")
+		}
 		return
 	}
 	if err := rc.verify(r.Header, body); err != nil {
@@ -159,33 +182,41 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var ev event
 	var fields map[string]any
-	if json.Unmarshal(body, &ev) != nil || json.Unmarshal(body, &fields) != nil {
+	if err := json.Unmarshal(body, &fields); err != nil {
 		rc.refuse(w, http.StatusBadRequest, ghlerror.CauseMalformed, "webhook body is not a JSON object")
 		return
 	}
-	if ev.Timestamp != "" {
-		at, err := time.Parse(time.RFC3339Nano, ev.Timestamp)
-		if err != nil {
-			rc.refuse(w, http.StatusBadRequest, ghlerror.CauseMalformed, "webhook timestamp is not ISO 8601")
-			return
-		}
-		if d := rc.cfg.Now().Sub(at); d > rc.cfg.MaxAge || d < -rc.cfg.MaxAge {
-			rc.refuse(w, http.StatusUnauthorized, ghlerror.CauseWebhookSignature,
-				fmt.Sprintf("webhook timestamp is %s away from now, more than webhooks.max_age", d.Round(time.Second)))
-			return
-		}
+	if err := json.Unmarshal(body, &ev); err != nil {
+		rc.refuse(w, http.StatusBadRequest, ghlerror.CauseMalformed, "webhook type, locationId, timestamp or webhookId is not a string")
+		return
 	}
+	// Every delivery GHL signs carries both: without them a signed body could be replayed
+	// forever, each time invalidating and forwarded again.
+	if ev.Timestamp == "" || ev.WebhookID == "" {
+		rc.refuse(w, http.StatusUnauthorized, ghlerror.CauseWebhookSignature, "webhook delivery carries no timestamp or no webhookId")
+		return
+	}
+	at, err := time.Parse(time.RFC3339Nano, ev.Timestamp)
+	if err != nil {
+		rc.refuse(w, http.StatusBadRequest, ghlerror.CauseMalformed, "webhook timestamp is not ISO 8601")
+		return
+	}
+	age := rc.cfg.Now().Sub(at)
+	fresh := age <= rc.cfg.MaxAge && age >= -rc.cfg.MaxAge
 	ctx := r.Context()
-	if ev.WebhookID != "" {
-		first, err := rc.seen.claim(ctx, ev.WebhookID)
-		if err != nil {
-			rc.cfg.Log.Warn("redis: remembering a webhook id; this replica alone decides whether it was seen", "err", err)
-		}
-		if !first {
-			rc.count(ev.Type, ResultDuplicate)
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
+	outcome, err := rc.seen.claim(ctx, ev.WebhookID, fresh)
+	if err != nil {
+		rc.cfg.Log.Warn("redis: remembering a webhook id; this replica alone decides whether it was seen", "err", err)
+	}
+	switch outcome {
+	case tooOld:
+		rc.refuse(w, http.StatusUnauthorized, ghlerror.CauseWebhookSignature,
+			fmt.Sprintf("webhook timestamp is %s away from now, more than webhooks.max_age", age.Round(time.Second)))
+		return
+	case duplicate:
+		rc.count(ev.Type, ResultDuplicate)
+		w.WriteHeader(http.StatusNoContent)
+		return
 	}
 	result := ResultUnknown
 	if rc.typ[ev.Type] {
@@ -197,9 +228,9 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	if ok := rc.forward(w, r, body); !ok && ev.WebhookID != "" {
-		// GHL retries what its receiver did not take: the retry must be processed again.
-		rc.seen.release(context.WithoutCancel(ctx), ev.WebhookID)
+	if !rc.forward(w, r, body) {
+		// GHL resends only what was answered 429: its retry is to be forwarded.
+		rc.seen.awaitRetry(context.WithoutCancel(ctx), ev.WebhookID)
 	}
 }
 
@@ -255,34 +286,50 @@ func (rc *Receiver) apply(ctx context.Context, ev event, fields map[string]any) 
 	}
 }
 
-// forward passes the delivery on unchanged (body and headers, but the hop-by-hop ones) and
-// answers GHL with the app's answer. It reports whether the app took it (2xx).
+// forward passes the delivery on unchanged (body and headers, but the hop-by-hop ones and
+// Accept-Encoding, so that the answer comes back decoded) and answers GHL with the app's
+// answer. GHL resends a delivery only when it was answered 429, so when the app cannot
+// take it now — no answer, a 429 or a 5xx — GHL gets a 429, and forward reports false:
+// the retry is to be forwarded again. Any other answer is final for GHL, as it is for us.
 func (rc *Receiver) forward(w http.ResponseWriter, r *http.Request, body []byte) bool {
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, rc.cfg.ForwardURL, bytes.NewReader(body))
-	if err != nil {
-		ghlerror.Write(w, http.StatusBadGateway, ghlerror.CauseUpstreamUnreachable, "webhooks.forward_url: "+err.Error())
+	retry := func(msg string) bool {
+		w.Header().Set("Retry-After", retryAfter)
+		ghlerror.Write(w, http.StatusTooManyRequests, ghlerror.CauseUpstreamUnreachable, msg+"; GHL retries this delivery")
 		return false
 	}
+	req, err := http.NewRequestWithContext(context.WithoutCancel(r.Context()), http.MethodPost, rc.cfg.ForwardURL, bytes.NewReader(body))
+	if err != nil {
+		return retry("webhooks.forward_url: " + err.Error())
+	}
+	hop := map[string]bool{"Connection": true, "Keep-Alive": true, "Te": true, "Trailer": true,
+		"Transfer-Encoding": true, "Upgrade": true, "Content-Length": true, "Host": true, "Accept-Encoding": true}
+	for _, v := range r.Header.Values("Connection") {
+		for _, name := range strings.Split(v, ",") {
+			hop[http.CanonicalHeaderKey(strings.TrimSpace(name))] = true
+		}
+	}
 	for k, vs := range r.Header {
-		switch http.CanonicalHeaderKey(k) {
-		case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host":
+		k = http.CanonicalHeaderKey(k)
+		if hop[k] || strings.HasPrefix(k, "Proxy-") {
 			continue
 		}
 		req.Header[k] = append([]string(nil), vs...)
 	}
 	resp, err := rc.cfg.Client.Do(req)
 	if err != nil {
-		ghlerror.Write(w, http.StatusBadGateway, ghlerror.CauseUpstreamUnreachable, "the app's webhook receiver did not answer: "+shortErr(err))
-		return false
+		return retry("the app's webhook receiver did not answer: " + shortErr(err))
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
+		return retry(fmt.Sprintf("the app's webhook receiver answered %d", resp.StatusCode))
+	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBody))
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
 	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(b)
-	return resp.StatusCode/100 == 2
+	return true
 }
 
 func shortErr(err error) string {

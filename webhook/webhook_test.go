@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,8 +205,8 @@ func TestVerifiedDeliveryInvalidates(t *testing.T) {
 // shape, and change nothing; nothing is forwarded.
 func TestRefusedDeliveriesChangeNothing(t *testing.T) {
 	b := newBench(t)
-	var forwarded int
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { forwarded++ }))
+	var forwarded atomic.Int32
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { forwarded.Add(1) }))
 	defer app.Close()
 	rc := b.receiver(func(c *Config) { c.ForwardURL = app.URL })
 	_, other, _ := ed25519.GenerateKey(rand.Reader)
@@ -247,8 +248,8 @@ func TestRefusedDeliveriesChangeNothing(t *testing.T) {
 	if got := b.invalidations(); len(got) != 0 {
 		t.Errorf("refused deliveries invalidated %v", got)
 	}
-	if forwarded != 0 {
-		t.Errorf("refused deliveries were forwarded %d times", forwarded)
+	if n := forwarded.Load(); n != 0 {
+		t.Errorf("refused deliveries were forwarded %d times", n)
 	}
 	if n := count(b.m, "other", ResultRefused); n != float64(len(cases)) {
 		t.Errorf("webhooks_total{other,refused} = %v, want %d", n, len(cases))
@@ -257,8 +258,8 @@ func TestRefusedDeliveriesChangeNothing(t *testing.T) {
 	if code, _ := deliver(t, rc, body, "X-GHL-Signature", b.sign(body)); code != http.StatusOK {
 		t.Errorf("the genuine delivery after the refusals: %d, want the app's 200", code)
 	}
-	if len(b.invalidations()) != 1 || forwarded != 1 {
-		t.Errorf("genuine delivery: %d invalidations, %d forwards, want 1 and 1", len(b.invalidations()), forwarded)
+	if len(b.invalidations()) != 1 || forwarded.Load() != 1 {
+		t.Errorf("genuine delivery: %d invalidations, %d forwards, want 1 and 1", len(b.invalidations()), forwarded.Load())
 	}
 }
 
@@ -331,8 +332,10 @@ func TestDuplicatesAcrossReplicas(t *testing.T) {
 	}
 }
 
-// A delivery the app's receiver did not take (its 5xx reaches GHL) is processed again when
-// GHL retries it, on any replica.
+// GHL resends a delivery only when it was answered 429, every 10 minutes with its original
+// timestamp. A delivery the app's receiver could not take (a 5xx, or no answer) is answered
+// 429, and GHL's retry — older than webhooks.max_age by then — is processed again, on any
+// replica; an answer GHL treats as final (a 4xx) is passed on and the delivery is done.
 func TestRefusedForwardIsRetried(t *testing.T) {
 	rdb := redistest.Start(t)
 	b := newBench(t)
@@ -351,32 +354,94 @@ func TestRefusedForwardIsRetried(t *testing.T) {
 		fmt.Fprint(w, "app says ", status)
 	}))
 	defer app.Close()
-	c := redis.NewClient(&redis.Options{Addr: rdb.Addr()})
-	t.Cleanup(func() { c.Close() })
-	rc := b.receiver(func(cfg *Config) { cfg.Redis = c; cfg.ForwardURL = app.URL })
+	setStatus := func(s int) { mu.Lock(); status = s; mu.Unlock() }
+	forwards := func() int { mu.Lock(); defer mu.Unlock(); return len(bodies) }
+	var replicas []*Receiver
+	for range 2 {
+		c := redis.NewClient(&redis.Options{Addr: rdb.Addr()})
+		t.Cleanup(func() { c.Close() })
+		replicas = append(replicas, b.receiver(func(cfg *Config) { cfg.Redis = c; cfg.ForwardURL = app.URL }))
+	}
 
 	body := b.event("wh-retry")
 	sig := b.sign(body)
-	code, out := deliver(t, rc, body, "X-GHL-Signature", sig, "X-Custom", "kept")
-	if code != http.StatusServiceUnavailable || string(out) != "app says 503" {
-		t.Fatalf("app's 503: GHL got %d %q", code, out)
+	req := httptest.NewRequest(http.MethodPost, Path, bytes.NewReader(body))
+	req.Header.Set("X-GHL-Signature", sig)
+	req.Header.Set("X-Custom", "kept")
+	req.Header.Set("Connection", "X-Hop")
+	req.Header.Set("X-Hop", "dropped")
+	w := httptest.NewRecorder()
+	replicas[0].ServeHTTP(w, req)
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("app's 503: GHL got %d (Retry-After %q) %s, want 429 so that GHL retries", w.Code, w.Header().Get("Retry-After"), w.Body)
 	}
-	mu.Lock()
-	status = http.StatusOK
-	mu.Unlock()
-	if code, out = deliver(t, rc, body, "X-GHL-Signature", sig, "X-Custom", "kept"); code != http.StatusOK {
+	// GHL's retry, 10 minutes later, to the other replica; the app takes it.
+	b.now = b.now.Add(10*time.Minute + 7*time.Second)
+	setStatus(http.StatusOK)
+	if code, out := deliver(t, replicas[1], body, "X-GHL-Signature", sig, "X-Custom", "kept"); code != http.StatusOK {
 		t.Fatalf("GHL's retry: %d %s, want the app's 200", code, out)
 	}
-	if code, _ = deliver(t, rc, body, "X-GHL-Signature", sig); code != http.StatusNoContent {
+	if code, _ := deliver(t, replicas[0], body, "X-GHL-Signature", sig); code != http.StatusNoContent {
 		t.Fatalf("a repeat after the app took it: %d, want 204", code)
 	}
-	if len(bodies) != 2 {
-		t.Fatalf("the app got %d deliveries, want 2 (the refused one and its retry)", len(bodies))
+	if n := forwards(); n != 2 {
+		t.Fatalf("the app got %d deliveries, want 2 (the refused one and its retry)", n)
 	}
+	if n := len(b.invalidations()); n != 2 {
+		t.Errorf("%d invalidations, want 2 (the delivery and GHL's retry)", n)
+	}
+	mu.Lock()
 	for i, h := range headers {
 		if !bytes.Equal(bodies[i], body) || h.Get("X-GHL-Signature") != sig || h.Get("X-Custom") != "kept" {
 			t.Errorf("forward %d changed the delivery: body %s, headers %v", i, bodies[i], h)
 		}
+	}
+	if h := headers[0]; h.Get("X-Hop") != "" {
+		t.Errorf("a header named in Connection was forwarded: %v", h)
+	}
+	mu.Unlock()
+
+	// A 4xx is final for GHL: passed on, and the delivery is done.
+	setStatus(http.StatusBadRequest)
+	other := b.event("wh-final")
+	if code, out := deliver(t, replicas[0], other, "X-GHL-Signature", b.sign(other)); code != http.StatusBadRequest || string(out) != "app says 400" {
+		t.Fatalf("app's 400: GHL got %d %q", code, out)
+	}
+	if code, _ := deliver(t, replicas[1], other, "X-GHL-Signature", b.sign(other)); code != http.StatusNoContent || forwards() != 3 {
+		t.Fatalf("a repeat of a delivery answered 400: %d, %d forwards, want 204 and no new forward", code, forwards())
+	}
+
+	// No answer at all: 429 too.
+	app.Close()
+	gone := b.event("wh-gone")
+	if code, _ := deliver(t, replicas[0], gone, "X-GHL-Signature", b.sign(gone)); code != http.StatusTooManyRequests {
+		t.Fatalf("app unreachable: GHL got %d, want 429", code)
+	}
+}
+
+// A signed delivery without a timestamp or a webhookId could be replayed forever: refused.
+// So is a stale one whose id the sidecar never answered 429, and one over the size bound.
+func TestUnreplayableDeliveriesOnly(t *testing.T) {
+	b := newBench(t)
+	rc := b.receiver(nil)
+	cases := []struct {
+		name   string
+		body   []byte
+		status int
+	}{
+		{"no timestamp", b.event("wh-a", "timestamp", ""), 401},
+		{"no webhookId", b.event("", "id", "c-9"), 401},
+		{"timestamp not a string", []byte(`{"type":"ContactUpdate","locationId":"l","id":"c","webhookId":"wh-b","timestamp":12}`), 400},
+		{"stale, never answered 429", b.event("wh-c", "timestamp", b.now.Add(-time.Hour).UTC().Format(time.RFC3339Nano)), 401},
+		{"over 256 KiB", b.event("wh-d", "firstName", strings.Repeat("x", MaxBody)), 413},
+	}
+	for _, c := range cases {
+		if code, out := deliver(t, rc, c.body, "X-GHL-Signature", b.sign(c.body)); code != c.status {
+			t.Errorf("%s: %d %s, want %d", c.name, code, out, c.status)
+		}
+	}
+	if got := b.invalidations(); len(got) != 0 {
+		t.Errorf("refused deliveries invalidated %v", got)
 	}
 }
 
