@@ -120,6 +120,12 @@ type Write struct {
 	// now be applied. An error takes the write out of the call unsent and its caller gets
 	// the error; when that was the call's first write, the next one makes the call.
 	Sending func() error
+	// Background puts the write in the limiter's background lane (X-Ghlproxy-Priority:
+	// background): a scope whose queued writes are all background asks only for tokens
+	// nobody in the app's lane asks for. While any app write is queued the scope's groups
+	// ask in the app's lane (the ones ahead of it came first), and an app write arriving
+	// while a background group waits for its grant makes the loop ask again that way.
+	Background bool
 }
 
 // Bulk describes the bulk call a write may share. Writes with one Key must differ only in
@@ -261,10 +267,17 @@ type scope struct {
 	key   string
 	queue []*pending // arrival order, not yet cut into a group
 	wake  chan struct{}
-	// askCancel cancels the loop's outstanding limiter wait (nil when none): used when every
-	// write it was for has been cancelled.
-	askCancel context.CancelFunc
+	// askCancel cancels the loop's outstanding limiter wait (nil when none) with a cause:
+	// errAskersGone when every write it was for has been cancelled, errPreempted when an
+	// app write arrived while it asked in the background lane (askBackground).
+	askCancel     context.CancelCauseFunc
+	askBackground bool
 }
+
+var (
+	errAskersGone = errors.New("batcher: every write of the ask is gone")
+	errPreempted  = errors.New("batcher: an app write arrived while a background group asked")
+)
 
 type pending struct {
 	w      Write
@@ -372,6 +385,9 @@ func (b *Batcher) Submit(ctx context.Context, w Write) (*upstream.Response, Info
 	p.queued = true
 	s.queue = append(s.queue, p)
 	b.m.QueueDepth.WithLabelValues("batch").Inc()
+	if !w.Background && s.askBackground && s.askCancel != nil {
+		s.askCancel(errPreempted) // the loop asks again, in the app's lane, with w in the group
+	}
 	b.arrived++
 	if b.enqueued != nil {
 		b.enqueued(w)
@@ -388,7 +404,7 @@ func (b *Batcher) Submit(ctx context.Context, w Write) (*upstream.Response, Info
 	if p.queued {
 		b.dequeue(s, p)
 		if len(s.queue) == 0 && s.askCancel != nil {
-			s.askCancel()
+			s.askCancel(errAskersGone)
 		}
 		b.mu.Unlock()
 		wake(s)
@@ -489,26 +505,41 @@ func (b *Batcher) run(s *scope) {
 		for _, ws := range head {
 			askers = append(askers, ws...)
 		}
-		ctx, cancel := context.WithCancel(b.base)
+		// The app's lane while any app write waits in this scope, even behind the head:
+		// the head came first, and the app's write must not wait for background tokens.
+		lane := ratelimit.Background
+		if b.appWaiting(s) {
+			lane = ratelimit.Interactive
+		}
+		ctx, cancelCause := context.WithCancelCause(b.base)
+		cancel := func() { cancelCause(nil) }
 		if b.cfg.MaxWait > 0 {
 			// Bounded by the oldest write's time left: Close's cancel still reaches it.
-			ctx, cancel = context.WithTimeout(b.base, b.left(askers[0], now))
+			var stop context.CancelFunc
+			ctx, stop = context.WithTimeout(ctx, b.left(askers[0], now))
+			cancel = func() { stop(); cancelCause(nil) }
 		}
-		s.askCancel = cancel
+		s.askCancel, s.askBackground = cancelCause, lane == ratelimit.Background
 		b.mu.Unlock()
 
 		var grant ratelimit.Grant
 		var err error
 		granted := calls
 		if b.lim != nil {
-			grant, err = b.lim.Wait(ctx, s.key, calls, ratelimit.Batch)
+			grant, err = b.lim.Wait(ctx, s.key, calls, lane)
 		} else {
 			granted = b.cfg.Max // no limiter: whatever the head holds by now goes
 		}
+		preempted := errors.Is(context.Cause(ctx), errPreempted)
 		cancel()
 
 		b.mu.Lock()
-		s.askCancel = nil
+		s.askCancel, s.askBackground = nil, false
+		if err != nil && preempted && b.base.Err() == nil {
+			// Nothing was granted: plan again with the app's write, in the app's lane.
+			b.mu.Unlock()
+			continue
+		}
 		if err != nil {
 			var rej *ratelimit.RejectedError
 			switch {
@@ -538,6 +569,17 @@ func (b *Batcher) run(s *scope) {
 		b.mu.Unlock()
 		b.launch(g)
 	}
+}
+
+// appWaiting reports whether an app write (not Background) is in s's queue. Caller holds
+// b.mu.
+func (b *Batcher) appWaiting(s *scope) bool {
+	for _, p := range s.queue {
+		if !p.w.Background {
+			return true
+		}
+	}
+	return false
 }
 
 // left is how long p may still wait for its grant under MaxWait (<= 0: its time is up).
@@ -904,7 +946,11 @@ func (b *Batcher) sendAlone(ctx context.Context, info Info, p *pending) result {
 		if b.cfg.MaxWait > 0 {
 			wctx, cancel = context.WithTimeout(ctx, b.cfg.MaxWait)
 		}
-		_, err := b.lim.Wait(wctx, p.w.Scope, 1, ratelimit.Batch)
+		lane := ratelimit.Interactive
+		if p.w.Background {
+			lane = ratelimit.Background
+		}
+		_, err := b.lim.Wait(wctx, p.w.Scope, 1, lane)
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = &ratelimit.RejectedError{RetryAfter: expiredRetry} // the bound set here

@@ -272,8 +272,8 @@ func gatedBucket() *bucket {
 }
 
 func (b *bucket) Wait(ctx context.Context, scope string, n int, p ratelimit.Priority) (ratelimit.Grant, error) {
-	if p != ratelimit.Batch {
-		return ratelimit.Grant{}, fmt.Errorf("bucket: priority %s, want batch", p)
+	if p != ratelimit.Interactive {
+		return ratelimit.Grant{}, fmt.Errorf("bucket: priority %s, want interactive (the app's writes)", p)
 	}
 	start := time.Now()
 	if b.asks != nil {
@@ -493,7 +493,7 @@ func TestDistinctEntitiesGoInGroupsWithBoundedDelay(t *testing.T) {
 	}
 	direct := func(ctx context.Context, w Write) (*upstream.Response, Info, error) {
 		lim := &bucket{lim: rate.NewLimiter(rate.Every(interval), n), maxWait: time.Minute}
-		if _, err := lim.Wait(ctx, w.Scope, 1, ratelimit.Batch); err != nil {
+		if _, err := lim.Wait(ctx, w.Scope, 1, ratelimit.Interactive); err != nil {
 			return nil, Info{}, err
 		}
 		resp, err := w.Send(ctx, w.Body)

@@ -198,6 +198,11 @@ type Cache struct {
 	StaleWhileRevalidate time.Duration `yaml:"stale_while_revalidate"`
 	// How long past its TTL an entry may be served instead of an upstream error or timeout.
 	StaleIfError time.Duration `yaml:"stale_if_error"`
+	// A read miss that would wait longer than this for a rate-limit token, and holds an
+	// entry inside its stale_if_error window, is answered from that entry at once (Cache-
+	// Status: fwd=stale; detail=busy) while the entry is refreshed in the background lane;
+	// 0 always waits for the token.
+	StaleIfBusy time.Duration `yaml:"stale_if_busy"`
 	// TTL for 404 answers of reads; 0 does not cache them.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
 	// Size of the in-process layer in front of Redis, and of the whole store without Redis
@@ -418,6 +423,7 @@ func Default() *Config {
 		Cache: Cache{
 			StaleWhileRevalidate: 30 * time.Second,
 			StaleIfError:         5 * time.Minute,
+			StaleIfBusy:          250 * time.Millisecond,
 			MemoryBytes:          64 * MiB,
 			Coherence:            "pubsub",
 		},

@@ -328,6 +328,7 @@ func (c *Config) checkCache() error {
 		nonNegative("cache.default_ttl", ca.DefaultTTL),
 		nonNegative("cache.stale_while_revalidate", ca.StaleWhileRevalidate),
 		nonNegative("cache.stale_if_error", ca.StaleIfError),
+		nonNegative("cache.stale_if_busy", ca.StaleIfBusy),
 		nonNegative("cache.negative_ttl", ca.NegativeTTL),
 		nonNegative("cache.memory_bytes", ca.MemoryBytes),
 	); err != nil {

@@ -46,12 +46,14 @@ type Metrics struct {
 	RateLimitRejected prometheus.Counter
 	RateLimitFallback prometheus.Counter
 	QueueDepth        *prometheus.GaugeVec // queue: ratelimit|batch
+	RateLimitQueue    *prometheus.GaugeVec // priority: interactive|background|warm
 
 	BatchSize prometheus.Histogram
 
 	CacheEntries   prometheus.Gauge
 	CacheBytes     prometheus.Gauge
 	CacheEvictions prometheus.Counter
+	StaleIfBusy    prometheus.Counter
 
 	InvalidationsPending *prometheus.GaugeVec // stage: cache|fold
 
@@ -91,10 +93,12 @@ func New() *Metrics {
 		RateLimitRejected: f.counter("ratelimit_rejected_total", "Requests answered 429 by the sidecar after waiting the longest allowed, before anything went upstream."),
 		RateLimitFallback: f.counter("ratelimit_fallback_decisions_total", "Rate-limit decisions made on the local fallback bucket while Redis was unreachable."),
 		QueueDepth:        f.gaugeVec("queue_depth", "Requests waiting, by queue (ratelimit, batch).", "queue"),
+		RateLimitQueue:    f.gaugeVec("ratelimit_queue_depth", "Requests waiting for a rate-limit token, by lane (interactive: the app's requests; background: stale-while-revalidate refreshes and requests marked X-Ghlproxy-Priority: background; warm).", "priority"),
 		BatchSize:         f.histogram("batch_size", "Writes per group sent upstream.", []float64{1, 2, 3, 4, 5}),
 		CacheEntries:      f.gauge("cache_entries", "Entries in the in-process cache layer."),
 		CacheBytes:        f.gauge("cache_bytes", "Bytes held by the in-process cache layer."),
 		CacheEvictions:    f.counter("cache_evictions_total", "Entries evicted from the in-process cache layer for space."),
+		StaleIfBusy:       f.counter("cache_stale_if_busy_total", "Read misses answered from an entry past its TTL because a rate-limit token was further away than cache.stale_if_busy (Cache-Status: fwd=stale; detail=busy)."),
 		InvalidationsPending: f.gaugeVec("invalidations_pending", "Invalidations made by writes that Redis has not confirmed yet, by stage (cache, fold); each is retried until Redis does, and meanwhile this replica takes nothing it concerns from Redis.",
 			"stage"),
 		RedisUp:             f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
@@ -112,6 +116,10 @@ func New() *Metrics {
 	// confirm), so dashboards and alerts see a series rather than no data.
 	for _, stage := range []string{"cache", "fold"} {
 		m.InvalidationsPending.WithLabelValues(stage)
+	}
+	for _, lane := range []string{"interactive", "background", "warm"} {
+		m.RateLimitQueue.WithLabelValues(lane)
+		m.RateLimitWait.WithLabelValues(lane)
 	}
 	for _, source := range []string{SourceWrite, SourceWebhook, SourcePurge} {
 		m.Invalidations.WithLabelValues(source)

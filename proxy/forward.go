@@ -23,8 +23,10 @@ import (
 
 // Headers the sidecar reads from clients and never forwards.
 const (
-	headerNoFold  = "X-Ghlproxy-No-Fold"
-	headerQueueMs = "X-Ghlproxy-Queue-Ms"
+	headerNoFold = "X-Ghlproxy-No-Fold"
+	// headerPriority puts a request in the limiter's background lane; never sent to GHL.
+	headerPriority = "X-Ghlproxy-Priority"
+	headerQueueMs  = "X-Ghlproxy-Queue-Ms"
 )
 
 // hopHeaders are hop-by-hop (RFC 9110 §7.6.1): they describe one connection, not the
@@ -145,6 +147,7 @@ func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, b
 	}
 	copyHeader(out.Header, r.Header)
 	out.Header.Del(headerNoFold)
+	out.Header.Del(headerPriority)
 	// Let the transport negotiate compression so the body we keep is plain (see
 	// upstream.NewTransport).
 	out.Header.Del("Accept-Encoding")
@@ -278,6 +281,7 @@ func (h *Handler) newStreamProxy() http.Handler {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Header.Del(headerNoFold)
+			pr.Out.Header.Del(headerPriority)
 			if x, ok := pr.In.Context().Value(exchangeKey{}).(*exchange); ok {
 				x.upstreamStart = time.Now()
 			}

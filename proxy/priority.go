@@ -8,11 +8,12 @@ import (
 
 type priorityKey struct{}
 
-// WithPriority marks the requests served with ctx as being of priority p for the rate
-// limiter. The warming loop serves its requests through the Handler in-process with
-// ratelimit.Warm, so they only spend tokens interactive traffic leaves and stop at the
-// daily reserve; requests from the network are always ratelimit.Interactive. The mark
-// lowers priority only: it never lifts a batched write to interactive.
+// WithPriority marks the requests served with ctx as being of lane p for the rate limiter.
+// The warming loop serves its requests through the Handler in-process with ratelimit.Warm,
+// so they only spend tokens the other lanes leave and stop at the daily reserve;
+// stale-while-revalidate refreshes, and requests from the network that carry
+// X-Ghlproxy-Priority: background, go in ratelimit.Background; every other request from
+// the network is ratelimit.Interactive. The mark lowers a request's lane only.
 func WithPriority(ctx context.Context, p ratelimit.Priority) context.Context {
 	return context.WithValue(ctx, priorityKey{}, p)
 }

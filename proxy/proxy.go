@@ -94,6 +94,10 @@ type Config struct {
 	// it is served while one refresh runs, or instead of an upstream error.
 	StaleWhileRevalidate time.Duration
 	StaleIfError         time.Duration
+	// StaleIfBusy: a read miss holding an entry inside its stale-if-error window waits at
+	// most this long for a token; past it the entry is served (fwd=stale; detail=busy) and
+	// refreshed in the background lane. 0: it waits like any miss.
+	StaleIfBusy time.Duration
 	// RouteStale overrides both windows per route ("METHOD template" or "template").
 	RouteStale map[string]Stale
 	// FoldWindow is how long an answer is replayed to identical requests; FoldRoutes
@@ -133,6 +137,7 @@ type Handler struct {
 
 	series       sync.Map // seriesKey -> *series
 	savedByCache prometheus.Counter
+	staleBusy    prometheus.Counter
 }
 
 // New checks cfg and builds the handler.
@@ -169,6 +174,7 @@ func New(cfg Config) (*Handler, error) {
 	h.upOriginJ = strings.ReplaceAll(h.upOrigin, "/", `\/`)
 	h.stream = h.newStreamProxy()
 	h.savedByCache = cfg.Metrics.UpstreamSaved.WithLabelValues(metrics.SavedCache)
+	h.staleBusy = cfg.Metrics.StaleIfBusy
 	return h, nil
 }
 
@@ -206,6 +212,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ghlerror.Write(w, x.status, ghlerror.CauseHeadersTooLarge,
 				"Authorization header exceeds "+strconv.Itoa(identity.MaxAuthorizationBytes)+" bytes; nothing was sent to GHL")
 			return
+		}
+		if v := r.Header.Get(headerPriority); v != "" {
+			p, err := ratelimit.ParsePriority(strings.ToLower(strings.TrimSpace(v)))
+			if err != nil || p == ratelimit.Warm {
+				x.outcome, x.status = metrics.OutcomeRejected, http.StatusBadRequest
+				ghlerror.Write(w, x.status, ghlerror.CauseMalformed, headerPriority+" is interactive or background; nothing was sent to GHL")
+				return
+			}
+			r = r.WithContext(WithPriority(r.Context(), p))
 		}
 		h.identify(r, x)
 		if x.cred.Anonymous {
@@ -464,12 +479,18 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 
 	// Built after the lookup: a hit never needs them.
 	tags := h.scopedTags(x, x.route.Tags(x.params))
+	// stale-if-busy: with an entry at hand, a token further away than StaleIfBusy is not
+	// worth waiting for.
+	var busy time.Duration
+	if stale != nil && h.cfg.StaleIfBusy > 0 && time.Now().Before(stale.StaleIfError) {
+		busy = h.cfg.StaleIfBusy
+	}
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
 		vouched := x.cred.Verified()
 		if vouched && cacheable {
 			h.noteLocation(ctx, r, x, body)
 		}
-		resp, err := h.fetchRead(ctx, r, x, body)
+		resp, err := h.fetchRead(ctx, r, x, body, busy)
 		if err == nil && cacheable && h.storable(resp) {
 			h.store(ctx, key, x, resp, tags)
 			if !vouched {
@@ -485,6 +506,22 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		o.Window = x.route.TTL
 	}
 	resp, outcome, err := h.fold(r, x, key, cc, o, fetch)
+	if errors.Is(err, errBusy) {
+		if stale != nil {
+			// The app gets the entry now; the refresh waits for a token in the background
+			// lane, behind the app's own requests.
+			x.outcome = metrics.OutcomeStale
+			h.savedByCache.Inc()
+			h.staleBusy.Inc()
+			h.refresh(r, x, key, body, tags)
+			h.writeResponse(w, r, x, stale.Resp, "ghlproxy; fwd=stale; detail=busy", stale.Stored)
+			return
+		}
+		// Shared from an identical miss that held an entry this one no longer finds (it
+		// was dropped meanwhile): this one waits for its token like any miss.
+		resp, err = h.fetchRead(r.Context(), r, x, body, 0)
+		outcome = dedupe.Leader
+	}
 	if stale != nil && time.Now().Before(stale.StaleIfError) && (err != nil || resp.Status >= 500 || resp.Status == http.StatusTooManyRequests) {
 		// stale-if-error: an answer a little old beats an error the app must handle.
 		x.outcome = metrics.OutcomeStale
@@ -511,10 +548,15 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	h.writeFolded(w, r, x, resp, outcome, status)
 }
 
+// errBusy: a read's token was further away than its busy bound (stale-if-busy).
+var errBusy = errors.New("proxy: no rate-limit token within cache.stale_if_busy")
+
 // fetchRead makes the upstream call of a read: one token, the call, and — when GHL answers
 // 429 anyway (its window is shared with clients we cannot see) — one retry after the pause
-// the limiter learned from that answer. Reads are safe to resend; writes never are.
-func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+// the limiter learned from that answer. Reads are safe to resend; writes never are. With a
+// busy bound, a first token further away than that is not waited for: errBusy, and
+// nothing was sent.
+func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, body []byte, busy time.Duration) (*upstream.Response, error) {
 	// A token whose claims GHL has not vouched for goes upstream one call at a time, on
 	// its own budget (identity.Credential.Admit).
 	release, err := x.cred.Admit(ctx)
@@ -524,7 +566,18 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 	defer release()
 	x.admitted = release
 	for attempt := 0; ; attempt++ {
-		if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
+		if attempt == 0 && busy > 0 && h.cfg.Limiter != nil {
+			wctx, cancel := context.WithTimeout(ctx, busy)
+			err := h.wait(wctx, x, 1, ratelimit.Interactive)
+			cancel()
+			var rej *ratelimit.RejectedError
+			if err != nil && ctx.Err() == nil && (errors.As(err, &rej) || errors.Is(err, context.DeadlineExceeded)) {
+				return nil, errBusy
+			}
+			if err != nil {
+				return nil, err
+			}
+		} else if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
 			return nil, err
 		}
 		resp, err := h.roundTrip(ctx, r, x, body)
@@ -537,7 +590,9 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 // refresh starts one background refresh of a stale entry. It goes through the fold, so
 // every replica serving the same stale entry shares one upstream call.
 func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte, tags []string) {
-	ctx := context.WithoutCancel(r.Context())
+	// The background lane: the app already has its answer, and the refresh must not take
+	// a token before any of the app's own requests.
+	ctx := WithPriority(context.WithoutCancel(r.Context()), ratelimit.Background)
 	// The server reuses r once the handler returns; the refresh works on its own copy.
 	out := r.Clone(ctx)
 	rx := &exchange{route: x.route, label: x.label, policy: x.policy, cred: x.cred, version: x.version}
@@ -547,7 +602,7 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 		fetch := func(ctx context.Context) (*upstream.Response, error) {
 			// A refresh's credential was answered before (its entry exists): note first.
 			h.noteLocation(ctx, out, rx, body)
-			resp, err := h.fetchRead(ctx, out, rx, body)
+			resp, err := h.fetchRead(ctx, out, rx, body, 0)
 			if err == nil && h.storable(resp) {
 				h.store(ctx, key, rx, resp, tags)
 			}
@@ -647,7 +702,8 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 	// fold's marker of this one must say "sent" then too, or a retry after a timeout would
 	// be sent again instead of told it may have been applied.
 	mark := func() error { return dedupe.MarkSent(ctx) }
-	wr := batcher.Write{Scope: x.cred.LimitKey(), Body: body, Send: send, Sending: mark}
+	wr := batcher.Write{Scope: x.cred.LimitKey(), Body: body, Send: send, Sending: mark,
+		Background: priorityOf(ctx, ratelimit.Interactive) != ratelimit.Interactive}
 	if x.route.Entity != "" {
 		if id := x.params.Get(x.route.Entity); id != "" {
 			// Order per entity within the scope: two tokens of one location writing the

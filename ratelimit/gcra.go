@@ -11,7 +11,7 @@ import "math"
 // still move tat forward — it takes its tokens "into debt" and is told the instant they become
 // valid; it sleeps until then and goes upstream without asking again. Every later request
 // sees the moved tat, so waiters are served in the order the bucket saw them, with exactly one
-// decision each. Batch and warm requests never take debt: they take tokens only when they are
+// decision each. Background and warm requests never take debt: they take tokens only when they are
 // free now, so they can never overtake an interactive reservation, and are told how long to
 // sleep before asking again.
 //
@@ -22,7 +22,7 @@ import "math"
 // Decision modes, passed to the Lua script as numbers.
 const (
 	modeReserve = 0 // interactive: take now or reserve a future slot within maxWait
-	modeNow     = 1 // batch: take only what is free now
+	modeNow     = 1 // background: take only what is free now
 	modeWarm    = 2 // warm: take only what is free now and leaves the warm reserve
 )
 
@@ -30,7 +30,7 @@ func modeOf(p Priority) int {
 	switch p {
 	case Interactive:
 		return modeReserve
-	case Batch:
+	case Background:
 		return modeNow
 	}
 	return modeWarm

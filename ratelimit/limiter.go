@@ -23,7 +23,8 @@ import (
 // one script on the shared bucket; while Redis is unreachable, on a local bucket holding this
 // replica's share; without Redis (embedded), on an in-process bucket.
 //
-// Metrics it keeps: ratelimit_wait_seconds{priority}, queue_depth{queue="ratelimit"},
+// Metrics it keeps: ratelimit_wait_seconds{priority}, ratelimit_queue_depth{priority},
+// queue_depth{queue="ratelimit"},
 // redis_up, degraded, ratelimit_fallback_decisions_total. The proxy counts the rest where it
 // sees them, once: ratelimit_rejected_total when it answers the 429, upstream_429_total and
 // upstream_ratelimit_remaining when the upstream response arrives.
@@ -44,7 +45,8 @@ type Limiter struct {
 	mu     sync.Mutex
 	scopes map[string]*scope
 
-	waitHist [Warm + 1]prometheus.Observer
+	waitHist  [len(Lanes)]prometheus.Observer
+	laneDepth [len(Lanes)]prometheus.Gauge
 
 	// sleep waits d or until ctx ends; a seam so tests can drive time.
 	sleep func(ctx context.Context, d time.Duration) error
@@ -85,8 +87,9 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 	}
 	l.replicas.Store(1)
 	l.mem = newMemStore(func() float64 { return micro(cfg.Now()) }, rdb != nil)
-	for p := Interactive; p <= Warm; p++ {
+	for _, p := range Lanes {
 		l.waitHist[p] = m.RateLimitWait.WithLabelValues(p.String())
+		l.laneDepth[p] = m.RateLimitQueue.WithLabelValues(p.String())
 	}
 	if rdb != nil {
 		if err := l.register(); err != nil {
@@ -130,6 +133,9 @@ func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) 
 	if n < 1 {
 		n = 1
 	}
+	if p < Interactive || p > Warm {
+		p = Background // not a lane: never ahead of the app's requests
+	}
 	if err := ctx.Err(); err != nil {
 		return Grant{}, err
 	}
@@ -148,11 +154,7 @@ func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) 
 		g, err = w.queue()
 	}
 	if err == nil {
-		if p >= Interactive && p <= Warm {
-			l.waitHist[p].Observe(g.Waited.Seconds())
-		} else {
-			l.m.RateLimitWait.WithLabelValues(p.String()).Observe(g.Waited.Seconds())
-		}
+		l.waitHist[p].Observe(g.Waited.Seconds())
 	}
 	return g, err
 }
@@ -170,19 +172,22 @@ type wait struct {
 	entry   *queueEntry
 }
 
-// markQueued counts the request as waiting (queue depth) from its first sleep on.
+// markQueued counts the request as waiting (queue depth, in all and in its lane) from its
+// first sleep on.
 func (w *wait) markQueued() {
 	if !w.queued {
 		w.queued = true
 		w.l.m.QueueDepth.WithLabelValues("ratelimit").Inc()
-		w.s.waiting.Add(1)
+		w.l.laneDepth[w.p].Inc()
+		w.s.waiting[w.p].Add(1)
 	}
 }
 
 func (w *wait) done() {
 	if w.queued {
 		w.l.m.QueueDepth.WithLabelValues("ratelimit").Dec()
-		w.s.waiting.Add(-1)
+		w.l.laneDepth[w.p].Dec()
+		w.s.waiting[w.p].Add(-1)
 	}
 	if w.entry != nil {
 		w.s.dequeue(w.entry)
@@ -207,8 +212,8 @@ func (w *wait) elapsed() time.Duration { return w.l.cfg.Now().Sub(w.start) }
 // well let every waiter of the pause take the same slot, its end, and all leave at once).
 // A slot after the pause's end still holds.
 //
-// now is when the request asks (its start, or later for a batch request that aged out of the
-// local queue); a reservation made, it leaves the local queue so the next waiter can ask.
+// now is when the request asks (its start, or later after a pause); a reservation made, it
+// leaves the local queue (if it was in one) so the next waiter can ask.
 func (w *wait) reserve(now time.Time) (Grant, error) {
 	for {
 		_, paused := w.s.pause()
@@ -266,14 +271,12 @@ func (w *wait) sleepReserved(d time.Duration, slot time.Time, paused <-chan stru
 	return false, nil
 }
 
-// queue is the batch and warm path: the replica's batch and warm requests of the scope line
-// up locally (batch first, then arrival order), and only the head asks the bucket, which
-// grants only tokens that are free now; otherwise the head sleeps for as long as the bucket
-// says and asks again. Interactive reservations therefore go first, with one exception: a
-// batch request at the head that has waited a quarter of its wait bound (agedBatch) reserves
-// like an interactive request, in arrival order with them, so that a steady stream of
-// interactive reservations cannot starve writes until they are refused. Warm requests always
-// yield: warming must never delay an interactive request.
+// queue is the background and warm path: the replica's background and warm requests of the
+// scope line up locally (background first, then arrival order), and only the head asks the
+// bucket, which grants only tokens that are free now; otherwise the head sleeps for as long
+// as the bucket says and asks again. Interactive reservations therefore always go first:
+// background work never delays the app's own requests, and under a demand above the budget
+// it is refused at its wait bound rather than served before them.
 func (w *wait) queue() (Grant, error) {
 	if w.p == Warm {
 		if dr := w.s.dailyRemaining(); dr >= 0 && dr < float64(w.l.cfg.DailyReserve) {
@@ -287,9 +290,6 @@ func (w *wait) queue() (Grant, error) {
 			return Grant{}, err
 		}
 		now := w.l.cfg.Now()
-		if w.p == Batch && now.Sub(w.start) >= w.maxWait/agedBatch {
-			return w.reserve(now)
-		}
 		d, fb := w.l.take(w.ctx, w.s, w.args(mode, 0), now)
 		if d.dailyRefused {
 			return Grant{}, w.l.dailyRejection(w.s)
@@ -314,11 +314,7 @@ func (w *wait) queue() (Grant, error) {
 	}
 }
 
-// agedBatch: a batch request that has waited 1/agedBatch of its wait bound (MaxWait, or
-// less when its context's deadline is sooner) stops yielding to interactive reservations.
-const agedBatch = 4
-
-// leaveQueue takes the request out of the scope's local queue (batch and warm only) once it
+// leaveQueue takes the request out of the scope's local queue (background and warm) once it
 // holds a reservation: the next waiter need not wait for its slot to pass.
 func (w *wait) leaveQueue() {
 	if w.entry != nil {

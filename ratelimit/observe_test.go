@@ -120,7 +120,7 @@ func TestGroupLargerThanBurst(t *testing.T) {
 func TestWaitGroupLargerThanBurst(t *testing.T) {
 	backends(t, Config{Rate: 10, Per: time.Second, Burst: 2, MaxWait: time.Second},
 		func(t *testing.T, l *Limiter, sleeps *[]time.Duration, tol time.Duration) {
-			mustWait(t, l, context.Background(), "s", 4, Batch)
+			mustWait(t, l, context.Background(), "s", 4, Background)
 			if len(*sleeps) != 1 || !near((*sleeps)[0], 200*time.Millisecond, tol) {
 				t.Fatalf("sleeps %v, want [200ms]", *sleeps)
 			}

@@ -2,11 +2,11 @@
 // rate-limit scope (location or company, per app). Callers queue for tokens instead of
 // failing; past ratelimit.max_wait they get a RejectedError before anything went upstream.
 //
-// Priorities: interactive requests go before batched writes, both before warming. A batched
-// write that has waited a quarter of its wait bound (ratelimit.max_wait, or less when its
-// context's deadline is sooner) stops yielding: it reserves its slot like an interactive
-// request, in arrival order with them, so writes are never starved by sustained interactive
-// traffic. Warming always yields.
+// Lanes: the app's own requests — reads, writes and batched groups of writes alike — share
+// one lane (Interactive) and reserve their slots in arrival order, so a write never waits
+// behind reads that came after it. Background work (stale-while-revalidate refreshes, and
+// requests a client marks X-Ghlproxy-Priority: background) takes only tokens free now, after
+// every interactive reservation, and warming goes last, above ratelimit.warm_reserve.
 package ratelimit
 
 import (
@@ -15,27 +15,39 @@ import (
 	"time"
 )
 
-// Priority orders waiters of one scope: interactive requests go before batched writes,
-// both before warming; a batched write that has waited a quarter of its wait bound queues
-// with interactive requests in arrival order (see the package doc).
+// Priority is a waiter's lane (see the package doc): Interactive before Background before
+// Warm.
 type Priority int
 
 const (
 	Interactive Priority = iota
-	Batch
+	Background
 	Warm
 )
+
+// Lanes lists the priorities, for metrics labels.
+var Lanes = [...]Priority{Interactive, Background, Warm}
 
 func (p Priority) String() string {
 	switch p {
 	case Interactive:
 		return "interactive"
-	case Batch:
-		return "batch"
+	case Background:
+		return "background"
 	case Warm:
 		return "warm"
 	}
 	return fmt.Sprintf("priority(%d)", int(p))
+}
+
+// ParsePriority reads a lane's name, as X-Ghlproxy-Priority carries it.
+func ParsePriority(s string) (Priority, error) {
+	for _, p := range Lanes {
+		if s == p.String() {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("priority %q is none of interactive, background, warm", s)
 }
 
 // Grant is a successful Wait.
@@ -161,12 +173,14 @@ func (c Config) withDefaults() (Config, error) {
 
 // ScopeStats is one scope as this replica knows it, for /_ghlproxy/stats.
 type ScopeStats struct {
-	Scope          string    `json:"scope"` // the credential's ScopeKey, already hashed
-	Tokens         float64   `json:"tokens"`
-	Queue          int       `json:"queue"` // this replica's requests waiting
-	DailyRemaining int       `json:"daily_remaining"`
-	DailyLimit     int       `json:"daily_limit"`
-	PausedUntil    time.Time `json:"paused_until,omitzero"`
+	Scope  string  `json:"scope"` // the credential's ScopeKey, already hashed
+	Tokens float64 `json:"tokens"`
+	Queue  int     `json:"queue"` // this replica's requests waiting
+	// QueueByLane splits Queue by lane (interactive, background, warm).
+	QueueByLane    map[string]int `json:"queue_by_lane"`
+	DailyRemaining int            `json:"daily_remaining"`
+	DailyLimit     int            `json:"daily_limit"`
+	PausedUntil    time.Time      `json:"paused_until,omitzero"`
 	// LimitMax per LimitInterval is GHL's limit as learned from its headers (0: none yet).
 	LimitMax      int           `json:"limit_max"`
 	LimitInterval time.Duration `json:"limit_interval"`

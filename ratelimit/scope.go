@@ -9,14 +9,14 @@ import (
 
 // scope is what one replica knows about one rate-limit scope: the last decision (for Stats),
 // GHL's learned limit, pause and daily count (replies of the shared bucket carry them, so
-// every replica learns what any replica observed), and the local queue of batch and warm
+// every replica learns what any replica observed), and the local queue of background and warm
 // requests.
 type scope struct {
 	name string
 	key  string // Redis key
 	lim  limits // configured
 
-	waiting atomic.Int64 // requests of this replica sleeping or queued
+	waiting [len(Lanes)]atomic.Int64 // requests of this replica sleeping or queued, per lane
 	// redisMu lets one call per scope and replica at a time go to Redis: the script on one
 	// key runs serially there anyway, and a burst of concurrent calls would only queue in
 	// the connection pool and time out together, looking like a Redis outage.
@@ -37,7 +37,7 @@ type scope struct {
 	sharedTokens float64
 	sharedAt     time.Time
 	nextSeq      uint64
-	queue        []*queueEntry // batch before warm, then arrival order
+	queue        []*queueEntry // background before warm, then arrival order
 	queueChange  chan struct{} // closed and replaced whenever the head may have changed
 }
 
@@ -158,7 +158,7 @@ func (s *scope) dailyRemaining() float64 {
 func (s *scope) idle(now time.Time, idle time.Duration) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.waiting.Load() == 0 && len(s.queue) == 0 && now.Sub(s.touched) > idle
+	return s.queued() == 0 && len(s.queue) == 0 && now.Sub(s.touched) > idle
 }
 
 func (s *scope) enqueue(p Priority) *queueEntry {
@@ -199,6 +199,15 @@ func (s *scope) signal() {
 	s.queueChange = make(chan struct{})
 }
 
+// queued is the number of this replica's requests waiting in every lane.
+func (s *scope) queued() int64 {
+	var n int64
+	for i := range s.waiting {
+		n += s.waiting[i].Load()
+	}
+	return n
+}
+
 func (s *scope) isHead(e *queueEntry) (bool, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -215,10 +224,14 @@ func (s *scope) stats(now time.Time, dailyLimit int) ScopeStats {
 		tokens = math.Min(eff.burst, tokens+float64(now.Sub(s.touched).Microseconds())/eff.T)
 	}
 	st := ScopeStats{
-		Scope: s.name, Tokens: math.Round(tokens*100) / 100, Queue: int(s.waiting.Load()),
+		Scope: s.name, Tokens: math.Round(tokens*100) / 100, Queue: int(s.queued()),
+		QueueByLane:    map[string]int{},
 		DailyRemaining: int(s.dr), DailyLimit: int(s.dl),
 		LimitMax: int(s.lmax), LimitInterval: time.Duration(s.lint) * time.Millisecond,
 		Burst: int(eff.burst), Fallback: s.fallback, Updated: s.touched,
+	}
+	for _, p := range Lanes {
+		st.QueueByLane[p.String()] = int(s.waiting[p].Load())
 	}
 	if eff.T > 0 {
 		st.Rate = 1e6 / eff.T

@@ -91,6 +91,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		SlowThreshold:        cfg.Transport.SlowThreshold,
 		StaleWhileRevalidate: cfg.Cache.StaleWhileRevalidate,
 		StaleIfError:         cfg.Cache.StaleIfError,
+		StaleIfBusy:          cfg.Cache.StaleIfBusy,
 		NegativeTTL:          cfg.Cache.NegativeTTL,
 		RouteStale:           stale,
 		FoldWindow:           cfg.Dedupe.Window,
