@@ -969,7 +969,7 @@ func value(m prometheus.Metric) float64 {
 var _ Limiter = (*ratelimit.Limiter)(nil)
 
 // TestWithSharedBucket runs groups against the real limiter (embedded store): one grant per
-// group at Batch priority, and a group the bucket cannot serve within max_wait is refused
+// group in the app's lane, and a group the bucket cannot serve within max_wait is refused
 // whole, unsent.
 func TestWithSharedBucket(t *testing.T) {
 	st := newStand(t)

@@ -140,6 +140,16 @@ type RateLimit struct {
 	// Requests of GHL's daily limit kept for interactive traffic: warming stops for the day
 	// once X-RateLimit-Daily-Remaining falls below this.
 	DailyReserve int `yaml:"daily_reserve"`
+	// Spend the limit GHL advertises (X-RateLimit-Max per
+	// X-RateLimit-Interval-Milliseconds), upward as well as downward, instead of
+	// ratelimit.rate and burst, once a scope has seen it: for an app that owns its GHL
+	// app's budget. Off: 280/min, less
+	// than half of GHL's 100 per 10 s, leaving the rest to clients the sidecar cannot see.
+	FollowGHL bool `yaml:"follow_ghl"`
+	// With follow_ghl, the share of GHL's window left to other clients (0 to 0.5): the
+	// bucket plans at most (0.97 - follow_reserve) of it in any window, so 87 of 100 per
+	// 10 s with the default 0.1.
+	FollowReserve float64 `yaml:"follow_reserve"`
 }
 
 // Dedupe folds identical requests (same credential, Version, method, path, query and body).
@@ -199,9 +209,9 @@ type Cache struct {
 	// How long past its TTL an entry may be served instead of an upstream error or timeout.
 	StaleIfError time.Duration `yaml:"stale_if_error"`
 	// A read miss that would wait longer than this for a rate-limit token, and holds an
-	// entry inside its stale_if_error window, is answered from that entry at once (Cache-
-	// Status: fwd=stale; detail=busy) while the entry is refreshed in the background lane;
-	// 0 always waits for the token.
+	// entry inside its stale_if_error window, is answered from that entry at once
+	// (Cache-Status: fwd=stale; detail=busy) while the entry is refreshed in the background
+	// lane; 0 always waits for the token.
 	StaleIfBusy time.Duration `yaml:"stale_if_busy"`
 	// TTL for 404 answers of reads; 0 does not cache them.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
@@ -404,11 +414,12 @@ func Default() *Config {
 			Timeout: 50 * time.Millisecond,
 		},
 		RateLimit: RateLimit{
-			Rate:         280,
-			Per:          time.Minute,
-			MaxWait:      20 * time.Second,
-			WarmReserve:  10,
-			DailyReserve: 5000,
+			Rate:          280,
+			Per:           time.Minute,
+			MaxWait:       20 * time.Second,
+			WarmReserve:   10,
+			DailyReserve:  5000,
+			FollowReserve: 0.1,
 		},
 		Dedupe: Dedupe{
 			Window:  30 * time.Second,

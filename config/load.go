@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"reflect"
 	"slices"
@@ -355,6 +356,11 @@ func (d decoder) decode(key string, raw any, dst reflect.Value) error {
 			if v, err = toInt(raw); err == nil {
 				dst.SetInt(int64(v))
 			}
+		case reflect.Float64:
+			var v float64
+			if v, err = toFloat(raw); err == nil {
+				dst.SetFloat(v)
+			}
 		case reflect.Slice:
 			return d.decodeList(key, raw, dst)
 		case reflect.Struct:
@@ -506,6 +512,24 @@ func toInt(raw any) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("want an integer, got %s", describe(raw))
+}
+
+func toFloat(raw any) (float64, error) {
+	switch r := raw.(type) {
+	case float64:
+		return r, nil
+	case int:
+		return float64(r), nil
+	case int64:
+		return float64(r), nil
+	case uint64:
+		return float64(r), nil
+	case string:
+		if f, err := strconv.ParseFloat(strings.TrimSpace(r), 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) {
+			return f, nil
+		}
+	}
+	return 0, fmt.Errorf("want a number, got %s", describe(raw))
 }
 
 func toDuration(raw any) (time.Duration, error) {

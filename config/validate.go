@@ -239,6 +239,9 @@ func (c *Config) checkRateLimit() error {
 	); err != nil {
 		return err
 	}
+	if rl.FollowReserve < 0 || rl.FollowReserve > 0.5 {
+		return fmt.Errorf("ratelimit.follow_reserve: must be between 0 and 0.5, got %g", rl.FollowReserve)
+	}
 	if b := c.effectiveBurst(); c.Warm.Interval > 0 && rl.WarmReserve >= b {
 		return fmt.Errorf("ratelimit.warm_reserve: must be < ratelimit.burst (%d >= %d), or warming never gets a token", rl.WarmReserve, b)
 	}

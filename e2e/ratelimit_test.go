@@ -398,3 +398,51 @@ func timeline(as []arrival, from time.Time, step time.Duration) string {
 	}
 	return sb.String()
 }
+
+// TestSharedBucketFollowsGHL: with ratelimit.follow_ghl, three replicas on one Redis at three
+// times the rate they learn from GHL's own headers spend that window less the reserve — 87
+// of the stand-in's 100 per window, where 280/min spends 46.7 — with no upstream 429 and
+// never more than GHL's 100 in any window.
+func TestSharedBucketFollowsGHL(t *testing.T) {
+	b := scaledBudget()
+	up := startLoggedStandIn(t, fakeghl.Config{Window: b.window})
+	srv := redistest.Start(t)
+	rs := startBudgetReplicas(t, 3, up.URL, b, "GHLPROXY_REDIS_URL="+srv.URL(), "GHLPROXY_REDIS_TIMEOUT=1s",
+		"GHLPROXY_RATELIMIT_FOLLOW_GHL=true")
+	waitReplicas(t, rs, 3)
+	token := fakeghl.Token("Location", "loc-follow", "app-follow")
+
+	// What following 100 per window with the default reserve of 0.1 plans: a burst of 10
+	// and 77 more per window.
+	const burst, perWindow = 10, 77
+	interval := b.window / perWindow
+	d := driveReads(t, rs, token, "loc-follow", interval/3, b.run, nil)
+	as := up.Log.arrivals()
+	if len(as) == 0 {
+		t.Fatal("nothing reached the stand-in")
+	}
+	first := as[0].At
+	used, _ := countIn(as, first, first.Add(b.run))
+	allowed := burst + perWindow*float64(b.run)/float64(b.window)
+	st := up.Fake.Stats()
+	maxWin := st.MaxInWindow[fakeghl.ScopeOf("Bearer "+token)]
+	t.Logf("%v run: sent %d, 200 %d, sidecar 429 %d, failed %d; upstream %d in the run, %.1f%% of the %.0f following allows (the configured 280/min allows %.0f); upstream 429s %d; most in one %v window %d of %d",
+		b.run, d.sent.Load(), d.ok.Load(), d.rejected.Load(), d.failed.Load(), used, 100*float64(used)/allowed, allowed,
+		b.allows(b.run), st.TooMany, b.window, maxWin, fakeghl.DefaultLimit)
+	if d.failed.Load() > 0 {
+		t.Errorf("%d requests failed: %q", d.failed.Load(), d.failures)
+	}
+	if st.TooMany != 0 {
+		t.Errorf("the stand-in answered %d 429s; want none", st.TooMany)
+	}
+	if maxWin > fakeghl.DefaultLimit {
+		t.Errorf("the stand-in counted %d requests in one %v window; limit %d", maxWin, b.window, fakeghl.DefaultLimit)
+	}
+	if float64(used) < 0.97*allowed {
+		t.Errorf("upstream got %d requests in %v; following allows %.0f: %.1f%% used, want at least 97%%", used, b.run, allowed, 100*float64(used)/allowed)
+	}
+	// The first calls, before GHL's first answer, may still come from the configured burst.
+	if float64(used) > allowed+float64(b.burst) {
+		t.Errorf("upstream got %d requests in %v; following allows only %.0f", used, b.run, allowed)
+	}
+}

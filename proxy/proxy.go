@@ -138,6 +138,12 @@ type Handler struct {
 	series       sync.Map // seriesKey -> *series
 	savedByCache prometheus.Counter
 	staleBusy    prometheus.Counter
+	// refreshing holds the keys whose background refresh is running on this replica.
+	refreshing sync.Map
+	// background ends the background refreshes at shutdown (StopBackground): they wait
+	// for tokens behind the app, and nothing is lost when they stop.
+	background     context.Context
+	stopBackground context.CancelFunc
 }
 
 // New checks cfg and builds the handler.
@@ -170,6 +176,7 @@ func New(cfg Config) (*Handler, error) {
 		cfg.BodyTimeout = 10 * time.Second
 	}
 	h := &Handler{cfg: cfg}
+	h.background, h.stopBackground = context.WithCancel(context.Background())
 	h.upOrigin = cfg.Upstream.Scheme + "://" + cfg.Upstream.Host
 	h.upOriginJ = strings.ReplaceAll(h.upOrigin, "/", `\/`)
 	h.stream = h.newStreamProxy()
@@ -485,19 +492,21 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	if stale != nil && h.cfg.StaleIfBusy > 0 && time.Now().Before(stale.StaleIfError) {
 		busy = h.cfg.StaleIfBusy
 	}
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
-		vouched := x.cred.Verified()
-		if vouched && cacheable {
-			h.noteLocation(ctx, r, x, body)
-		}
-		resp, err := h.fetchRead(ctx, r, x, body, busy)
-		if err == nil && cacheable && h.storable(resp) {
-			h.store(ctx, key, x, resp, tags)
-			if !vouched {
+	fetchWithin := func(busy time.Duration) func(ctx context.Context) (*upstream.Response, error) {
+		return func(ctx context.Context) (*upstream.Response, error) {
+			vouched := x.cred.Verified()
+			if vouched && cacheable {
 				h.noteLocation(ctx, r, x, body)
 			}
+			resp, err := h.fetchRead(ctx, r, x, body, busy)
+			if err == nil && cacheable && h.storable(resp) {
+				h.store(ctx, key, x, resp, tags)
+				if !vouched {
+					h.noteLocation(ctx, r, x, body)
+				}
+			}
+			return resp, err
 		}
-		return resp, err
 	}
 	o := dedupe.Options{Tags: tags}
 	if cacheable {
@@ -505,8 +514,8 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		// a replay outliving the TTL would stretch the TTL and pre-empt stale-if-error.
 		o.Window = x.route.TTL
 	}
-	resp, outcome, err := h.fold(r, x, key, cc, o, fetch)
-	if errors.Is(err, errBusy) {
+	resp, outcome, err := h.fold(r, x, key, cc, o, fetchWithin(busy))
+	if isBusy(err) {
 		if stale != nil {
 			// The app gets the entry now; the refresh waits for a token in the background
 			// lane, behind the app's own requests.
@@ -518,9 +527,9 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 			return
 		}
 		// Shared from an identical miss that held an entry this one no longer finds (it
-		// was dropped meanwhile): this one waits for its token like any miss.
-		resp, err = h.fetchRead(r.Context(), r, x, body, 0)
-		outcome = dedupe.Leader
+		// was dropped, or left its window, meanwhile): this one waits for its token like
+		// any miss, through the fold and the store.
+		resp, outcome, err = h.fold(r, x, key, cc, o, fetchWithin(0))
 	}
 	if stale != nil && time.Now().Before(stale.StaleIfError) && (err != nil || resp.Status >= 500 || resp.Status == http.StatusTooManyRequests) {
 		// stale-if-error: an answer a little old beats an error the app must handle.
@@ -548,8 +557,16 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	h.writeFolded(w, r, x, resp, outcome, status)
 }
 
-// errBusy: a read's token was further away than its busy bound (stale-if-busy).
+// errBusy: a read's token was further away than its busy bound (stale-if-busy); nothing
+// was sent.
 var errBusy = errors.New("proxy: no rate-limit token within cache.stale_if_busy")
+
+// isBusy says whether err is errBusy, also when an identical read on another replica met
+// it: the fold hands such an error on as its text.
+func isBusy(err error) bool {
+	var re *dedupe.RemoteError
+	return errors.Is(err, errBusy) || errors.As(err, &re) && re.Msg == errBusy.Error()
+}
 
 // fetchRead makes the upstream call of a read: one token, the call, and — when GHL answers
 // 429 anyway (its window is shared with clients we cannot see) — one retry after the pause
@@ -567,12 +584,10 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 	x.admitted = release
 	for attempt := 0; ; attempt++ {
 		if attempt == 0 && busy > 0 && h.cfg.Limiter != nil {
-			wctx, cancel := context.WithTimeout(ctx, busy)
-			err := h.wait(wctx, x, 1, ratelimit.Interactive)
-			cancel()
+			err := h.wait(ratelimit.WithMaxWait(ctx, busy), x, 1, ratelimit.Interactive)
 			var rej *ratelimit.RejectedError
-			if err != nil && ctx.Err() == nil && (errors.As(err, &rej) || errors.Is(err, context.DeadlineExceeded)) {
-				return nil, errBusy
+			if errors.As(err, &rej) {
+				return nil, errBusy // refused up front: nothing reserved, nothing sent
 			}
 			if err != nil {
 				return nil, err
@@ -581,7 +596,9 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 			return nil, err
 		}
 		resp, err := h.roundTrip(ctx, r, x, body)
-		if err != nil || resp.Status != http.StatusTooManyRequests || attempt == 1 || h.cfg.Limiter == nil {
+		// With an entry at hand (busy), GHL's 429 goes back to read, which serves the entry
+		// (stale-if-error) rather than waiting out the pause GHL just announced.
+		if err != nil || resp.Status != http.StatusTooManyRequests || attempt == 1 || h.cfg.Limiter == nil || busy > 0 {
 			return resp, err
 		}
 	}
@@ -590,15 +607,23 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 // refresh starts one background refresh of a stale entry. It goes through the fold, so
 // every replica serving the same stale entry shares one upstream call.
 func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte, tags []string) {
-	// The background lane: the app already has its answer, and the refresh must not take
-	// a token before any of the app's own requests.
-	ctx := WithPriority(context.WithoutCancel(r.Context()), ratelimit.Background)
+	if _, running := h.refreshing.LoadOrStore(key, struct{}{}); running {
+		return // one refresh per entry at a time on this replica; the fold shares it across
+	}
+	// The background lane (or a lower one the request was in): the app already has its
+	// answer, and the refresh must not take a token before any of the app's own requests.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	stop := context.AfterFunc(h.background, cancel)
+	ctx = WithPriority(ctx, priorityOf(ctx, ratelimit.Background))
 	// The server reuses r once the handler returns; the refresh works on its own copy.
 	out := r.Clone(ctx)
 	rx := &exchange{route: x.route, label: x.label, policy: x.policy, cred: x.cred, version: x.version}
 	h.refreshes.Add(1)
 	go func() {
 		defer h.refreshes.Add(-1)
+		defer h.refreshing.Delete(key)
+		defer cancel()
+		defer stop()
 		fetch := func(ctx context.Context) (*upstream.Response, error) {
 			// A refresh's credential was answered before (its entry exists): note first.
 			h.noteLocation(ctx, out, rx, body)
@@ -617,6 +642,11 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 		_, _ = fetch(ctx)
 	}()
 }
+
+// StopBackground ends the background refreshes in flight and every one started later: the
+// sidecar calls it when it begins to shut down, so that a refresh waiting for a token in the
+// background lane does not hold the shutdown for its grace period.
+func (h *Handler) StopBackground() { h.stopBackground() }
 
 func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) {
 	ttl := x.route.TTL

@@ -79,6 +79,22 @@ func (c limits) effective(lmax, lintMs float64) limits {
 	return e
 }
 
+// followed is the bucket that spends an upstream window of lmax per lintMs, less reserve
+// (a share of it left to other clients), with effective's arithmetic: burst
+// max(learnedBurst, lmax/10), at most half the planned capacity, and the rest of
+// (learnMargin-reserve)*lmax per interval as the rate, so that burst + rate*interval stays
+// within that share in any window. For GHL's 100 per 10 s and reserve 0.1: burst 10, one
+// token every 10 s/77 (462 a minute), 87 at most in any window. ok is false while no window
+// is known, or one too small to plan on.
+func followed(lmax, lintMs, reserve float64) (l limits, ok bool) {
+	capacity := lmax * (learnMargin - reserve)
+	if lmax <= 0 || lintMs <= 0 || capacity < 2 {
+		return limits{}, false
+	}
+	b := math.Max(1, math.Min(math.Max(learnedBurst, math.Floor(lmax/10)), math.Floor(capacity/2)))
+	return limits{T: lintMs * 1000 / (capacity - b), burst: b}, true
+}
+
 // bucketState is one scope's shared state; the Redis hash has the same fields.
 type bucketState struct {
 	tat   float64 // µs; 0 = new bucket (full)

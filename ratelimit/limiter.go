@@ -145,6 +145,9 @@ func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) 
 	if dl, ok := ctx.Deadline(); ok {
 		w.maxWait = min(w.maxWait, time.Until(dl)) // deadlines are on the real clock
 	}
+	if d, ok := ctx.Value(maxWaitKey{}).(time.Duration); ok {
+		w.maxWait = min(w.maxWait, d)
+	}
 	defer w.done()
 	var g Grant
 	var err error
@@ -396,7 +399,7 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time)
 	if l.rdb != nil && !l.br.isOpen() {
 		s.redisMu.Lock()
 		d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
-			return redisTake(ctx, l.rdb, s.key, l.lim, a)
+			return redisTake(ctx, l.rdb, s.key, l.base(s), a)
 		})
 		s.redisMu.Unlock()
 		if err == nil {
@@ -406,28 +409,47 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time)
 		l.redisFailed(err)
 	}
 	if l.rdb == nil {
-		d := l.mem.take(s, l.lim, a, micro(now))
+		d := l.mem.take(s, l.base(s), a, micro(now))
 		s.update(d, now, false)
 		return d, false
 	}
 	l.m.RateLimitFallback.Inc()
 	now = l.cfg.Now() // the Redis attempt took time
-	d := l.mem.take(s, l.share(), a, micro(now))
+	d := l.mem.take(s, l.shareOf(l.base(s)), a, micro(now))
 	s.update(d, now, true)
 	return d, true
 }
 
-// share is this replica's part of the budget while Redis is unreachable.
-func (l *Limiter) share() limits {
-	c := l.lim
+// share is this replica's part of the configured budget while Redis is unreachable.
+func (l *Limiter) share() limits { return l.shareOf(l.lim) }
+
+func (l *Limiter) shareOf(c limits) limits {
 	c.share = float64(max(1, l.replicas.Load()))
 	return c
 }
 
+// base is the bucket scope s plans on before effective lowers it to a learned limit: the
+// configured one, or with FollowGHL the window GHL advertised to the scope, once known.
+// Both the Go and the Lua arithmetic then treat it as the configured bucket; a lower
+// window learned later lowers it on the next decision.
+func (l *Limiter) base(s *scope) limits {
+	if !l.cfg.FollowGHL {
+		return l.lim
+	}
+	s.mu.Lock()
+	lmax, lint := s.lmax, s.lint
+	s.mu.Unlock()
+	if f, ok := followed(lmax, lint, l.cfg.FollowReserve); ok {
+		return f
+	}
+	return l.lim
+}
+
 func (l *Limiter) effectiveOf(s *scope) limits {
+	b := l.base(s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return l.lim.effective(s.lmax, s.lint)
+	return b.effective(s.lmax, s.lint)
 }
 
 // redisCall runs f with RedisTimeout on the caller's goroutine. The client must honour
@@ -577,7 +599,7 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 	if l.rdb != nil && !l.br.isOpen() {
 		s.redisMu.Lock()
 		d, err := l.redisCall(context.Background(), func(ctx context.Context) (decision, error) {
-			return redisObserve(ctx, l.rdb, s.key, l.lim, o)
+			return redisObserve(ctx, l.rdb, s.key, l.base(s), o)
 		})
 		s.redisMu.Unlock()
 		if err == nil {
@@ -586,9 +608,9 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 		}
 		l.redisFailed(err)
 	}
-	c, fb := l.lim, false
+	c, fb := l.base(s), false
 	if l.rdb != nil {
-		c, fb = l.share(), true
+		c, fb = l.shareOf(c), true
 	}
 	now := l.cfg.Now()
 	d := l.mem.observe(s, c, o, micro(now))

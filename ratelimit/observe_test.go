@@ -173,3 +173,38 @@ func TestPauseSpreadsVoidedReservations(t *testing.T) {
 		})
 	}
 }
+
+// With FollowGHL a scope spends the window GHL advertises, less FollowReserve of it, upward
+// from the configured 280/min as well as downward, on the embedded and the shared bucket:
+// for 100 per 10 s and the default reserve, a burst of 10 and one token every 10 s/77, 87
+// at most in any window; then, when GHL says 40, the lower bucket at once. Without it, a
+// higher advertised limit changes nothing.
+func TestFollowGHL(t *testing.T) {
+	window := func(st ScopeStats) float64 { return float64(st.Burst) + st.Rate*10 }
+	backends(t, Config{FollowGHL: true, FollowReserve: 0.1}, func(t *testing.T, l *Limiter, sleeps *[]time.Duration, tol time.Duration) {
+		ctx := context.Background()
+		mustWait(t, l, ctx, "s", 1, Interactive)
+		if st, _ := l.Scope("s"); st.Burst != 50 || math.Abs(st.Rate-280.0/60) > 0.01 {
+			t.Fatalf("before GHL's headers: %+v, want the configured 280/min, burst 50", st)
+		}
+		l.Observe("s", 200, ghlHeaders(100, 10000, 99))
+		mustWait(t, l, ctx, "s", 1, Interactive)
+		st, _ := l.Scope("s")
+		if st.Burst != 10 || math.Abs(st.Rate-7.7) > 0.01 || window(st) > 87+1e-6 {
+			t.Fatalf("following 100 per 10 s: %+v (%.2f per window), want burst 10, 7.7/s, at most 87", st, window(st))
+		}
+		l.Observe("s", 200, ghlHeaders(40, 10000, 39))
+		mustWait(t, l, ctx, "s", 1, Interactive)
+		st, _ = l.Scope("s")
+		if st.Burst != 5 || window(st) > 40*(learnMargin-0.1)+1e-6 {
+			t.Fatalf("following 40 per 10 s: %+v (%.2f per window), want burst 5, at most 34.8", st, window(st))
+		}
+	})
+	backends(t, Config{}, func(t *testing.T, l *Limiter, _ *[]time.Duration, _ time.Duration) {
+		l.Observe("s", 200, ghlHeaders(100, 10000, 99))
+		mustWait(t, l, context.Background(), "s", 1, Interactive)
+		if st, _ := l.Scope("s"); st.Burst != 50 || math.Abs(st.Rate-280.0/60) > 0.01 {
+			t.Fatalf("not following: %+v, want the configured 280/min, burst 50", st)
+		}
+	})
+}

@@ -10,6 +10,7 @@
 package ratelimit
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"time"
@@ -40,6 +41,16 @@ func (p Priority) String() string {
 	return fmt.Sprintf("priority(%d)", int(p))
 }
 
+type maxWaitKey struct{}
+
+// WithMaxWait bounds the waits made with ctx to d, below ratelimit.max_wait: a wait that
+// cannot be granted within d is refused up front (a *RejectedError), and one that can is
+// slept to its end. Unlike a deadline on ctx, it never cuts a granted wait short, which
+// would leave the reserved token unused.
+func WithMaxWait(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, maxWaitKey{}, d)
+}
+
 // ParsePriority reads a lane's name, as X-Ghlproxy-Priority carries it.
 func ParsePriority(s string) (Priority, error) {
 	for _, p := range Lanes {
@@ -47,7 +58,7 @@ func ParsePriority(s string) (Priority, error) {
 			return p, nil
 		}
 	}
-	return 0, fmt.Errorf("priority %q is none of interactive, background, warm", s)
+	return 0, fmt.Errorf("priority %q is not a lane (interactive, background, warm)", s)
 }
 
 // Grant is a successful Wait.
@@ -95,6 +106,11 @@ type Config struct {
 	// DailyReserve: warming stops while the scope's daily remaining is below it. Default
 	// DailyLimit/10.
 	DailyReserve int
+	// FollowGHL makes a scope that has seen GHL's X-RateLimit-Max per Interval spend that
+	// window, less FollowReserve of it (see followed), instead of Rate and Burst: upward as
+	// well as downward.
+	FollowGHL     bool
+	FollowReserve float64
 	// RedisTimeout bounds every limiter call to Redis; past it the decision is made on the
 	// local fallback bucket. Default 50ms.
 	RedisTimeout time.Duration

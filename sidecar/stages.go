@@ -29,13 +29,15 @@ var mergeRoutes = []string{
 func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	cfg := s.cfg
 	lim, err := ratelimit.New(ratelimit.Config{
-		Rate:         cfg.RateLimit.Rate,
-		Per:          cfg.RateLimit.Per,
-		Burst:        cfg.RateLimit.Burst,
-		MaxWait:      cfg.RateLimit.MaxWait,
-		WarmReserve:  cfg.RateLimit.WarmReserve,
-		DailyReserve: cfg.RateLimit.DailyReserve,
-		RedisTimeout: cfg.Redis.Timeout,
+		Rate:          cfg.RateLimit.Rate,
+		Per:           cfg.RateLimit.Per,
+		Burst:         cfg.RateLimit.Burst,
+		MaxWait:       cfg.RateLimit.MaxWait,
+		WarmReserve:   cfg.RateLimit.WarmReserve,
+		DailyReserve:  cfg.RateLimit.DailyReserve,
+		FollowGHL:     cfg.RateLimit.FollowGHL,
+		FollowReserve: cfg.RateLimit.FollowReserve,
+		RedisTimeout:  cfg.Redis.Timeout,
 	}, s.rdb, s.Metrics, s.log)
 	if err != nil {
 		return err
