@@ -517,7 +517,9 @@ func toInt(raw any) (int, error) {
 func toFloat(raw any) (float64, error) {
 	switch r := raw.(type) {
 	case float64:
-		return r, nil
+		if !math.IsNaN(r) && !math.IsInf(r, 0) {
+			return r, nil
+		}
 	case int:
 		return float64(r), nil
 	case int64:

@@ -239,7 +239,7 @@ func (c *Config) checkRateLimit() error {
 	); err != nil {
 		return err
 	}
-	if rl.FollowReserve < 0 || rl.FollowReserve > 0.5 {
+	if !(rl.FollowReserve >= 0 && rl.FollowReserve <= 0.5) { // NaN fails too
 		return fmt.Errorf("ratelimit.follow_reserve: must be between 0 and 0.5, got %g", rl.FollowReserve)
 	}
 	if b := c.effectiveBurst(); c.Warm.Interval > 0 && rl.WarmReserve >= b {

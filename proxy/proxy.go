@@ -528,8 +528,13 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		// Shared from an identical miss that held an entry this one no longer finds (it
 		// was dropped, or left its window, meanwhile): this one waits for its token like
-		// any miss, through the fold and the store.
+		// any miss, through the fold and the store — once more joining another busy call
+		// at most, then on its own.
 		resp, outcome, err = h.fold(r, x, key, cc, o, fetchWithin(0))
+		if isBusy(err) {
+			resp, err = fetchWithin(0)(r.Context())
+			outcome = dedupe.Leader
+		}
 	}
 	if stale != nil && time.Now().Before(stale.StaleIfError) && (err != nil || resp.Status >= 500 || resp.Status == http.StatusTooManyRequests) {
 		// stale-if-error: an answer a little old beats an error the app must handle.
@@ -562,7 +567,8 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 var errBusy = errors.New("proxy: no rate-limit token within cache.stale_if_busy")
 
 // isBusy says whether err is errBusy, also when an identical read on another replica met
-// it: the fold hands such an error on as its text.
+// it: the fold hands such an error on as its text (a replica of another version, whose
+// text differs, makes that read's followers fail once, as any failed call would).
 func isBusy(err error) bool {
 	var re *dedupe.RemoteError
 	return errors.Is(err, errBusy) || errors.As(err, &re) && re.Msg == errBusy.Error()
@@ -596,9 +602,12 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 			return nil, err
 		}
 		resp, err := h.roundTrip(ctx, r, x, body)
-		// With an entry at hand (busy), GHL's 429 goes back to read, which serves the entry
-		// (stale-if-error) rather than waiting out the pause GHL just announced.
-		if err != nil || resp.Status != http.StatusTooManyRequests || attempt == 1 || h.cfg.Limiter == nil || busy > 0 {
+		if err == nil && resp.Status == http.StatusTooManyRequests && busy > 0 {
+			// With an entry at hand, the pause GHL just announced is not worth waiting out
+			// either: read serves the entry (GHL did nothing with a read it refused).
+			return nil, errBusy
+		}
+		if err != nil || resp.Status != http.StatusTooManyRequests || attempt == 1 || h.cfg.Limiter == nil {
 			return resp, err
 		}
 	}

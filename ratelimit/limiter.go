@@ -200,7 +200,7 @@ func (w *wait) done() {
 func (w *wait) args(mode int, maxWait time.Duration) takeArgs {
 	return takeArgs{
 		n: float64(w.n), mode: mode, maxWait: float64(maxWait.Microseconds()),
-		warmReserve: float64(w.l.cfg.WarmReserve), dailyReserve: float64(w.l.cfg.DailyReserve),
+		warmReserve: w.l.warmReserve(w.s), dailyReserve: float64(w.l.cfg.DailyReserve),
 	}
 }
 
@@ -439,10 +439,28 @@ func (l *Limiter) base(s *scope) limits {
 	s.mu.Lock()
 	lmax, lint := s.lmax, s.lint
 	s.mu.Unlock()
-	if f, ok := followed(lmax, lint, l.cfg.FollowReserve); ok {
-		return f
+	return l.baseFor(lmax, lint)
+}
+
+// baseFor is base for a scope that learned lmax per lint (0: none).
+func (l *Limiter) baseFor(lmax, lint float64) limits {
+	if l.cfg.FollowGHL {
+		if f, ok := followed(lmax, lint, l.cfg.FollowReserve); ok {
+			return f
+		}
 	}
 	return l.lim
+}
+
+// warmReserve is WarmReserve in proportion to scope s's base bucket: the decision scales it
+// further to the bucket in force, so a followed bucket keeps the configured fraction for
+// the app rather than a reserve as large as its whole (smaller) burst.
+func (l *Limiter) warmReserve(s *scope) float64 {
+	r := float64(l.cfg.WarmReserve)
+	if b := l.base(s); b.burst != l.lim.burst {
+		r = math.Floor(r * b.burst / l.lim.burst)
+	}
+	return r
 }
 
 func (l *Limiter) effectiveOf(s *scope) limits {
@@ -506,15 +524,17 @@ func (l *Limiter) leaveDegraded() {
 func (l *Limiter) handBack() error {
 	ctx, cancel := context.WithTimeout(context.Background(), l.probeTimeout())
 	defer cancel()
-	share := l.share()
+	// Each scope's share of its own base bucket (followed or configured), as its fallback
+	// decisions were made.
+	share := func(lmax, lint float64) limits { return l.shareOf(l.baseFor(lmax, lint)) }
 	for scope, debt := range l.mem.debts(share) {
-		if debt <= 0 {
+		if debt.tokens <= 0 {
 			continue
 		}
-		if err := redisAbsorb(ctx, l.rdb, bucketKey(l.cfg.Prefix, scope), l.lim, debt); err != nil {
+		if err := redisAbsorb(ctx, l.rdb, bucketKey(l.cfg.Prefix, scope), l.baseFor(debt.lmax, debt.lint), debt.tokens); err != nil {
 			return err
 		}
-		l.mem.settle(scope, share, debt)
+		l.mem.settle(scope, share, debt.tokens)
 	}
 	return nil
 }

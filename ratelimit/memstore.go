@@ -59,16 +59,22 @@ func (m *memStore) observe(s *scope, c limits, o observation, now float64) decis
 }
 
 // debts lists, per scope, the tokens reserved on the bucket that are not valid yet.
-func (m *memStore) debts(c limits) map[string]float64 {
+func (m *memStore) debts(limitsOf func(lmax, lint float64) limits) map[string]debt {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	out := make(map[string]float64, len(m.buckets))
+	out := make(map[string]debt, len(m.buckets))
 	for scope, b := range m.buckets {
-		e := c.effective(b.lmax, b.lint)
-		out[scope] = max(0, (b.tat-now-e.burst*e.T)/e.T)
+		e := limitsOf(b.lmax, b.lint).effective(b.lmax, b.lint)
+		out[scope] = debt{tokens: max(0, (b.tat-now-e.burst*e.T)/e.T), lmax: b.lmax, lint: b.lint}
 	}
 	return out
+}
+
+// debt is a fallback bucket's outstanding reservations in tokens, with the upstream limit
+// its scope had learned (for the limits the tokens are counted in).
+type debt struct {
+	tokens, lmax, lint float64
 }
 
 // forget drops a bucket (an idle scope).
@@ -79,10 +85,10 @@ func (m *memStore) forget(scope string) {
 }
 
 // settle removes debt tokens handed back to the shared bucket from the scope's bucket.
-func (m *memStore) settle(scope string, c limits, debt float64) {
+func (m *memStore) settle(scope string, limitsOf func(lmax, lint float64) limits, debt float64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if b := m.buckets[scope]; b != nil {
-		b.tat -= debt * c.effective(b.lmax, b.lint).T
+		b.tat -= debt * limitsOf(b.lmax, b.lint).effective(b.lmax, b.lint).T
 	}
 }

@@ -193,6 +193,16 @@ func TestFollowGHL(t *testing.T) {
 		if st.Burst != 10 || math.Abs(st.Rate-7.7) > 0.01 || window(st) > 87+1e-6 {
 			t.Fatalf("following 100 per 10 s: %+v (%.2f per window), want burst 10, 7.7/s, at most 87", st, window(st))
 		}
+		// Warming still gets the tokens above its reserve, which shrinks with the burst (2 of
+		// the followed 10, as 10 of the configured 50), not the whole bucket.
+		l.Observe("w", 200, ghlHeaders(100, 10000, 99))
+		mustWait(t, l, ctx, "w", 1, Interactive) // learns the window on this replica
+		slept := len(*sleeps)
+		for i := range 7 {
+			if g := mustWait(t, l, ctx, "w", 1, Warm); len(*sleeps) != slept {
+				t.Fatalf("warm grant %d of a followed bucket slept %v (%+v)", i, (*sleeps)[slept:], g)
+			}
+		}
 		l.Observe("s", 200, ghlHeaders(40, 10000, 39))
 		mustWait(t, l, ctx, "s", 1, Interactive)
 		st, _ = l.Scope("s")

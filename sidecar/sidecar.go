@@ -110,8 +110,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	admin.Handler = s.Proxy
 	s.Proxy.SetAdmin(admin)
-	// Background refreshes end when shutdown begins: they wait for tokens behind the app.
-	s.drainers = append(s.drainers, func(context.Context) error { s.Proxy.StopBackground(); return nil })
+	// Background refreshes end when shutdown begins (and on Close): they wait for tokens
+	// behind the app, and nothing is lost when they stop.
+	stopBackground := func(context.Context) error { s.Proxy.StopBackground(); return nil }
+	s.drainers = append(s.drainers, stopBackground)
+	s.closers = append(s.closers, stopBackground)
 	if s.Webhooks, err = newReceiver(cfg, table, s.Proxy, pc.Locations.(*webhook.Locations), s.rdb, s.Metrics, log); err != nil {
 		s.Close()
 		return nil, err
