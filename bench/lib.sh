@@ -98,10 +98,33 @@ NGINX
   wait_port $PORT
 }
 
-start_nginx() { # start_nginx UPSTREAM_PORT CACHE(on|off)
+start_nginx() { # start_nginx UPSTREAM_PORT CACHE(on|off) [LIMIT(limit)]
   PORT=$(free_port)
-  local d=$work/nginx-$PORT cache=""
+  local d=$work/nginx-$PORT cache="" limiter="" up=$1 pass=backend
   mkdir -p "$d/cache"
+  if [[ ${3:-} == limit ]]; then
+    # The peer that honours the sidecar's budget: GHL's 280/min per location, as
+    # limit_req per token at NGINX_LIMIT_PER_TOKEN (140r/m: the mix's locations have two
+    # tokens each), queueing first come first served (no nodelay) up to a deep burst and
+    # answering 429 past it. It limits what goes upstream only: a second server behind the
+    # cache, so hits are not counted against the budget.
+    local lport
+    lport=$(free_port)
+    limiter="limit_req_zone \$http_authorization zone=budget:10m rate=${NGINX_LIMIT_PER_TOKEN:-140r/m};
+  limit_req_status 429;
+  server {
+    listen 127.0.0.1:$lport backlog=4096;
+    keepalive_requests 1000000;
+    location / {
+      limit_req zone=budget burst=${NGINX_LIMIT_BURST:-2000};
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }
+  upstream limited { server 127.0.0.1:$lport; keepalive 256; }"
+    pass=limited
+  fi
   if [[ $2 == on ]]; then
     # Keyed by credential (and Version): without $http_authorization in the key one
     # caller's contacts would be served to another.
@@ -122,12 +145,13 @@ events { worker_connections 16384; }
 http {
   access_log off;
   proxy_cache_path $d/cache levels=1:2 keys_zone=ghl:32m max_size=256m inactive=10m;
-  upstream backend { server 127.0.0.1:$1; keepalive 256; }
+  upstream backend { server 127.0.0.1:$up; keepalive 256; }
+  $limiter
   server {
     listen 127.0.0.1:$PORT backlog=4096;
     keepalive_requests 1000000;
     location / {
-      proxy_pass http://backend;
+      proxy_pass http://$pass;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       $cache

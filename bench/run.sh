@@ -20,8 +20,9 @@
 # Environment: ROUNDS (3), SECONDS (4; also SECONDS_PER_RUN) per wrk run, CONNS (64), MIX_SECONDS (10)
 # measured per mixed run after MIX_WARMUP (25), MIX_CLIENTS ("250 2500"), MIX_THINK (2s),
 # MIX_CONTACTS (100, over 2 locations),
-# ONLY (passthrough,hits,mix), TARGETS (direct,nginx,varnish,go,ghlproxy,ghlproxy-redis,
-# ghlproxy-redis-1cpu; "go" is the Go floor: a plain httputil.ReverseProxy for pass-through and a
+# ONLY (passthrough,hits,mix), TARGETS (direct,nginx,nginx-limit,varnish,go,ghlproxy,ghlproxy-redis,
+# ghlproxy-redis-1cpu; "nginx-limit" is nginx proxy_cache with limit_req at the sidecar's budget,
+# 280/min per location, queueing first come first served (mixed workload only); "go" is the Go floor: a plain httputil.ReverseProxy for pass-through and a
 # bare net/http cache for hits, what net/http costs with none of ghlproxy's work; "-1cpu" runs the
 # sidecar with GOMAXPROCS=1, the one core nginx's single worker has, and what Go picks by itself
 # under a Kubernetes CPU limit of 1; both sit out the mixed workload).
@@ -42,7 +43,7 @@ MIX_CLIENTS=${MIX_CLIENTS:-250 2500}
 MIX_THINK=${MIX_THINK:-2s}
 MIX_CONTACTS=${MIX_CONTACTS:-100}
 ONLY=${ONLY:-passthrough,hits,mix}
-TARGETS=${TARGETS:-direct,nginx,varnish,go,ghlproxy,ghlproxy-redis,ghlproxy-redis-1cpu}
+TARGETS=${TARGETS:-direct,nginx,nginx-limit,varnish,go,ghlproxy,ghlproxy-redis,ghlproxy-redis-1cpu}
 OUT=${OUT:-bench/out}
 
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -70,6 +71,7 @@ start_target() {
   direct) PORT=$2 ;;
   nginx-proxy) start_nginx "$2" off ;;
   nginx) start_nginx "$2" on ;;
+  nginx-limit) start_nginx "$2" on limit ;;
   varnish) start_varnish "$2" ;;
   ghlproxy) start_sidecar "$2" embedded "$3"; SIDECAR_PID=$PID ;;
   ghlproxy-redis) start_sidecar "$2" redis "$3"; SIDECAR_PID=$PID ;;
@@ -125,6 +127,7 @@ if want hits; then
   list=()
   declare -A spid=()
   for t in ${TARGETS//,/ }; do
+    [[ $t == nginx-limit ]] && continue # a budget peer, for the mixed workload
     [[ $t == go ]] && t=go-cache
     start_target "$t" "$fake" throughput
     list+=("$t:$PORT")

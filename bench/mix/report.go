@@ -134,6 +134,7 @@ var names = map[string]string{
 	"direct":              "stand-in directly",
 	"nginx-proxy":         "nginx proxy_pass",
 	"nginx":               "nginx proxy_cache",
+	"nginx-limit":         "nginx proxy_cache + limit_req 280/min per location",
 	"varnish":             "Varnish 7",
 	"ghlproxy":            "ghlproxy, embedded store",
 	"ghlproxy-redis":      "ghlproxy, Redis",
@@ -145,7 +146,7 @@ var names = map[string]string{
 
 // short names label the plots' x axes.
 var short = map[string]string{
-	"direct": "stand-in", "nginx-proxy": "nginx", "nginx": "nginx", "varnish": "Varnish",
+	"direct": "stand-in", "nginx-proxy": "nginx", "nginx": "nginx", "nginx-limit": "nginx+limit", "varnish": "Varnish",
 	"ghlproxy": "ghlproxy", "ghlproxy-redis": "ghlproxy+Redis",
 	"go-proxy": "Go ReverseProxy", "go-cache": "Go sync.Map",
 	"ghlproxy-1cpu": "ghlproxy 1cpu", "ghlproxy-redis-1cpu": "ghlproxy+Redis 1cpu",
@@ -332,7 +333,7 @@ func writeMix(md *strings.Builder, rawDir, out string, secs int) error {
 			order = append(order, t)
 		}
 	}
-	rank := map[string]int{"direct": 0, "nginx": 1, "varnish": 2, "ghlproxy": 3, "ghlproxy-redis": 4}
+	rank := map[string]int{"direct": 0, "nginx": 1, "varnish": 2, "nginx-limit": 3, "ghlproxy": 4, "ghlproxy-redis": 5}
 	sort.SliceStable(order, func(i, j int) bool { return rank[order[i]] < rank[order[j]] })
 	var cs []int
 	for c := range byClients {
