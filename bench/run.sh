@@ -14,7 +14,7 @@
 # Targets run in turn, alternating, ROUNDS times; figures are medians, ratios are
 # ghlproxy / peer from the same run. Writes bench/out/results.md and bench/out/*.png.
 #
-#   bench/run.sh                                  # full run, under 10 minutes
+#   bench/run.sh                                  # full run, about 14 minutes
 #   ROUNDS=1 SECONDS=2 ONLY=hits bench/run.sh     # quick look at the hit path
 #
 # Environment: ROUNDS (3), SECONDS (4; also SECONDS_PER_RUN) per wrk run, CONNS (64), MIX_SECONDS (10)
