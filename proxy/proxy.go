@@ -562,8 +562,8 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	h.writeFolded(w, r, x, resp, outcome, status)
 }
 
-// errBusy: a read's token was further away than its busy bound (stale-if-busy); nothing
-// was sent.
+// errBusy: a read's token was further away than its busy bound (stale-if-busy), so
+// nothing was sent — or, with an entry at hand, GHL refused the read with a 429.
 var errBusy = errors.New("proxy: no rate-limit token within cache.stale_if_busy")
 
 // isBusy says whether err is errBusy, also when an identical read on another replica met
