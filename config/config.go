@@ -325,8 +325,8 @@ type Webhooks struct {
 	// SubjectPublicKeyInfo, or the raw 32-byte key in base64 or hex. Empty: the key GHL
 	// publishes in its Webhook Integration Guide.
 	PublicKey string `yaml:"public_key"`
-	// RSA key that verifies the legacy X-WH-Signature, which GHL is retiring: PEM or base64
-	// DER. Empty: the key GHL publishes for it; "off": deliveries signed only that way are
+	// RSA key that verifies the legacy X-WH-Signature, which GHL is retiring: PEM
+	// (SubjectPublicKeyInfo or PKCS#1) or base64 DER. Empty: the key GHL publishes for it; "off": deliveries signed only that way are
 	// refused.
 	LegacyPublicKey string `yaml:"legacy_public_key"`
 	// A delivery whose timestamp is further than this from now, either way, is refused.

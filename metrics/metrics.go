@@ -98,7 +98,7 @@ func New() *Metrics {
 		CacheEntries:      f.gauge("cache_entries", "Entries in the in-process cache layer."),
 		CacheBytes:        f.gauge("cache_bytes", "Bytes held by the in-process cache layer."),
 		CacheEvictions:    f.counter("cache_evictions_total", "Entries evicted from the in-process cache layer for space."),
-		StaleIfBusy:       f.counter("cache_stale_if_busy_total", "Read misses answered from an entry past its TTL because a rate-limit token was further away than cache.stale_if_busy (Cache-Status: fwd=stale; detail=busy)."),
+		StaleIfBusy:       f.counter("cache_stale_if_busy_total", "Read misses answered from an entry past its TTL because a rate-limit token was further away than cache.stale_if_busy, or GHL answered 429 (Cache-Status: fwd=stale; detail=busy)."),
 		InvalidationsPending: f.gaugeVec("invalidations_pending", "Invalidations made by writes that Redis has not confirmed yet, by stage (cache, fold); each is retried until Redis does, and meanwhile this replica takes nothing it concerns from Redis.",
 			"stage"),
 		RedisUp:             f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
