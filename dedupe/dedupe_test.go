@@ -119,6 +119,16 @@ func inFlight(f *Fold, key string) bool {
 	return f.calls[key] != nil
 }
 
+// waitersOf is how many callers on f wait for its call of key.
+func waitersOf(f *Fold, key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c := f.calls[key]; c != nil {
+		return c.waiters
+	}
+	return 0
+}
+
 func localReplay(f *Fold, key string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -313,7 +323,10 @@ func TestCallerHangingUpDoesNotCancelTheCall(t *testing.T) {
 	remote := goDo(context.Background(), b, "k", Options{Key: &testKey}, fetch)
 	impatientCtx, giveUp := context.WithCancel(context.Background())
 	impatient := goDo(impatientCtx, b, "k", Options{Key: &testKey}, fetch)
-	waitFor(t, "the other replica to wait", func() bool { return inFlight(b, "k") })
+	waitFor(t, "both waiters on the other replica", func() bool { return waitersOf(b, "k") == 2 })
+	// The local waiter must have joined before the leader hangs up: a read whose every
+	// caller left before it was sent is abandoned, and a caller arriving later starts anew.
+	waitFor(t, "the local waiter to join", func() bool { return waitersOf(a, "k") == 2 })
 
 	hangUp()
 	if r := <-leader; !errors.Is(r.err, context.Canceled) {
