@@ -17,6 +17,7 @@ import (
 
 	"github.com/ghlproxy/ghlproxy/dedupe"
 	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/hopheader"
 	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
@@ -28,13 +29,6 @@ const (
 	headerPriority = "X-Ghlproxy-Priority"
 	headerQueueMs  = "X-Ghlproxy-Queue-Ms"
 )
-
-// hopHeaders are hop-by-hop (RFC 9110 §7.6.1): they describe one connection, not the
-// message, so they are never forwarded in either direction nor kept in the cache.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
 
 // boundBody gives the app BodyTimeout to send r's body: a client that sends part of one and
 // stalls would otherwise hold its connection and goroutine for as long as it likes. The
@@ -145,7 +139,7 @@ func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, b
 	if err != nil {
 		return nil, err
 	}
-	copyHeader(out.Header, r.Header)
+	hopheader.Copy(out.Header, r.Header)
 	out.Header.Del(headerNoFold)
 	out.Header.Del(headerPriority)
 	// Let the transport negotiate compression so the body we keep is plain (see
@@ -176,7 +170,7 @@ func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, b
 		return nil, errResponseTooLarge
 	}
 	hdr := make(http.Header, len(resp.Header))
-	copyHeader(hdr, resp.Header)
+	hopheader.Copy(hdr, resp.Header)
 	// The body is now plain and complete: its length is ours to state.
 	hdr.Del("Content-Length")
 	hdr.Del("Content-Encoding")
@@ -243,33 +237,6 @@ func (h *Handler) upstreamURL(r *http.Request) string {
 		sb.WriteString(r.URL.RawQuery)
 	}
 	return sb.String()
-}
-
-// copyHeader copies end-to-end headers: everything but the hop-by-hop ones and those the
-// Connection header names.
-func copyHeader(dst, src http.Header) {
-	var named []string
-	for _, v := range src["Connection"] {
-		for _, f := range strings.Split(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				named = append(named, http.CanonicalHeaderKey(f))
-			}
-		}
-	}
-next:
-	for k, vs := range src {
-		for _, hk := range hopHeaders {
-			if k == hk {
-				continue next
-			}
-		}
-		for _, n := range named {
-			if k == n {
-				continue next
-			}
-		}
-		dst[k] = append(dst[k][:0:0], vs...)
-	}
 }
 
 // newStreamProxy is the pass-through path: httputil.ReverseProxy streaming both ways, with

@@ -30,6 +30,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/hopheader"
 	"github.com/ghlproxy/ghlproxy/metrics"
 	"github.com/ghlproxy/ghlproxy/routes"
 )
@@ -301,19 +302,13 @@ func (rc *Receiver) forward(w http.ResponseWriter, r *http.Request, body []byte)
 	if err != nil {
 		return retry("webhooks.forward_url: " + err.Error())
 	}
-	hop := map[string]bool{"Connection": true, "Keep-Alive": true, "Te": true, "Trailer": true,
-		"Transfer-Encoding": true, "Upgrade": true, "Content-Length": true, "Host": true, "Accept-Encoding": true}
-	for _, v := range r.Header.Values("Connection") {
-		for _, name := range strings.Split(v, ",") {
-			hop[http.CanonicalHeaderKey(strings.TrimSpace(name))] = true
+	hopheader.Copy(req.Header, r.Header)
+	// Also not the sender's: its framing, its encodings (the answer comes back decoded),
+	// and any Proxy-* header.
+	for k := range req.Header {
+		if k == "Content-Length" || k == "Host" || k == "Accept-Encoding" || strings.HasPrefix(k, "Proxy-") {
+			delete(req.Header, k)
 		}
-	}
-	for k, vs := range r.Header {
-		k = http.CanonicalHeaderKey(k)
-		if hop[k] || strings.HasPrefix(k, "Proxy-") {
-			continue
-		}
-		req.Header[k] = append([]string(nil), vs...)
 	}
 	resp, err := rc.cfg.Client.Do(req)
 	if err != nil {
