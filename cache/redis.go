@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/identity"
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
 	"github.com/ghlproxy/ghlproxy/internal/pending"
 )
 
@@ -119,14 +120,14 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		return fmt.Errorf("cache: redis set: %w", err)
 	}
 
-	pipe := c.rdb.Pipeline()
+	pipe := luapipe.New(c.rdb)
 	cmds := make([]*redis.Cmd, len(rec.ids))
 	exp := strconv.FormatInt(rec.end.UnixMilli(), 10)
 	for i, id := range rec.ids {
-		cmds[i] = indexAdd.Eval(ctx, pipe, []string{c.keys.index(id), c.keys.tombstone(id)},
+		cmds[i] = pipe.Run(ctx, indexAdd, []string{c.keys.index(id), c.keys.tombstone(id)},
 			key, exp, fetched, now.UnixMilli(), ttl.Milliseconds()+1)
 	}
-	_, err = pipe.Exec(ctx)
+	err = pipe.Exec(ctx)
 	c.up(err)
 	refused := false
 	for _, cmd := range cmds {
@@ -217,18 +218,18 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
 	now := c.now().UnixMilli()
-	pipe := c.rdb.Pipeline()
+	drops := luapipe.New(c.rdb)
 	cmds := make([]*redis.Cmd, len(idl))
 	for i, id := range idl {
-		cmds[i] = indexDrop.Eval(ctx, pipe, []string{c.keys.index(id), c.keys.tombstone(id)}, now, tombstoneTTL.Milliseconds())
+		cmds[i] = drops.Run(ctx, indexDrop, []string{c.keys.index(id), c.keys.tombstone(id)}, now, tombstoneTTL.Milliseconds())
 	}
-	_, err := pipe.Exec(ctx)
+	err := drops.Exec(ctx)
 	c.up(err)
 	if err != nil {
 		return 0, fmt.Errorf("cache: redis invalidate: %w", err)
 	}
 	seen := make(map[string]struct{})
-	pipe = c.rdb.Pipeline()
+	pipe := c.rdb.Pipeline()
 	var dels []*redis.IntCmd
 	for _, cmd := range cmds {
 		members, _ := cmd.StringSlice()

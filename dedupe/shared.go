@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
 	"github.com/ghlproxy/ghlproxy/seal"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
@@ -335,12 +336,11 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	window := f.window(c.opt)
 	indexed := true
 	index := func(life time.Duration) error {
-		pipe := f.rdb.Pipeline()
+		pipe := luapipe.New(f.rdb)
 		for _, t := range c.opt.Tags {
-			f.scripts.index.Eval(ctx, pipe, []string{f.tagKey(t)}, c.key, ms(life)) // EVALSHA in a pipeline would not fall back on NOSCRIPT
+			pipe.Run(ctx, f.scripts.index, []string{f.tagKey(t)}, c.key, ms(life))
 		}
-		_, err := pipe.Exec(ctx)
-		return err
+		return pipe.Exec(ctx)
 	}
 	indexedAt := time.Now()
 	if window > 0 && len(c.opt.Tags) > 0 {
@@ -520,17 +520,15 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 		}
 	}
 	// Two round trips whatever the number of tags and keys (a search tag can list hundreds):
-	// the write's caller waits for this. EVAL, not EVALSHA: a pipeline cannot fall back on
-	// NOSCRIPT.
-	pipe := f.rdb.Pipeline()
+	// the write's caller waits for this.
+	pipe := luapipe.New(f.rdb)
 	lists := make([]*redis.Cmd, len(tags))
 	for i, t := range tags {
-		lists[i] = f.scripts.members.Eval(ctx, pipe, []string{f.tagKey(t)})
+		lists[i] = pipe.Run(ctx, f.scripts.members, []string{f.tagKey(t)})
 	}
-	_, err := pipe.Exec(ctx)
-	note(err)
+	note(pipe.Exec(ctx))
 	seen := make(map[string]bool)
-	pipe = f.rdb.Pipeline()
+	pipe = luapipe.New(f.rdb)
 	for _, l := range lists {
 		members, err := l.StringSlice()
 		if err != nil {
@@ -542,13 +540,10 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 			}
 			seen[m] = true
 			k := f.keysOf(m)
-			f.scripts.tomb.Eval(ctx, pipe, []string{k.result, k.lock, k.forgot}, ms(f.cfg.CallTimeout))
+			pipe.Run(ctx, f.scripts.tomb, []string{k.result, k.lock, k.forgot}, ms(f.cfg.CallTimeout))
 		}
 	}
-	if len(seen) > 0 {
-		_, err := pipe.Exec(ctx)
-		note(err)
-	}
+	note(pipe.Exec(ctx))
 	// Once the tombstones are in, forget locally again: a read that began here after the
 	// first forgetLocal may have found the old answer in Redis before them. Published only
 	// now for the same reason: a replica that dropped its copy and looked in Redis before

@@ -57,8 +57,9 @@ type Metrics struct {
 
 	InvalidationsPending *prometheus.GaugeVec // stage: cache|fold
 
-	RedisUp  prometheus.Gauge
-	Degraded prometheus.Gauge
+	RedisUp       prometheus.Gauge
+	RedisCommands *prometheus.CounterVec // command
+	Degraded      prometheus.Gauge
 	// RedisEvictionUnsafe is 1 while Redis may evict keys (a maxmemory with a policy other
 	// than noeviction): a bucket or fold marker evicted reads as a full bucket or a free lock.
 	RedisEvictionUnsafe prometheus.Gauge
@@ -101,6 +102,7 @@ func New() *Metrics {
 		StaleIfBusy:       f.counter("cache_stale_if_busy_total", "Read misses answered from an entry past its TTL because a rate-limit token was further away than cache.stale_if_busy, or GHL answered 429 (Cache-Status: fwd=stale; detail=busy)."),
 		InvalidationsPending: f.gaugeVec("invalidations_pending", "Invalidations made by writes that Redis has not confirmed yet, by stage (cache, fold); each is retried until Redis does, and meanwhile this replica takes nothing it concerns from Redis.",
 			"stage"),
+		RedisCommands:       f.counterVec("redis_commands_total", "Commands sent to Redis, by command name (pipelined ones one by one; what a script runs inside Redis is not counted).", "command"),
 		RedisUp:             f.gauge("redis_up", "1 when the last Redis call succeeded, 0 when Redis is unreachable (always 1 on the embedded store)."),
 		Degraded:            f.gauge("degraded", "1 while the sidecar runs without its shared store (local fallback buckets)."),
 		RedisEvictionUnsafe: f.gauge("redis_eviction_unsafe", "1 while Redis has a maxmemory and a maxmemory-policy other than noeviction: it may evict the shared buckets and fold markers, which would then read as a full bucket or a free lock."),

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/config"
@@ -54,6 +55,30 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		}), nil
 	}
 	return nil, nil
+}
+
+// commandCounter counts every command the client sends, by name, pipelined ones included
+// (redis_commands_total): what each request costs Redis, which docs/architecture.md budgets
+// and e2e/rediswork_test.go holds to. Commands a script runs inside Redis are not counted;
+// the EVALSHA that runs it is.
+type commandCounter struct{ commands *prometheus.CounterVec }
+
+func (commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.commands.WithLabelValues(cmd.Name()).Inc()
+		return next(ctx, cmd)
+	}
+}
+
+func (c commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			c.commands.WithLabelValues(cmd.Name()).Inc()
+		}
+		return next(ctx, cmds)
+	}
 }
 
 // evictionRisk says what is wrong when Redis may evict the sidecar's keys, "" when it may

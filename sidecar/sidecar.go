@@ -62,6 +62,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		return nil, err
 	}
 	if s.rdb != nil {
+		s.rdb.AddHook(commandCounter{s.Metrics.RedisCommands})
 		s.closers = append(s.closers, func(context.Context) error { return s.rdb.Close() })
 		s.eviction = &evictionCheck{rdb: s.rdb, gauge: s.Metrics.RedisEvictionUnsafe}
 		if risk := s.eviction.status(); risk != "ok" {

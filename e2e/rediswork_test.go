@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ghlproxy/ghlproxy/fakeghl"
+	"github.com/ghlproxy/ghlproxy/internal/redistest"
+)
+
+// What one request costs Redis (docs/architecture.md, "What a request costs Redis"): the
+// commands the sidecar sends for it, counted by Redis itself (MONITOR) on two replicas
+// sharing one Redis, with the sidecar's own periodic traffic (coherence pings, the replica
+// registry) left out. Commands a script runs inside Redis are not counted; the EVALSHA that
+// runs it is. The bounds are today's figures, so that a change that costs Redis more work
+// fails here; the README's table lists them next to the issue's targets.
+func TestRedisCommandsPerRequest(t *testing.T) {
+	rdb := redistest.Start(t)
+	_, up := startStandIn(t, unlimited())
+	rs := startCacheReplicas(t, 2, up.URL, rdb)
+	tok := fakeghl.Token("Location", "loc-cmds", "")
+	mon := monitor(t, rdb.Addr())
+	// First requests load the scripts and teach the limiter GHL's headers: not counted.
+	warm := newContact(t, up.URL, tok, map[string]any{"firstName": "W", "locationId": "loc-cmds"})
+	for _, r := range rs {
+		getContact(t, r, tok, warm)
+	}
+	putContact(t, rs[0], tok, warm, `{"firstName":"W2"}`)
+	mon.count(t)
+
+	id := newContact(t, up.URL, tok, map[string]any{"firstName": "A", "locationId": "loc-cmds"})
+	steps := []struct {
+		name string
+		max  int
+		do   func()
+	}{
+		// The first request of a scope after a quiet spell: no lease at hand, and GHL's
+		// daily count not told for a second (ratelimit.lease, scope.news) add one each.
+		{"miss", 12, func() { getContact(t, rs[0], tok, id) }},
+		{"hit from Redis", 1, func() { getContact(t, rs[1], tok, id) }},
+		{"hit from memory", 0, func() { getContact(t, rs[1], tok, id) }},
+		{"write", 17, func() { putContact(t, rs[0], tok, id, `{"firstName":"B"}`) }},
+	}
+	for _, s := range steps {
+		s.do()
+		got := mon.count(t)
+		t.Logf("%-16s %2d commands: %s", s.name, len(got), strings.Join(got, " "))
+		if len(got) > s.max {
+			t.Errorf("%s: %d Redis commands, want at most %d: %v", s.name, len(got), s.max, got)
+		}
+	}
+}
+
+func putContact(t *testing.T, r *replica, tok, id, body string) {
+	t.Helper()
+	resp, b := call(t, http.DefaultClient, "PUT", r.URL+"/contacts/"+id, body, ghlHeaders(tok))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PUT /contacts/%s: %d %s", id, resp.StatusCode, b)
+	}
+}
+
+// redisMonitor reads a MONITOR connection.
+type redisMonitor struct {
+	conn  net.Conn
+	lines chan string
+	addr  string
+	seq   int
+}
+
+func monitor(t *testing.T, addr string) *redisMonitor {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	m := &redisMonitor{conn: c, lines: make(chan string, 4096), addr: addr}
+	fmt.Fprintf(c, "MONITOR\r\n")
+	go func() {
+		defer close(m.lines)
+		br := bufio.NewReader(c)
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			m.lines <- strings.TrimSpace(l)
+		}
+	}()
+	if l := <-m.lines; l != "+OK" {
+		t.Fatalf("MONITOR: %q", l)
+	}
+	return m
+}
+
+// count returns the commands sent since the last count, by name (the script's first line
+// for an EVAL), up to a marker the test sends itself: MONITOR lists commands in the order
+// Redis ran them, so everything the sidecar sent before the marker is in.
+func (m *redisMonitor) count(t *testing.T) []string {
+	t.Helper()
+	m.seq++
+	marker := fmt.Sprintf("ghlproxy-test-marker-%d", m.seq)
+	c, err := net.Dial("tcp", m.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "ECHO %s\r\n", marker)
+	_, _ = bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	var got []string
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case l, ok := <-m.lines:
+			if !ok {
+				t.Fatal("MONITOR connection closed")
+			}
+			if strings.Contains(l, marker) {
+				return got
+			}
+			if name, ok := sidecarCommand(l); ok {
+				got = append(got, name)
+			}
+		case <-timeout:
+			t.Fatalf("marker %s never came through MONITOR", marker)
+		}
+	}
+}
+
+// sidecarCommand parses one MONITOR line and says whether a request sent it: not a
+// command run inside a script, nor the sidecar's own periodic traffic.
+var hashTag = regexp.MustCompile(`\{([a-z]+):[0-9a-f]+\}|:[0-9a-f]{16,}$`)
+
+func sidecarCommand(l string) (string, bool) {
+	if strings.Contains(l, "[0 lua]") || !strings.HasPrefix(l, "+") {
+		return "", false
+	}
+	i := strings.Index(l, "] \"")
+	if i < 0 {
+		return "", false
+	}
+	args := strings.SplitN(l[i+3:], "\" \"", 5)
+	name := strings.ToLower(strings.TrimSuffix(args[0], "\""))
+	rest := strings.Join(args[1:], " ")
+	// Named with the key's kind, its hash tag without the hash: evalsha(fold:lock).
+	key := ""
+	switch {
+	case (name == "evalsha" || name == "eval") && len(args) > 3:
+		key = args[3]
+	case len(args) > 1:
+		key = args[1]
+	}
+	if key = hashTag.ReplaceAllString(strings.TrimSuffix(key, "\""), "$1"); key != "" {
+		name += "(" + strings.TrimPrefix(key, "ghlproxy:") + ")"
+	}
+	switch {
+	case name == "spublish" && strings.Contains(rest, "}:ping:"), // coherence heartbeat
+		strings.Contains(rest, "{replicas}:live"), // replica registry
+		name == "ping", name == "hello", name == "client", name == "info":
+		return "", false
+	}
+	return name, true
+}
