@@ -150,6 +150,23 @@ type RateLimit struct {
 	// bucket plans at most (0.97 - follow_reserve) of it in any window, so 87 of 100 per
 	// 10 s with the default 0.1.
 	FollowReserve float64 `yaml:"follow_reserve"`
+	// Spread what GHL's X-RateLimit-Daily-Remaining says is left of its day (200,000 calls
+	// per location) over the time to ratelimit.daily_reset, so that a sustained 280/min
+	// does not spend it in 12 hours and leave every call failing until the reset: a request
+	// costs the bucket more than one token when the rate would spend the rest early
+	// (at most one whole burst). Background and warm requests are paced on what is left
+	// above ratelimit.daily_reserve, so they slow down first and stop at it.
+	DailyPacing bool `yaml:"daily_pacing"`
+	// When GHL's day restarts, HH:MM in UTC. GHL does not document it; check
+	// X-RateLimit-Daily-Remaining climbing back in /_ghlproxy/stats and set it to match.
+	DailyReset string `yaml:"daily_reset"`
+	// On Redis, how long a replica may hold tokens it leased from the shared bucket: while
+	// the bucket is more than half full, a request takes, beyond its own token, about what
+	// the last lease asked of this replica (at most 16), and the next requests are granted
+	// from them without a Redis round trip. Any GHL window sees at most rate × lease more
+	// calls than the bucket alone sends (0.47 of 100 per 10 s by default); near an empty
+	// bucket every decision is Redis's, as without leases. 0 turns leasing off.
+	Lease time.Duration `yaml:"lease"`
 }
 
 // Dedupe folds identical requests (same credential, Version, method, path, query and body).
@@ -420,6 +437,8 @@ func Default() *Config {
 			WarmReserve:   10,
 			DailyReserve:  5000,
 			FollowReserve: 0.1,
+			DailyReset:    "00:00",
+			Lease:         100 * time.Millisecond,
 		},
 		Dedupe: Dedupe{
 			Window:  30 * time.Second,

@@ -167,7 +167,7 @@ func TestEveryKeyFromEveryLayer(t *testing.T) {
 		"cache.default_ttl": "1m", "cache.stale_while_revalidate": "11s", "cache.stale_if_error": "12s",
 		"cache.negative_ttl": "13s", "cache.stale_if_busy": "40ms", "cache.memory_bytes": "1GiB", "cache.coherence": "none",
 		"cache.routes":         `[{route: "POST /contacts/search", ttl: 5s, policy: query}]`,
-		"ratelimit.follow_ghl": "true", "ratelimit.follow_reserve": "0.2",
+		"ratelimit.follow_ghl": "true", "ratelimit.follow_reserve": "0.2", "ratelimit.lease": "250ms", "ratelimit.daily_pacing": "true", "ratelimit.daily_reset": "05:30",
 		"warm.interval": "5m", "warm.jitter": "1m", "warm.max_pages": "2",
 		"webhooks.listen": ":9443", "webhooks.public_key": "8b61d1d6cacbe28d7c3bc0516bb815258ec6edbba96cddc7f40c09ac7083a0e8",
 		"webhooks.max_age": "7m", "webhooks.forward_url": "http://app:3000/ghl/webhooks",
@@ -313,6 +313,8 @@ func TestErrors(t *testing.T) {
 		want string
 	}{
 		{"negative rate", source{env: []string{"GHLPROXY_RATELIMIT_RATE=-3"}}, `ratelimit.rate: must be > 0, got -3`},
+		{"daily reset not a time", source{env: []string{"GHLPROXY_RATELIMIT_DAILY_RESET=25:00"}}, `ratelimit.daily_reset: want a time of day as HH:MM (UTC), got "25:00"`},
+		{"negative lease", source{args: []string{"--ratelimit.lease=-1s"}}, `ratelimit.lease: must be >= 0, got -1s`},
 		{"rate not a number", source{args: []string{"--ratelimit.rate=lots"}}, `ratelimit.rate: want an integer, got "lots"`},
 		{"redis scheme", source{file: "redis:\n  url: http://localhost:6379\n"}, `redis.url: unsupported scheme "http" (want redis:// or rediss://)`},
 		{"redis no host", source{file: "redis: {url: 'redis://:pw@/0'}"}, `redis.url: missing host in "redis://:<redacted>@/0"`},

@@ -236,8 +236,12 @@ func (c *Config) checkRateLimit() error {
 		nonNegative("ratelimit.max_wait", rl.MaxWait),
 		nonNegative("ratelimit.warm_reserve", rl.WarmReserve),
 		nonNegative("ratelimit.daily_reserve", rl.DailyReserve),
+		nonNegative("ratelimit.lease", rl.Lease),
 	); err != nil {
 		return err
+	}
+	if _, err := ClockTime(rl.DailyReset); err != nil {
+		return fmt.Errorf("ratelimit.daily_reset: %w", err)
 	}
 	if !(rl.FollowReserve >= 0 && rl.FollowReserve <= 0.5) { // NaN fails too
 		return fmt.Errorf("ratelimit.follow_reserve: must be between 0 and 0.5, got %g", rl.FollowReserve)
@@ -420,4 +424,13 @@ func (c *Config) checkLog() error {
 		return fmt.Errorf("log.format: must be text or json, got %q", c.Log.Format)
 	}
 	return nil
+}
+
+// ClockTime reads a time of day, HH:MM (24-hour), as the time after midnight.
+func ClockTime(s string) (time.Duration, error) {
+	t, err := time.Parse("15:04", s)
+	if err != nil {
+		return 0, fmt.Errorf("want a time of day as HH:MM (UTC), got %q", s)
+	}
+	return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute, nil
 }

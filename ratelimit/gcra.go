@@ -118,6 +118,7 @@ type decision struct {
 	dr, dl       float64
 	lmax, lint   float64
 	eff          limits
+	leased       float64 // tokens taken beyond n for the replica to spend locally (lease.go)
 }
 
 type takeArgs struct {
@@ -126,6 +127,7 @@ type takeArgs struct {
 	maxWait      float64 // µs
 	warmReserve  float64
 	dailyReserve float64
+	lease        float64 // most tokens to take beyond n, for a lease (interactive, granted now)
 }
 
 // take decides one request at now (µs). Mirrors takeScript.
@@ -168,9 +170,24 @@ func (b *bucketState) take(now float64, c limits, a takeArgs) decision {
 		d.tokens = (now + tau - base) / eff.T
 		return d
 	}
+	if extra := leaseSize(a, d.wait, (now+tau-newTat)/eff.T, eff.burst); extra > 0 {
+		newTat += extra * eff.T
+		d.leased = extra
+	}
 	b.tat = newTat
 	d.tokens = (now + tau - newTat) / eff.T
 	return d
+}
+
+// leaseSize is how many tokens beyond its own an interactive request granted now takes for
+// its replica's lease: at most a.lease, and only what leaves the bucket at least half full
+// (left: tokens left after the request's own), so a lease is never taken from a bucket
+// that others may be waiting on. Mirrors takeScript.
+func leaseSize(a takeArgs, wait, left, burst float64) float64 {
+	if a.lease < 1 || a.mode != modeReserve || wait > 0 {
+		return 0
+	}
+	return math.Max(0, math.Min(a.lease, math.Floor(left-burst/2)))
 }
 
 // observation is what one upstream response said; -1 / 0 mean "not reported".

@@ -141,7 +141,11 @@ func (l *Limiter) Wait(ctx context.Context, scopeKey string, n int, p Priority) 
 	}
 	s := l.scope(scopeKey)
 	start := l.cfg.Now()
-	w := &wait{l: l, s: s, ctx: ctx, start: start, n: n, p: p, maxWait: l.cfg.MaxWait}
+	cost, refused := l.pace(s, p, start)
+	if refused {
+		return Grant{}, l.dailyRejection(s)
+	}
+	w := &wait{l: l, s: s, ctx: ctx, start: start, n: n, cost: cost, p: p, maxWait: l.cfg.MaxWait}
 	if dl, ok := ctx.Deadline(); ok {
 		w.maxWait = min(w.maxWait, time.Until(dl)) // deadlines are on the real clock
 	}
@@ -169,6 +173,7 @@ type wait struct {
 	ctx     context.Context
 	start   time.Time
 	n       int
+	cost    float64 // tokens each of the n costs: 1, more when the day is paced (pacing.go)
 	p       Priority
 	maxWait time.Duration
 	queued  bool
@@ -199,7 +204,7 @@ func (w *wait) done() {
 
 func (w *wait) args(mode int, maxWait time.Duration) takeArgs {
 	return takeArgs{
-		n: float64(w.n), mode: mode, maxWait: float64(maxWait.Microseconds()),
+		n: float64(w.n) * w.cost, mode: mode, maxWait: float64(maxWait.Microseconds()),
 		warmReserve: w.l.warmReserve(w.s), dailyReserve: float64(w.l.cfg.DailyReserve),
 	}
 }
@@ -397,13 +402,39 @@ func (l *Limiter) dailyRejection(s *scope) *RejectedError {
 // take makes one decision: on the shared bucket when Redis is healthy, else on the local one.
 func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time) (decision, bool) {
 	if l.rdb != nil && !l.br.isOpen() {
+		leasing := l.cfg.Lease > 0 && a.mode == modeReserve
+		if leasing {
+			if d, ok := s.spendLease(a.n, now); ok {
+				s.demand(now, l.cfg.Lease)
+				return d, false
+			}
+			s.asking.Add(1)
+			defer s.asking.Add(-1)
+		}
 		s.redisMu.Lock()
+		if leasing {
+			// The call this one queued behind may have brought a lease.
+			now := l.cfg.Now()
+			want := s.demand(now, l.cfg.Lease)
+			if d, ok := s.spendLease(a.n, now); ok {
+				s.redisMu.Unlock()
+				return d, false
+			}
+			a.lease = want
+		}
+		asked := l.cfg.Now()
 		d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
 			return redisTake(ctx, l.rdb, s.key, l.base(s), a)
 		})
-		s.redisMu.Unlock()
 		if err == nil {
 			s.update(d, l.cfg.Now(), false)
+			if d.leased > 0 {
+				// Alive from before the call: never longer than Lease after Redis granted it.
+				s.grantLease(d.leased, asked.Add(l.cfg.Lease))
+			}
+		}
+		s.redisMu.Unlock()
+		if err == nil {
 			return d, false
 		}
 		l.redisFailed(err)
@@ -602,7 +633,8 @@ func (l *Limiter) maintain() {
 // Observe folds one upstream response of scope into the bucket: GHL's X-RateLimit-* headers
 // teach the real limit (which can be lower than configured) and how much of the window other
 // clients left; a 429 or Remaining 0 pauses the scope for every replica until GHL's window
-// allows (X-RateLimit-Interval-Milliseconds, else 10 s).
+// allows (X-RateLimit-Interval-Milliseconds, else 10 s). On Redis, a response that tells the
+// shared bucket nothing new (scope.news) costs no round trip.
 func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 	o := observation{
 		lmax: headerNum(h, "X-RateLimit-Max", 0), lint: headerNum(h, "X-RateLimit-Interval-Milliseconds", 0),
@@ -615,15 +647,22 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 		return // nothing to learn (no rate-limit headers)
 	}
 	s := l.scope(scopeKey)
-	s.learn(o, l.cfg.Now())
+	now := l.cfg.Now()
+	s.learn(o, now)
 	if l.rdb != nil && !l.br.isOpen() {
+		if !s.news(o, now) {
+			return
+		}
 		s.redisMu.Lock()
 		d, err := l.redisCall(context.Background(), func(ctx context.Context) (decision, error) {
 			return redisObserve(ctx, l.rdb, s.key, l.base(s), o)
 		})
-		s.redisMu.Unlock()
 		if err == nil {
 			s.update(d, l.cfg.Now(), false)
+			s.remember(o, now)
+		}
+		s.redisMu.Unlock()
+		if err == nil {
 			return
 		}
 		l.redisFailed(err)
@@ -632,7 +671,7 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 	if l.rdb != nil {
 		c, fb = l.shareOf(c), true
 	}
-	now := l.cfg.Now()
+	now = l.cfg.Now()
 	d := l.mem.observe(s, c, o, micro(now))
 	s.update(d, now, fb)
 }
@@ -672,9 +711,15 @@ func (l *Limiter) Stats() []ScopeStats {
 	now := l.cfg.Now()
 	out := make([]ScopeStats, 0, len(ss))
 	for _, s := range ss {
-		out = append(out, s.stats(now, l.cfg.DailyLimit))
+		out = append(out, l.statsOf(s, now))
 	}
 	return out
+}
+
+func (l *Limiter) statsOf(s *scope, now time.Time) ScopeStats {
+	st := s.stats(now, l.cfg.DailyLimit)
+	st.DailyPace, _ = l.pace(s, Interactive, now)
+	return st
 }
 
 // Scope is one scope's entry of Stats, for /_ghlproxy/explain; false if this replica has not
@@ -686,7 +731,7 @@ func (l *Limiter) Scope(scopeKey string) (ScopeStats, bool) {
 	if s == nil {
 		return ScopeStats{}, false
 	}
-	return s.stats(l.cfg.Now(), l.cfg.DailyLimit), true
+	return l.statsOf(s, l.cfg.Now()), true
 }
 
 func (l *Limiter) scope(key string) *scope {

@@ -135,12 +135,35 @@ func TestReplicasLearnLowerLimit(t *testing.T) {
 	}
 }
 
+// Three replicas offered 90% of the budget in all, in bursts of 5: leases serve most
+// grants without a round trip, and GHL's window still holds with no 429.
+func TestReplicasLeaseBelowBudget(t *testing.T) {
+	_, rdb := startRedis(t)
+	r := replicaLoad(t, loadRun{rdb: rdb, scale: loadScale(), demand: 0.3, burstOf: 5})
+	r.check(t, 0) // below the budget: nothing to use to the last token
+	if r.takes*3 > r.granted {
+		t.Errorf("%d grants took %d shared-bucket decisions, want at most 1 in 3 with leases", r.granted, r.takes)
+	}
+	// The same run without leases is one decision per grant: what the counter counts is real.
+	_, rdb = startRedis(t)
+	r = replicaLoad(t, loadRun{rdb: rdb, scale: loadScale(), demand: 0.3, burstOf: 5, noLease: true})
+	r.check(t, 0)
+	if r.takes < r.granted {
+		t.Errorf("without leases, %d grants took only %d decisions", r.granted, r.takes)
+	}
+}
+
 type loadRun struct {
 	rdb      redis.UniversalClient
 	scale    float64
 	ghlLimit int               // default 100
 	outage   *redistest.Server // stopped for the middle third of the run
 	opening  int               // requests each replica sends at once at the start
+	// demand is what each replica is offered, as a share of the whole budget (default 1:
+	// three times the budget in all), in bursts of burstOf requests (default 1).
+	demand  float64
+	burstOf int
+	noLease bool // run without leases (the default lease life otherwise)
 }
 
 type loadResult struct {
@@ -152,6 +175,7 @@ type loadResult struct {
 	recovered          time.Duration
 	limit              int
 	limiters           []*Limiter
+	granted, takes     int64 // grants, and decisions the shared bucket made (take scripts run)
 }
 
 func (r loadResult) check(t *testing.T, minRatio float64) {
@@ -191,7 +215,12 @@ func replicaLoad(t *testing.T, lr loadRun) loadResult {
 	defer client.CloseIdleConnections()
 
 	cfg := Config{Rate: rate, Per: scaled(time.Minute), Burst: burst, MaxWait: scaled(20 * time.Second),
-		ProbeInterval: scaled(500 * time.Millisecond)}
+		ProbeInterval: scaled(500 * time.Millisecond), Lease: scaled(100 * time.Millisecond)}
+	if lr.noLease {
+		cfg.Lease = 0
+	}
+	takes := &scriptCounter{hash: takeScript.Hash()}
+	lr.rdb.AddHook(takes)
 	var ls []*Limiter
 	for range replicas {
 		l, _ := newLimiter(t, cfg, lr.rdb)
@@ -208,7 +237,11 @@ func replicaLoad(t *testing.T, lr loadRun) loadResult {
 	var granted, rejected, fallback, unexpected atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	every := cfg.Per / rate // each replica is offered the whole budget: three times in all
+	if lr.demand == 0 {
+		lr.demand = 1 // each replica is offered the whole budget: three times in all
+	}
+	lr.burstOf = max(1, lr.burstOf)
+	every := time.Duration(float64(cfg.Per) / rate / lr.demand * float64(lr.burstOf))
 	for _, l := range ls {
 		wg.Add(1)
 		go func() {
@@ -253,7 +286,9 @@ func replicaLoad(t *testing.T, lr loadRun) loadResult {
 					return
 				case <-tick.C:
 				}
-				send()
+				for range lr.burstOf {
+					send()
+				}
 			}
 		}()
 	}
@@ -281,10 +316,31 @@ func replicaLoad(t *testing.T, lr loadRun) loadResult {
 	allowed := float64(burst) + rate*float64(run)/float64(cfg.Per)
 	r := loadResult{ws: ws, used: used, allowed: allowed, ratio: float64(used) / allowed, limit: limit,
 		rejected: rejected.Load(), fallback: fallback.Load(), unexpected: unexpected.Load(), recovered: recovered,
-		limiters: ls}
-	t.Logf("run %s, 3 replicas at 3x the budget: %d upstream calls in the run, budget allows %.0f (ratio %.3f); most in any %s window %d of %d; upstream 429s %d; sidecar rejections %d; fallback grants %d; recovered in %s",
-		run, used, allowed, r.ratio, ws.window, ws.maxSeen, limit, ws.rejected, r.rejected, r.fallback, recovered)
+		limiters: ls, granted: granted.Load(), takes: takes.n.Load()}
+	t.Logf("run %s, 3 replicas at %.1fx the budget: %d upstream calls in the run, budget allows %.0f (ratio %.3f); most in any %s window %d of %d; upstream 429s %d; sidecar rejections %d; fallback grants %d; recovered in %s; %d grants on %d shared-bucket decisions",
+		run, 3*lr.demand, used, allowed, r.ratio, ws.window, ws.maxSeen, limit, ws.rejected, r.rejected, r.fallback, recovered, r.granted, r.takes)
 	return r
+}
+
+// scriptCounter counts the runs of one script a Redis client sends (EVALSHA or EVAL).
+type scriptCounter struct {
+	hash string
+	n    atomic.Int64
+}
+
+func (c *scriptCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *scriptCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); len(a) > 1 && cmd.Name() == "evalsha" && a[1] == c.hash {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (c *scriptCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 // sleepUntil is the load's own schedule (when to kill Redis), not synchronisation.

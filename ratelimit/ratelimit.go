@@ -111,6 +111,19 @@ type Config struct {
 	// well as downward.
 	FollowGHL     bool
 	FollowReserve float64
+	// DailyPacing spreads what GHL's X-RateLimit-Daily-Remaining says is left of the day
+	// over the time to DailyReset (see pacing.go): background and warm requests on what is
+	// left above DailyReserve, the app's on all of it.
+	DailyPacing bool
+	// DailyReset is when GHL's day restarts, as time after midnight UTC. Default 0
+	// (midnight UTC).
+	DailyReset time.Duration
+	// Lease is how long tokens a replica leases from the shared bucket stay spendable (see
+	// lease.go): while the bucket is more than half full, an interactive request takes up
+	// to what the last Lease asked of this replica beyond its own tokens, and the next
+	// requests spend them without a Redis round trip. 0: no leases, every decision on
+	// Redis. Unused without Redis.
+	Lease time.Duration
 	// RedisTimeout bounds every limiter call to Redis; past it the decision is made on the
 	// local fallback bucket. Default 50ms.
 	RedisTimeout time.Duration
@@ -196,7 +209,10 @@ type ScopeStats struct {
 	QueueByLane    map[string]int `json:"queue_by_lane"`
 	DailyRemaining int            `json:"daily_remaining"`
 	DailyLimit     int            `json:"daily_limit"`
-	PausedUntil    time.Time      `json:"paused_until,omitzero"`
+	// DailyPace is what one token of an app request costs the bucket under
+	// ratelimit.daily_pacing: 1 while the rate lasts the day, more when it would not.
+	DailyPace   float64   `json:"daily_pace"`
+	PausedUntil time.Time `json:"paused_until,omitzero"`
 	// LimitMax per LimitInterval is GHL's limit as learned from its headers (0: none yet).
 	LimitMax      int           `json:"limit_max"`
 	LimitInterval time.Duration `json:"limit_interval"`

@@ -40,16 +40,16 @@ local function effective()
   end
   return eT, eb
 end
-local function reply(granted, wait, tokens, eT, eb)
+local function reply(granted, wait, tokens, eT, eb, leased)
   return {granted, math.floor(wait), math.floor(tokens * 1000), math.floor(math.max(pause - now, 0)),
-    dr, dl, lmax, lint, math.floor(eT * 1000), eb}
+    dr, dl, lmax, lint, math.floor(eT * 1000), eb, leased or 0}
 end
 `
 
 // takeScript: KEYS[1] bucket; ARGV T, burst, n, mode, maxWait µs, warmReserve, dailyReserve,
-// ttl ms. Reply: granted (1, 0, or -1 for a daily-reserve refusal), wait µs, tokens*1000,
-// pause left µs, daily remaining, daily limit, learned max, learned interval ms, effective
-// T*1000, effective burst.
+// ttl ms, lease. Reply: granted (1, 0, or -1 for a daily-reserve refusal), wait µs,
+// tokens*1000, pause left µs, daily remaining, daily limit, learned max, learned interval ms,
+// effective T*1000, effective burst, tokens leased.
 var takeScript = redis.NewScript(scriptPrelude + `
 local n = tonumber(ARGV[3])
 local mode = tonumber(ARGV[4])
@@ -72,9 +72,15 @@ if wait < 1 then
 elseif not ((mode == 0 and wait <= max_wait) or (mode ~= 0 and n > eb and tat <= now)) then
   return reply(0, wait, (now + tau - base) / eT, eT, eb)
 end
+local leased = 0
+local lease = tonumber(ARGV[9])
+if lease >= 1 and mode == 0 and wait == 0 then
+  leased = math.max(0, math.min(lease, math.floor((now + tau - new_tat) / eT - eb / 2)))
+  new_tat = new_tat + leased * eT
+end
 redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', new_tat))
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
-return reply(1, wait, (now + tau - new_tat) / eT, eT, eb)
+return reply(1, wait, (now + tau - new_tat) / eT, eT, eb, leased)
 `)
 
 // observeScript: KEYS[1] bucket; ARGV T, burst, learned max (0: none), learned interval ms
@@ -142,7 +148,7 @@ func fnum(f float64) string { return strconv.FormatFloat(f, 'g', 17, 64) }
 
 func redisTake(ctx context.Context, rdb redis.Scripter, key string, c limits, a takeArgs) (decision, error) {
 	v, err := takeScript.Run(ctx, rdb, []string{key},
-		fnum(c.T), fnum(c.burst), fnum(a.n), a.mode, fnum(a.maxWait), fnum(a.warmReserve), fnum(a.dailyReserve), bucketTTL).Int64Slice()
+		fnum(c.T), fnum(c.burst), fnum(a.n), a.mode, fnum(a.maxWait), fnum(a.warmReserve), fnum(a.dailyReserve), bucketTTL, fnum(a.lease)).Int64Slice()
 	if err != nil {
 		return decision{}, fmt.Errorf("ratelimit: redis take: %w", err)
 	}
@@ -172,13 +178,13 @@ func redisAbsorb(ctx context.Context, rdb redis.Scripter, key string, c limits, 
 }
 
 func parseReply(v []int64) (decision, error) {
-	if len(v) != 10 {
-		return decision{}, fmt.Errorf("ratelimit: redis script replied %d values, want 10", len(v))
+	if len(v) != 11 {
+		return decision{}, fmt.Errorf("ratelimit: redis script replied %d values, want 11", len(v))
 	}
 	return decision{
 		granted: v[0] == 1, dailyRefused: v[0] == -1,
 		wait: float64(v[1]), tokens: float64(v[2]) / 1000, pauseLeft: float64(v[3]),
 		dr: float64(v[4]), dl: float64(v[5]), lmax: float64(v[6]), lint: float64(v[7]),
-		eff: limits{T: float64(v[8]) / 1000, burst: float64(v[9])},
+		eff: limits{T: float64(v[8]) / 1000, burst: float64(v[9])}, leased: float64(v[10]),
 	}, nil
 }

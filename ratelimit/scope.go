@@ -21,6 +21,7 @@ type scope struct {
 	// key runs serially there anyway, and a burst of concurrent calls would only queue in
 	// the connection pool and time out together, looking like a Redis outage.
 	redisMu sync.Mutex
+	asking  atomic.Int64 // interactive requests of this replica at redisMu or in Redis (lease sizing)
 
 	mu         sync.Mutex
 	touched    time.Time
@@ -39,6 +40,14 @@ type scope struct {
 	nextSeq      uint64
 	queue        []*queueEntry // background before warm, then arrival order
 	queueChange  chan struct{} // closed and replaced whenever the head may have changed
+	lease        leaseState
+	// GHL's daily count as this replica last read it in an answer of its own, and when
+	// (pacing.go); -1 unread.
+	paceDr float64
+	paceAt time.Time
+	// What this replica last told the shared bucket of GHL's headers, and when (news).
+	toldObs observation
+	toldAt  time.Time
 }
 
 type queueEntry struct {
@@ -47,7 +56,7 @@ type queueEntry struct {
 }
 
 func newScope(name, key string, lim limits) *scope {
-	return &scope{name: name, key: key, lim: lim, eff: lim, tokens: lim.burst, dr: -1, dl: -1,
+	return &scope{name: name, key: key, lim: lim, eff: lim, tokens: lim.burst, dr: -1, dl: -1, paceDr: -1,
 		queueChange: make(chan struct{}), paused: make(chan struct{})}
 }
 
@@ -96,10 +105,57 @@ func (s *scope) learn(o observation, now time.Time) {
 	}
 	if o.dr >= 0 {
 		s.dr = o.dr
+		s.paceDr, s.paceAt = o.dr, now
 	}
 	if o.dl >= 0 {
 		s.dl = o.dl
 	}
+}
+
+// dailyEvery: a replica tells the shared bucket GHL's daily count at most this often while
+// nothing else is new: it falls by one a call, and a second of it is noise against 200,000.
+const dailyEvery = time.Second
+
+// news reports whether an upstream response tells the shared bucket something it does not
+// know from this replica: a pause, another advertised limit, fewer remaining than the bucket
+// holds (other clients spent GHL's window), or a daily count not told for dailyEvery. Every
+// other response would leave the bucket as it is, and costs no round trip.
+func (s *scope) news(o observation, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.toldObs
+	switch {
+	case s.toldAt.IsZero(), o.pause:
+		return true
+	case o.lmax > 0 && o.lint > 0 && (o.lmax != t.lmax || o.lint != t.lint):
+		return true
+	case o.remaining >= 0 && o.remaining < s.tokensAt(now)+1:
+		return true
+	case (o.dr >= 0 || o.dl >= 0) && now.Sub(s.toldAt) >= dailyEvery:
+		return true
+	case o.dl >= 0 && o.dl != t.dl:
+		return true
+	}
+	return false
+}
+
+// remember records what the shared bucket now knows from this replica.
+func (s *scope) remember(o observation, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o.lmax <= 0 || o.lint <= 0 {
+		o.lmax, o.lint = s.toldObs.lmax, s.toldObs.lint
+	}
+	s.toldObs, s.toldAt = o, now
+}
+
+// tokensAt is the bucket's level at now as this replica last saw it, refilled since.
+// Called with mu held.
+func (s *scope) tokensAt(now time.Time) float64 {
+	if s.eff.T <= 0 {
+		return s.tokens
+	}
+	return math.Min(s.eff.burst, s.tokens+float64(now.Sub(s.touched).Microseconds())/s.eff.T)
 }
 
 // extendPause records a pause until the given instant; the next update announces it.
@@ -111,6 +167,7 @@ func (s *scope) extendPause(until time.Time) {
 	}
 	s.pauseUntil = until
 	s.pauseNews = true
+	s.lease.tokens = 0 // planned on a budget GHL just contradicted
 }
 
 // pause is the end of the latest pause recorded and a channel closed when a new pause is
@@ -218,11 +275,7 @@ func (s *scope) stats(now time.Time, dailyLimit int) ScopeStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	eff := s.eff
-	// Tokens refill since the last decision this replica saw.
-	tokens := s.tokens
-	if eff.T > 0 {
-		tokens = math.Min(eff.burst, tokens+float64(now.Sub(s.touched).Microseconds())/eff.T)
-	}
+	tokens := s.tokensAt(now)
 	st := ScopeStats{
 		Scope: s.name, Tokens: math.Round(tokens*100) / 100, Queue: int(s.queued()),
 		QueueByLane:    map[string]int{},

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/batcher"
@@ -28,6 +29,10 @@ var mergeRoutes = []string{
 // implementation.
 func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	cfg := s.cfg
+	dailyReset, err := config.ClockTime(cfg.RateLimit.DailyReset)
+	if err != nil {
+		return fmt.Errorf("ratelimit.daily_reset: %w", err)
+	}
 	lim, err := ratelimit.New(ratelimit.Config{
 		Rate:          cfg.RateLimit.Rate,
 		Per:           cfg.RateLimit.Per,
@@ -37,6 +42,9 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		DailyReserve:  cfg.RateLimit.DailyReserve,
 		FollowGHL:     cfg.RateLimit.FollowGHL,
 		FollowReserve: cfg.RateLimit.FollowReserve,
+		Lease:         cfg.RateLimit.Lease,
+		DailyPacing:   cfg.RateLimit.DailyPacing,
+		DailyReset:    dailyReset,
 		RedisTimeout:  cfg.Redis.Timeout,
 	}, s.rdb, s.Metrics, s.log)
 	if err != nil {
