@@ -345,15 +345,55 @@ func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, 
 // the policy leaves the answer no time to live. It returns ErrInvalidated when the answer
 // predates an invalidation of its tags.
 func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy) error {
-	if key == "" || cred == nil || resp == nil {
-		return errors.New("cache: set needs a key, a credential and a response")
+	rec, now, read, err := c.record(key, cred, resp, p)
+	if rec == nil || err != nil {
+		return err
 	}
-	now := c.now()
+	return c.set(ctx, key, cred, rec, now, read.Add(-c.cfg.RaceWindow).UnixMilli(), nil)
+}
+
+// SetAfter is Set for the answer of a write, stored as the answer of a read of the same
+// record (cache.write_through): the invalidation that write made, inv, does not refuse it.
+// Any other invalidation of its tags does — one after inv, or one found by inv that came
+// less than RaceWindow before the write was sent (another write of the record, which GHL
+// may have applied after this one) — and so does any invalidation of a tag inv did not
+// drop, as for Set.
+func (c *Cache) SetAfter(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy, inv Invalidation) error {
+	rec, now, read, err := c.record(key, cred, resp, p)
+	if rec == nil || err != nil {
+		return err
+	}
+	fetched := read.Add(-c.cfg.RaceWindow).UnixMilli()
+	for _, id := range rec.ids {
+		if prev, ok := inv.st.prev[id]; ok && prev >= fetched {
+			return ErrInvalidated
+		}
+	}
+	return c.set(ctx, key, cred, rec, now, fetched, inv.st.own)
+}
+
+// Invalidation is what one InvalidateOwn did, for SetAfter.
+type Invalidation struct{ st stamps }
+
+// stamps are the tombstones an invalidation found (prev; 0: none) and left (own), by id.
+type stamps struct{ prev, own map[string]int64 }
+
+func newStamps(n int) stamps {
+	return stamps{prev: make(map[string]int64, n), own: make(map[string]int64, n)}
+}
+
+// record builds the entry Set stores; nil when the policy leaves it no time to live. read
+// is when GHL may have read what it answered (Sent, else Date).
+func (c *Cache) record(key string, cred *identity.Credential, resp *upstream.Response, p Policy) (rec *record, now, read time.Time, err error) {
+	if key == "" || cred == nil || resp == nil {
+		return nil, now, read, errors.New("cache: set needs a key, a credential and a response")
+	}
+	now = c.now()
 	stored := resp.Date
 	if stored.IsZero() {
 		stored = now
 	}
-	rec := &record{
+	rec = &record{
 		entry: Entry{
 			Resp:                 resp,
 			Stored:               stored,
@@ -365,21 +405,24 @@ func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, 
 	}
 	rec.end = lastWindow(&rec.entry)
 	if !rec.end.After(now) {
-		return nil
+		return nil, now, read, nil
 	}
 	// GHL read the answer between Sent and Date: a write invalidated after Sent may have
 	// landed after that read, however slow the call was.
-	read := stored
+	read = stored
 	if !resp.Sent.IsZero() && resp.Sent.Before(read) {
 		read = resp.Sent
 	}
-	fetched := read.Add(-c.cfg.RaceWindow).UnixMilli()
+	return rec, now, read, nil
+}
+
+func (c *Cache) set(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64) error {
 	epoch := c.local.epoch.Load()
 	if c.rdb == nil {
-		if c.tombstoned(rec.ids, fetched) {
+		if c.tombstoned(rec.ids, fetched, own) {
 			return ErrInvalidated
 		}
-	} else if err := c.redisSet(ctx, key, cred, rec, now, fetched); err != nil {
+	} else if err := c.redisSet(ctx, key, cred, rec, now, fetched, own); err != nil {
 		return err
 	}
 	if !c.local.insert(key, cred.Hash, rec, epoch) && c.rdb == nil {
@@ -391,15 +434,22 @@ func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, 
 // Invalidate drops every entry carrying any of tags, in Redis and in every replica's
 // in-process layer.
 func (c *Cache) Invalidate(ctx context.Context, tags []string) error {
+	_, err := c.InvalidateOwn(ctx, tags)
+	return err
+}
+
+// InvalidateOwn is Invalidate, returning what it did for SetAfter. On error the
+// Invalidation is empty: SetAfter then refuses every answer of the tags.
+func (c *Cache) InvalidateOwn(ctx context.Context, tags []string) (Invalidation, error) {
 	if len(tags) == 0 {
-		return nil
+		return Invalidation{}, nil
 	}
 	idl := make([]string, len(tags))
 	for i, t := range tags {
 		idl[i] = tagID(kindTag, t)
 	}
-	_, err := c.dropIDs(ctx, idl)
-	return err
+	_, st, err := c.dropIDs(ctx, idl)
+	return Invalidation{st: st}, err
 }
 
 // Purge drops what sel selects and returns how many entries it removed from the store
@@ -425,15 +475,16 @@ func (c *Cache) Purge(ctx context.Context, sel Selector) (int, error) {
 	if sel.All {
 		return c.purgeAll(ctx)
 	}
-	return c.dropIDs(ctx, []string{id})
+	n, _, err := c.dropIDs(ctx, []string{id})
+	return n, err
 }
 
-func (c *Cache) dropIDs(ctx context.Context, idl []string) (int, error) {
+func (c *Cache) dropIDs(ctx context.Context, idl []string) (int, stamps, error) {
 	if c.rdb == nil {
-		c.tombstone(idl)
-		return c.local.dropIDs(idl), nil
+		st := c.tombstone(idl)
+		return c.local.dropIDs(idl), st, nil
 	}
-	n, err := c.redisDrop(ctx, idl)
+	n, st, err := c.redisDrop(ctx, idl)
 	// Drop locally even when Redis failed: this replica at least stops serving.
 	c.local.dropIDs(idl)
 	if err != nil {
@@ -441,7 +492,7 @@ func (c *Cache) dropIDs(ctx context.Context, idl []string) (int, error) {
 		// would be served until their TTL.
 		c.retryDrop(idl)
 	}
-	return n, err
+	return n, st, err
 }
 
 func (c *Cache) purgeAll(ctx context.Context) (int, error) {
@@ -475,7 +526,9 @@ const leaseSlack = 10 * time.Millisecond
 // tombstoneTTL is how long invalidation times are kept: far longer than any GHL read takes.
 const tombstoneTTL = 5 * time.Minute
 
-func (c *Cache) tombstone(idl []string) {
+// tombstone is indexDrop for the embedded store: the tombstones only grow, by at least
+// 1 ms an invalidation.
+func (c *Cache) tombstone(idl []string) stamps {
 	now := c.now().UnixMilli()
 	c.tombMu.Lock()
 	defer c.tombMu.Unlock()
@@ -486,16 +539,26 @@ func (c *Cache) tombstone(idl []string) {
 			}
 		}
 	}
+	st := newStamps(len(idl))
 	for _, id := range idl {
-		c.tombs[id] = now
+		prev := c.tombs[id]
+		t := max(prev+1, now)
+		c.tombs[id], st.prev[id], st.own[id] = t, prev, t
 	}
+	return st
 }
 
-func (c *Cache) tombstoned(idl []string, fetched int64) bool {
+// tombstoned is indexAdd's refusal for the embedded store.
+func (c *Cache) tombstoned(idl []string, fetched int64, own map[string]int64) bool {
 	c.tombMu.Lock()
 	defer c.tombMu.Unlock()
 	for _, id := range idl {
-		if t, ok := c.tombs[id]; ok && t >= fetched {
+		t, ok := c.tombs[id]
+		if o := own[id]; o > 0 {
+			if t != o {
+				return true
+			}
+		} else if ok && t >= fetched {
 			return true
 		}
 	}

@@ -41,19 +41,28 @@ return existed`)
 
 // indexAdd lists a fingerprint under an id unless the id was invalidated after the answer
 // may have been read (ARGV[3]); it trims members that expired and keeps the index alive as
-// long as its longest-lived member. Returns 0 when refused.
+// long as its longest-lived member. Returns 0 when refused. With own (ARGV[6]) > 0 the
+// answer is a write's own (Cache.SetAfter): it is listed only while the tombstone is still
+// the one that write's invalidation left.
 //
-//	KEYS: index, tombstone; ARGV: fingerprint, expiry (ms), fetched (ms), now (ms), ttl (ms)
+//	KEYS: index, tombstone; ARGV: fingerprint, expiry (ms), fetched (ms), now (ms), ttl (ms),
+//	own tombstone (0: none)
 var indexAdd = redis.NewScript(`
 local t = redis.call('GET', KEYS[2])
-if t and tonumber(t) >= tonumber(ARGV[3]) then return 0 end
+local own = tonumber(ARGV[6])
+if own > 0 then
+  if not t or tonumber(t) ~= own then return 0 end
+elseif t and tonumber(t) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 local pt = redis.call('PTTL', KEYS[1])
 if pt < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return 1`)
 
-// indexDrop marks an id invalidated now and hands back its members. It leaves them listed,
+// indexDrop marks an id invalidated now and hands back the tombstone it found (0: none),
+// the one it left, and the members. Tombstones only grow, by at least 1 ms an
+// invalidation, so that one invalidation is told from the next whatever the replicas'
+// clocks (SetAfter relies on it). It leaves the members listed,
 // so that a reply lost on the way (the script ran, the caller saw a timeout) leaves them for
 // the retry to find. Nothing unlists them afterwards either: a member goes when it expires
 // (indexAdd trims by score), and unlisting after the delete could race with a store of the
@@ -62,10 +71,13 @@ return 1`)
 //
 //	KEYS: index, tombstone; ARGV: now (ms), tombstone ttl (ms)
 var indexDrop = redis.NewScript(`
-local t = redis.call('GET', KEYS[2])
-if not t or tonumber(t) < tonumber(ARGV[1]) then t = ARGV[1] end
-redis.call('SET', KEYS[2], t, 'PX', ARGV[2])
-return redis.call('ZRANGE', KEYS[1], 0, -1)`)
+local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+local t = math.max(prev + 1, tonumber(ARGV[1]))
+redis.call('SET', KEYS[2], string.format('%d', t), 'PX', ARGV[2])
+local m = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.insert(m, 1, string.format('%d', t))
+table.insert(m, 1, string.format('%d', prev))
+return m`)
 
 func (c *Cache) timeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.cfg.RedisTimeout)
@@ -102,7 +114,7 @@ func (c *Cache) redisGet(ctx context.Context, key string) ([]byte, error) {
 // redisSet writes the entry first and indexes it second: Invalidate deletes what an index
 // lists, so an entry must exist before it is listed or a concurrent Invalidate could delete
 // nothing and leave it behind.
-func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64) error {
+func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64) error {
 	v, err := seal(&cred.EncKey, key, rec)
 	if err != nil {
 		return fmt.Errorf("cache: seal: %w", err)
@@ -125,7 +137,7 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 	exp := strconv.FormatInt(rec.end.UnixMilli(), 10)
 	for i, id := range rec.ids {
 		cmds[i] = pipe.Run(ctx, indexAdd, []string{c.keys.index(id), c.keys.tombstone(id)},
-			key, exp, fetched, now.UnixMilli(), ttl.Milliseconds()+1)
+			key, exp, fetched, now.UnixMilli(), ttl.Milliseconds()+1, own[id])
 	}
 	err = pipe.Exec(ctx)
 	c.up(err)
@@ -204,7 +216,7 @@ func (c *Cache) redoDrops(ctx context.Context) bool {
 	if len(items) == 0 {
 		return false
 	}
-	if _, err := c.redisDrop(ctx, pending.Keys(items)); err != nil {
+	if _, _, err := c.redisDrop(ctx, pending.Keys(items)); err != nil {
 		c.log.Debug("cache: retrying an invalidation Redis did not confirm", "ids", len(items), "err", err)
 		return true
 	}
@@ -213,8 +225,8 @@ func (c *Cache) redoDrops(ctx context.Context) bool {
 }
 
 // redisDrop invalidates ids: tombstones them, deletes the entries they list, and tells the
-// other replicas. It returns how many entries it deleted.
-func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
+// other replicas. It returns how many entries it deleted, and the tombstones found and left.
+func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error) {
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
 	now := c.now().UnixMilli()
@@ -226,14 +238,21 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
 	err := drops.Exec(ctx)
 	c.up(err)
 	if err != nil {
-		return 0, fmt.Errorf("cache: redis invalidate: %w", err)
+		return 0, stamps{}, fmt.Errorf("cache: redis invalidate: %w", err)
 	}
 	seen := make(map[string]struct{})
 	pipe := c.rdb.Pipeline()
 	var dels []*redis.IntCmd
-	for _, cmd := range cmds {
-		members, _ := cmd.StringSlice()
-		for _, fp := range members {
+	st := newStamps(len(idl))
+	for i, cmd := range cmds {
+		reply, _ := cmd.StringSlice()
+		if len(reply) < 2 {
+			return 0, stamps{}, fmt.Errorf("cache: redis invalidate: %d values in the reply, want 2 or more", len(reply))
+		}
+		prev, _ := strconv.ParseInt(reply[0], 10, 64)
+		left, _ := strconv.ParseInt(reply[1], 10, 64)
+		st.prev[idl[i]], st.own[idl[i]] = prev, left
+		for _, fp := range reply[2:] {
 			if _, ok := seen[fp]; ok {
 				continue
 			}
@@ -247,14 +266,14 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, error) {
 		c.up(err)
 		if err != nil {
 			// The members stay listed: the caller's retry of the ids finds them again.
-			return 0, fmt.Errorf("cache: redis delete: %w", err)
+			return 0, stamps{}, fmt.Errorf("cache: redis delete: %w", err)
 		}
 		for _, d := range dels {
 			n += int(d.Val())
 		}
 	}
 	c.publish(ctx, msgIDs, idl)
-	return n, nil
+	return n, st, nil
 }
 
 // redisPurgeAll deletes every entry and index under the prefix, on every master of a

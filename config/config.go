@@ -230,6 +230,13 @@ type Cache struct {
 	// (Cache-Status: fwd=stale; detail=busy) while the entry is refreshed in the background
 	// lane; 0 always waits for the token.
 	StaleIfBusy time.Duration `yaml:"stale_if_busy"`
+	// Store the answer of PUT /contacts/{contactId}, POST /contacts/upsert,
+	// PUT /opportunities/{id} and POST /opportunities/ as the answer of the GET of the same
+	// record, for the writing credential, instead of leaving a miss behind: per GHL's specs
+	// these writes answer with the record that GET returns. Other credentials of the scope
+	// are invalidated as without it; a change of the record between the write and the store
+	// (another write, a webhook) leaves a miss.
+	WriteThrough bool `yaml:"write_through"`
 	// TTL for 404 answers of reads; 0 does not cache them.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
 	// Size of the in-process layer in front of Redis, and of the whole store without Redis

@@ -165,7 +165,7 @@ func TestEveryKeyFromEveryLayer(t *testing.T) {
 		"dedupe.window": "10s", "dedupe.methods": "GET,POST", "dedupe.routes": `[{"route": "/contacts/{contactId}", "window": "2s"}]`,
 		"batch.min": "2", "batch.max": "8", "batch.linger": "40ms", "batch.merge": "false", "batch.bulk": "true", "batch.coalesce": "500ms",
 		"cache.default_ttl": "1m", "cache.stale_while_revalidate": "11s", "cache.stale_if_error": "12s",
-		"cache.negative_ttl": "13s", "cache.stale_if_busy": "40ms", "cache.memory_bytes": "1GiB", "cache.coherence": "none",
+		"cache.negative_ttl": "13s", "cache.stale_if_busy": "40ms", "cache.write_through": "true", "cache.memory_bytes": "1GiB", "cache.coherence": "none",
 		"cache.routes":         `[{route: "POST /contacts/search", ttl: 5s, policy: query}]`,
 		"ratelimit.follow_ghl": "true", "ratelimit.follow_reserve": "0.2", "ratelimit.lease": "250ms", "ratelimit.daily_pacing": "true", "ratelimit.daily_reset": "05:30",
 		"warm.interval": "5m", "warm.jitter": "1m", "warm.max_pages": "2",

@@ -54,6 +54,7 @@ type Metrics struct {
 	CacheBytes     prometheus.Gauge
 	CacheEvictions prometheus.Counter
 	StaleIfBusy    prometheus.Counter
+	WriteThrough   *prometheus.CounterVec // result: stored|refused
 
 	InvalidationsPending *prometheus.GaugeVec // stage: cache|fold
 
@@ -100,6 +101,7 @@ func New() *Metrics {
 		CacheBytes:        f.gauge("cache_bytes", "Bytes held by the in-process cache layer."),
 		CacheEvictions:    f.counter("cache_evictions_total", "Entries evicted from the in-process cache layer for space."),
 		StaleIfBusy:       f.counter("cache_stale_if_busy_total", "Read misses answered from an entry past its TTL because a rate-limit token was further away than cache.stale_if_busy, or GHL answered 429 (Cache-Status: fwd=stale; detail=busy)."),
+		WriteThrough:      f.counterVec("cache_write_through_total", "Write answers stored as the answer of the read of the same record (cache.write_through), by result: stored, or refused (another change of the record came between, or the answer held no record).", "result"),
 		InvalidationsPending: f.gaugeVec("invalidations_pending", "Invalidations made by writes that Redis has not confirmed yet, by stage (cache, fold); each is retried until Redis does, and meanwhile this replica takes nothing it concerns from Redis.",
 			"stage"),
 		RedisCommands:       f.counterVec("redis_commands_total", "Commands sent to Redis, by command name (pipelined ones one by one; what a script runs inside Redis is not counted).", "command"),

@@ -53,7 +53,10 @@ type Limiter interface {
 type Cache interface {
 	Get(ctx context.Context, key string, cred *identity.Credential) (*cache.Entry, error)
 	Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy) error
-	Invalidate(ctx context.Context, tags []string) error
+	// SetAfter stores a write's answer as a read's, past the write's own invalidation
+	// (write-through).
+	SetAfter(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy, inv cache.Invalidation) error
+	InvalidateOwn(ctx context.Context, tags []string) (cache.Invalidation, error)
 }
 
 // Fold shares identical calls and replays their answers (package dedupe).
@@ -108,6 +111,9 @@ type Config struct {
 	FoldMethods map[string]bool
 	// MergeRoutes lists "METHOD template" of partial updates the batcher may merge.
 	MergeRoutes map[string]bool
+	// WriteThrough stores the answers of the writes routes.WriteThrough lists as the answer
+	// of the read of the same record, for the writing credential.
+	WriteThrough bool
 
 	Cache   Cache
 	Fold    Fold
@@ -138,6 +144,9 @@ type Handler struct {
 	series       sync.Map // seriesKey -> *series
 	savedByCache prometheus.Counter
 	staleBusy    prometheus.Counter
+	// write-through stores made, and refused (the record changed meanwhile, or the answer
+	// had no record).
+	wtStored, wtRefused prometheus.Counter
 	// refreshing holds the keys whose background refresh is running on this replica.
 	refreshing sync.Map
 	// background ends the background refreshes at shutdown (StopBackground): they wait
@@ -182,6 +191,8 @@ func New(cfg Config) (*Handler, error) {
 	h.stream = h.newStreamProxy()
 	h.savedByCache = cfg.Metrics.UpstreamSaved.WithLabelValues(metrics.SavedCache)
 	h.staleBusy = cfg.Metrics.StaleIfBusy
+	h.wtStored = cfg.Metrics.WriteThrough.WithLabelValues("stored")
+	h.wtRefused = cfg.Metrics.WriteThrough.WithLabelValues("refused")
 	return h, nil
 }
 
@@ -658,8 +669,21 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 func (h *Handler) StopBackground() { h.stopBackground() }
 
 func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) {
+	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags)); {
+	case err == nil:
+		x.stored.Store(true)
+	case errors.Is(err, cache.ErrInvalidated):
+		// Expected right after a write: GHL may have read this before the write landed.
+		h.cfg.Log.Debug("answer not cached: it may predate a write", "route", x.label)
+	default:
+		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
+	}
+}
+
+// policy is how an answer of x's route with status is stored.
+func (h *Handler) policy(x *exchange, status int, tags []string) cache.Policy {
 	ttl := x.route.TTL
-	if resp.Status == http.StatusNotFound {
+	if status == http.StatusNotFound {
 		ttl = h.cfg.NegativeTTL
 	}
 	p := cache.Policy{
@@ -672,15 +696,7 @@ func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upst
 	if s, ok := perRoute(h.cfg.RouteStale, x); ok {
 		p.StaleWhileRevalidate, p.StaleIfError = s.WhileRevalidate, s.IfError
 	}
-	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, p); {
-	case err == nil:
-		x.stored.Store(true)
-	case errors.Is(err, cache.ErrInvalidated):
-		// Expected right after a write: GHL may have read this before the write landed.
-		h.cfg.Log.Debug("answer not cached: it may predate a write", "route", x.label)
-	default:
-		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
-	}
+	return p
 }
 
 // write serves routes that change state.
@@ -702,7 +718,10 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 			dedupe.NoReplay(ctx)
 			return resp, nil
 		}
-		h.invalidate(ctx, x, key)
+		inv := h.invalidate(ctx, x, key)
+		if inv != nil && h.writeThrough(ctx, r, x, resp, *inv) {
+			x.stored.Store(true)
+		}
 		return resp, nil
 	}
 	// The entity's tags: a later successful write to the same entity ends this write's
@@ -764,32 +783,43 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 // invalidate drops what a successful write made wrong, in the cache and in the fold's
 // replay window: one set of rules (the route table's) for both. except is the write's own
 // fold key, whose answer stays replayable to its retries.
-func (h *Handler) invalidate(ctx context.Context, x *exchange, except string) {
-	if err := h.drop(ctx, h.scopedTags(x, x.route.Invalidates(x.params)), except, metrics.SourceWrite); err != nil {
+// It returns the cache's record of the invalidation for write-through, nil when Redis did
+// not confirm it (nothing is written through then).
+func (h *Handler) invalidate(ctx context.Context, x *exchange, except string) *cache.Invalidation {
+	inv, err := h.drop(ctx, h.scopedTags(x, x.route.Invalidates(x.params)), except, metrics.SourceWrite)
+	if err != nil {
 		h.cfg.Log.Warn("invalidation not confirmed by Redis; retrying it in the background", "route", x.label, "err", err)
+		return nil
 	}
+	return inv
 }
 
 // Invalidate drops what stored tags (routes.ScopedTag) name, in the cache and in the
 // fold's replays, on every replica: the path a change GHL reports by webhook takes, the
 // same as a write's. An error means Redis did not confirm it; the stages retry it.
 func (h *Handler) Invalidate(ctx context.Context, tags []string) error {
-	return h.drop(ctx, tags, "", metrics.SourceWebhook)
+	_, err := h.drop(ctx, tags, "", metrics.SourceWebhook)
+	return err
 }
 
-func (h *Handler) drop(ctx context.Context, tags []string, except, source string) error {
+// drop invalidates tags in the cache and the fold; the Invalidation is the cache's (nil
+// without a cache).
+func (h *Handler) drop(ctx context.Context, tags []string, except, source string) (*cache.Invalidation, error) {
 	if len(tags) == 0 {
-		return nil
+		return nil, nil
 	}
 	h.cfg.Metrics.Invalidations.WithLabelValues(source).Inc()
 	var errs []error
+	var inv *cache.Invalidation
 	if h.cfg.Cache != nil {
-		errs = append(errs, h.cfg.Cache.Invalidate(ctx, tags))
+		i, err := h.cfg.Cache.InvalidateOwn(ctx, tags)
+		inv = &i
+		errs = append(errs, err)
 	}
 	if h.cfg.Fold != nil {
 		errs = append(errs, h.cfg.Fold.Forget(ctx, tags, except))
 	}
-	return errors.Join(errs...)
+	return inv, errors.Join(errs...)
 }
 
 // scopedTags turns route tags into the tags the stages keep (see routes.ScopedTag).

@@ -93,6 +93,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		StaleWhileRevalidate: cfg.Cache.StaleWhileRevalidate,
 		StaleIfError:         cfg.Cache.StaleIfError,
 		StaleIfBusy:          cfg.Cache.StaleIfBusy,
+		WriteThrough:         cfg.Cache.WriteThrough,
 		NegativeTTL:          cfg.Cache.NegativeTTL,
 		RouteStale:           stale,
 		FoldWindow:           cfg.Dedupe.Window,
