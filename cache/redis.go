@@ -155,6 +155,11 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		if c.rdb.Del(dctx, ek).Err() != nil {
 			c.orphan(ek, rec.end)
 		}
+		if existed == 1 {
+			// The SET replaced an entry other replicas may hold in process (a write's
+			// answer stored through, say); what replaced it is gone too: they drop theirs.
+			c.publish(dctx, msgKeys, []string{key})
+		}
 		dcancel()
 		if err != nil {
 			return fmt.Errorf("cache: redis index: %w", err)

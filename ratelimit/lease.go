@@ -17,6 +17,12 @@ import (
 // budget every decision is the shared bucket's, as without leases. Tokens a lease does not
 // spend within its life are dropped, not handed back: they were taken from a bucket more
 // than half full, and handing them back would need a round trip as well.
+//
+// What GHL says reaches a lease on the replica that hears it at once: a 429 or Remaining 0
+// voids the lease (and one on its way), and a Remaining below what the lease holds cuts it
+// to that. Another replica's lease learns of it only when it ends, within Config.Lease:
+// like a grant already made when a pause is announced, those calls go (a read answered 429
+// is retried after the pause; a write is not resent).
 
 // leaseMax is the most tokens one lease holds.
 const leaseMax = 16
@@ -26,6 +32,9 @@ const leaseMax = 16
 type leaseState struct {
 	tokens float64
 	until  time.Time
+	// gen counts what voids leases (a pause, GHL reporting fewer remaining than the lease
+	// holds): a lease asked for before it is not granted (grantLease).
+	gen uint64
 	// Interactive requests of the scope in the current lease life (from since), and in the
 	// last life that had any: the next lease is sized to what one life asked.
 	count, last int
@@ -33,13 +42,13 @@ type leaseState struct {
 }
 
 // spendLease grants n tokens from the scope's lease when it holds them, is still alive and
-// no pause came since (extendPause drops it). The decision repeats what the shared bucket
-// said last, less the tokens spent.
+// the scope is not paused (a pause also drops the lease: extendPause). The decision repeats
+// what the shared bucket said last: the leased tokens had already left it.
 func (s *scope) spendLease(n float64, now time.Time) (decision, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ls := &s.lease
-	if ls.tokens < n || !now.Before(ls.until) {
+	if ls.tokens < n || !now.Before(ls.until) || now.Before(s.pauseUntil) {
 		return decision{}, false
 	}
 	ls.tokens -= n
@@ -66,10 +75,29 @@ func (s *scope) demand(now time.Time, life time.Duration) float64 {
 	return math.Min(leaseMax, float64(want))
 }
 
-// grantLease records tokens the shared bucket leased to this replica, alive until until.
-// Whatever the previous lease still held (fewer than the request needed) is dropped.
-func (s *scope) grantLease(tokens float64, until time.Time) {
+// leaseGen is the generation a lease is asked for in (see leaseState.gen).
+func (s *scope) leaseGen() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.lease.gen
+}
+
+// grantLease records tokens the shared bucket leased to this replica, alive until until,
+// unless something voided leases since the lease was asked for in generation gen: a 429
+// learned while the take was on its way to Redis must not leave a lease to spend in the
+// pause. Whatever the previous lease still held (fewer than the request needed) is dropped.
+func (s *scope) grantLease(tokens float64, until time.Time, gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lease.gen != gen {
+		return
+	}
 	s.lease.tokens, s.lease.until = tokens, until
+}
+
+// voidLease drops this replica's lease of the scope, and any on its way. Called with mu
+// held.
+func (s *scope) voidLease() {
+	s.lease.tokens = 0
+	s.lease.gen++
 }

@@ -110,3 +110,34 @@ func TestPauseEndsTheLease(t *testing.T) {
 		t.Errorf("after a 429 the request slept %v, want the pause (10 s)", *sleeps)
 	}
 }
+
+// What GHL says reaches the lease on this replica at once: a pause learned while a take is
+// on its way voids the lease that take brings, a Remaining below the lease cuts it, and
+// nothing is spent from a lease while the scope is paused.
+func TestGHLReachesTheLease(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	s := newScope("loc", "k", limits{T: 1000, burst: 50})
+	gen := s.leaseGen()
+	s.learn(observation{pause: true, pauseDefault: 10_000, remaining: -1, dr: -1, dl: -1}, now) // a 429 while the take was out
+	s.grantLease(10, now.Add(time.Hour), gen)
+	if s.lease.tokens != 0 {
+		t.Fatalf("a lease asked for before a 429 was granted: %+v", s.lease)
+	}
+	s.grantLease(10, now.Add(time.Hour), s.leaseGen())
+	if _, ok := s.spendLease(1, now.Add(time.Second)); ok {
+		t.Fatal("a lease was spent during the pause")
+	}
+	after := now.Add(11 * time.Second)
+	if _, ok := s.spendLease(1, after); !ok {
+		t.Fatal("the lease granted after the pause was announced is not spendable once it ends")
+	}
+	s.learn(observation{remaining: 2, dr: -1, dl: -1}, after)
+	if s.lease.tokens != 2 {
+		t.Fatalf("GHL said 2 remain; the lease holds %v", s.lease.tokens)
+	}
+	gen = s.leaseGen()
+	s.learn(observation{remaining: 1, dr: -1, dl: -1}, after)
+	if s.grantLease(5, after.Add(time.Hour), gen); s.lease.tokens != 1 {
+		t.Fatalf("a lease asked for before GHL said 1 remains was granted: %v", s.lease.tokens)
+	}
+}

@@ -412,6 +412,7 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time)
 			defer s.asking.Add(-1)
 		}
 		s.redisMu.Lock()
+		var gen uint64
 		if leasing {
 			// The call this one queued behind may have brought a lease.
 			now := l.cfg.Now()
@@ -420,7 +421,8 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time)
 				s.redisMu.Unlock()
 				return d, false
 			}
-			a.lease = want
+			// want counts requests; a lease holds tokens (a paced request costs several).
+			a.lease, gen = math.Min(leaseMax, want*a.n), s.leaseGen()
 		}
 		asked := l.cfg.Now()
 		d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
@@ -430,7 +432,7 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time)
 			s.update(d, l.cfg.Now(), false)
 			if d.leased > 0 {
 				// Alive from before the call: never longer than Lease after Redis granted it.
-				s.grantLease(d.leased, asked.Add(l.cfg.Lease))
+				s.grantLease(d.leased, asked.Add(l.cfg.Lease), gen)
 			}
 		}
 		s.redisMu.Unlock()
@@ -438,6 +440,7 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time)
 			return d, false
 		}
 		l.redisFailed(err)
+		a.lease = 0 // nothing keeps a fallback bucket's lease
 	}
 	if l.rdb == nil {
 		d := l.mem.take(s, l.base(s), a, micro(now))
@@ -541,6 +544,14 @@ func (l *Limiter) leaveDegraded() {
 	if since == 0 {
 		return
 	}
+	// What was told before the outage may be gone (a restarted Redis): tell it again.
+	l.mu.Lock()
+	for _, s := range l.scopes {
+		s.mu.Lock()
+		s.toldAt = time.Time{}
+		s.mu.Unlock()
+	}
+	l.mu.Unlock()
 	l.m.RedisUp.Set(1)
 	l.m.Degraded.Set(0)
 	l.log.Info("ratelimit: redis reachable again, back on the shared bucket",

@@ -19,9 +19,10 @@ import (
 // replica that calls GHL reads the headers of its own answers, so each paces on a count at
 // most one call old.
 
-// maxPace bounds what one request costs: one whole burst. Below rate/burst a day (8,064 with
-// the defaults), GHL's own answers (its 429s, which pause the scope) take over.
-func maxPace(burst float64) float64 { return math.Max(1, burst) }
+// A request costs at most the whole burst in force (a learned limit's or a fallback share's
+// smaller one included): more would make a single background or warm request a "group
+// larger than the burst", which may reserve ahead of the app. Below rate/burst a day (8,064
+// with the defaults), GHL's own answers (its 429s, which pause the scope) take over.
 
 // pace is what one token of a request of lane p costs scope s at now: 1 without pacing, or
 // when the bucket's rate lasts the day; more when it does not. refused is true for a
@@ -31,7 +32,7 @@ func (l *Limiter) pace(s *scope, p Priority, now time.Time) (cost float64, refus
 		return 1, false
 	}
 	s.mu.Lock()
-	dr, at := s.paceDr, s.paceAt
+	dr, at, burst := s.paceDr, s.paceAt, s.eff.burst
 	s.mu.Unlock()
 	next := nextReset(now, l.cfg.DailyReset)
 	if dr < 0 || at.IsZero() || at.Before(next.Add(-24*time.Hour)) {
@@ -48,7 +49,7 @@ func (l *Limiter) pace(s *scope, p Priority, now time.Time) (cost float64, refus
 	b := l.base(s)
 	// The bucket spends one token every T µs: untilReset/T tokens before the restart.
 	cost = untilReset / b.T / math.Max(left, 1)
-	return math.Min(math.Max(cost, 1), maxPace(b.burst)), false
+	return math.Min(math.Max(cost, 1), math.Max(1, burst)), false
 }
 
 // nextReset is the first restart of GHL's day after now: the time of day reset (UTC).

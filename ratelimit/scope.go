@@ -67,6 +67,11 @@ func (s *scope) update(d decision, now time.Time, fallback bool) {
 	s.touched, s.tokens, s.eff, s.fallback = now, d.tokens, d.eff, fallback
 	if !fallback {
 		s.sharedTokens, s.sharedAt = d.tokens, now
+		if d.lmax == 0 && s.toldObs.lmax > 0 {
+			// The bucket forgot the limit this replica told it (Redis restarted or failed
+			// over): everything is news again.
+			s.toldAt = time.Time{}
+		}
 	}
 	if d.pauseLeft > 0 {
 		s.extendPause(now.Add(micros(d.pauseLeft)))
@@ -93,6 +98,11 @@ func (s *scope) update(d decision, now time.Time, fallback bool) {
 func (s *scope) learn(o observation, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if o.remaining >= 0 && o.remaining < s.lease.tokens {
+		// GHL's window has less left than the lease holds (other clients spent it).
+		s.voidLease()
+		s.lease.tokens = o.remaining
+	}
 	if o.lmax > 0 && o.lint > 0 {
 		s.lmax, s.lint = o.lmax, o.lint
 	}
@@ -129,7 +139,7 @@ func (s *scope) news(o observation, now time.Time) bool {
 		return true
 	case o.lmax > 0 && o.lint > 0 && (o.lmax != t.lmax || o.lint != t.lint):
 		return true
-	case o.remaining >= 0 && o.remaining < s.tokensAt(now)+1:
+	case o.remaining >= 0 && o.remaining < s.sharedLevel(now)+1:
 		return true
 	case (o.dr >= 0 || o.dl >= 0) && now.Sub(s.toldAt) >= dailyEvery:
 		return true
@@ -147,6 +157,16 @@ func (s *scope) remember(o observation, now time.Time) {
 		o.lmax, o.lint = s.toldObs.lmax, s.toldObs.lint
 	}
 	s.toldObs, s.toldAt = o, now
+}
+
+// sharedLevel is the shared bucket's level at now as this replica last saw it, refilled since
+// (a fallback decision in between does not count: it was made on the local bucket). Called
+// with mu held.
+func (s *scope) sharedLevel(now time.Time) float64 {
+	if s.eff.T <= 0 || s.sharedAt.IsZero() {
+		return s.sharedTokens
+	}
+	return math.Min(s.eff.burst, s.sharedTokens+float64(now.Sub(s.sharedAt).Microseconds())/s.eff.T)
 }
 
 // tokensAt is the bucket's level at now as this replica last saw it, refilled since.
@@ -167,7 +187,7 @@ func (s *scope) extendPause(until time.Time) {
 	}
 	s.pauseUntil = until
 	s.pauseNews = true
-	s.lease.tokens = 0 // planned on a budget GHL just contradicted
+	s.voidLease() // planned on a budget GHL just contradicted
 }
 
 // pause is the end of the latest pause recorded and a channel closed when a new pause is
