@@ -96,7 +96,7 @@ type Config struct {
 	// CallTimeout bounds the leader's fetch, which runs detached from every caller's
 	// context (30s). Keep it below WaitBound.
 	CallTimeout time.Duration
-	// LeaseTTL is the lifetime of the in-flight marker in Redis, refreshed by the leader
+	// LeaseTTL is the lifetime of the in-flight marker in Redis, renewed by the leader
 	// while it runs (3s). A dead leader is noticed within about twice this.
 	LeaseTTL time.Duration
 	// Prefix starts every Redis key and channel ("ghlproxy").
@@ -615,5 +615,5 @@ func (f *Fold) Shutdown(ctx context.Context) error {
 }
 
 // kill makes this Fold behave like a replica killed with SIGKILL, for tests: leaders stop
-// refreshing their markers, never mark a write sent, and never store an answer.
+// renewing their markers, never mark a write sent, and never store an answer.
 func (f *Fold) kill() { close(f.killed) }

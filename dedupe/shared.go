@@ -21,10 +21,10 @@ import (
 // works on Redis Cluster:
 //
 //	<prefix>:{fold:K}:lock    "p:<token>" (a read), "w:<token>" (a write not sent yet) or
-//	                          "s:<token>" (a write sent), PX LeaseTTL, refreshed by the
+//	                          "s:<token>" (a write sent), PX LeaseTTL, renewed by the
 //	                          leader while its fetch runs
 //	<prefix>:{fold:K}:sent    "<token>" once a write may have reached upstream, until the
-//	                          answer is stored (PX max(window, WaitBound), refreshed)
+//	                          answer is stored (PX max(window, WaitBound), renewed)
 //	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord); or a
 //	                          tombstone "X", which a leader that begins after it adopts
 //	                          as "X<token>", so that only tombstones laid during its
@@ -59,7 +59,7 @@ const (
 const tokenLen = 16
 
 type scripts struct {
-	acquire, markSent, refresh, finish, release, tomb, index, members *redis.Script
+	acquire, markSent, renew, finish, release, tomb, index, members *redis.Script
 }
 
 func newScripts() scripts {
@@ -102,7 +102,7 @@ return 1`),
 		// KEYS lock, sent; ARGV token, lease ms, sent ms. -> 1, or 0 when the lock is not ours.
 		// A sent write's leader restores its marker if it expired while this replica
 		// stalled: nobody can have taken a sent write over.
-		refresh: redis.NewScript(`
+		renew: redis.NewScript(`
 local l = redis.call('GET', KEYS[1])
 if not l and redis.call('GET', KEYS[2]) == ARGV[1] then
   l = 's:' .. ARGV[1]
@@ -254,7 +254,7 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 				waitTok = "" // look again once it ends, and lead
 			case int64(3):
 				// A live leader that stalled past its lease restores the marker at its
-				// next refresh; only a marker still missing a lease later means it died.
+				// next renewal; only a marker still missing a lease later means it died.
 				if lostSince.IsZero() {
 					lostSince = before
 				} else if before.Sub(lostSince) >= f.cfg.LeaseTTL {
@@ -356,7 +356,7 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	}
 
 	stop, stopped := make(chan struct{}), make(chan struct{})
-	go f.refresh(ctx, tok, k, window, stop, stopped)
+	go f.renew(ctx, tok, k, window, stop, stopped)
 	sent := f.newMark(c)
 	if c.opt.Write {
 		sent.mark = func() error {
@@ -434,8 +434,8 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
 	return true
 }
 
-// refresh keeps the marker alive while the leader's fetch runs.
-func (f *Fold) refresh(ctx context.Context, tok string, k keys, window time.Duration, stop <-chan struct{}, stopped chan<- struct{}) {
+// renew keeps the marker alive while the leader's fetch runs.
+func (f *Fold) renew(ctx context.Context, tok string, k keys, window time.Duration, stop <-chan struct{}, stopped chan<- struct{}) {
 	defer close(stopped)
 	t := time.NewTicker(f.cfg.LeaseTTL / 3)
 	defer t.Stop()
@@ -447,10 +447,10 @@ func (f *Fold) refresh(ctx context.Context, tok string, k keys, window time.Dura
 			return
 		case <-t.C:
 		}
-		n, err := f.scripts.refresh.Run(ctx, f.rdb, []string{k.lock, k.sent}, tok, ms(f.cfg.LeaseTTL), ms(f.sentTTL(window))).Int()
+		n, err := f.scripts.renew.Run(ctx, f.rdb, []string{k.lock, k.sent}, tok, ms(f.cfg.LeaseTTL), ms(f.sentTTL(window))).Int()
 		switch {
 		case err != nil:
-			f.log.Warn("redis: refreshing the marker of a folded request", "err", err)
+			f.log.Warn("redis: renewing the marker of a folded request", "err", err)
 		case n == 0:
 			f.log.Warn("lost the marker of a folded request: another replica may take it over", "lease", f.cfg.LeaseTTL)
 			return
