@@ -16,10 +16,14 @@
 #
 #   bench/run.sh                                  # full run, about 14 minutes
 #   ROUNDS=1 SECONDS=2 ONLY=hits bench/run.sh     # quick look at the hit path
+#   ONLY=mix ROUNDS=1 MIX_LOCATIONS=3 MIX_CONTACTS=150 MIX_CREATE=0.01 MIX_WRITE=0.03 \
+#     TARGETS=nginx,varnish,nginx-limit,ghlproxy,ghlproxy-redis bench/run.sh   # the budget edge
 #
 # Environment: ROUNDS (3), SECONDS (4; also SECONDS_PER_RUN) per wrk run, CONNS (64), MIX_SECONDS (10)
 # measured per mixed run after MIX_WARMUP (25), MIX_CLIENTS ("250 2500"), MIX_THINK (2s),
-# MIX_CONTACTS (100, over 2 locations),
+# MIX_CONTACTS (100, over MIX_LOCATIONS, 2), MIX_WRITE (0.02: the share of contact updates),
+# MIX_CREATE (0: the share of contact creates, each retried by its client after a 5 s
+# timeout, a 429 or a 5xx, with the same body),
 # ONLY (passthrough,hits,mix), TARGETS (direct,nginx,nginx-limit,varnish,go,ghlproxy,ghlproxy-redis,
 # ghlproxy-redis-1cpu; "nginx-limit" is nginx proxy_cache with limit_req at the sidecar's budget,
 # 280/min per location, queueing first come first served (mixed workload only); "go" is the Go floor: a plain httputil.ReverseProxy for pass-through and a
@@ -42,6 +46,9 @@ MIX_WARMUP=${MIX_WARMUP:-25}
 MIX_CLIENTS=${MIX_CLIENTS:-250 2500}
 MIX_THINK=${MIX_THINK:-2s}
 MIX_CONTACTS=${MIX_CONTACTS:-100}
+MIX_LOCATIONS=${MIX_LOCATIONS:-2}
+MIX_CREATE=${MIX_CREATE:-0}
+MIX_WRITE=${MIX_WRITE:-0.02}
 ONLY=${ONLY:-passthrough,hits,mix}
 TARGETS=${TARGETS:-direct,nginx,nginx-limit,varnish,go,ghlproxy,ghlproxy-redis,ghlproxy-redis-1cpu}
 OUT=${OUT:-bench/out}
@@ -167,11 +174,11 @@ if want mix; then
       echo "== mix, $clients clients, $t, ${MIX_WARMUP}s + ${MIX_SECONDS}s" >&2
       # A fresh stand-in per run: GHL's latency, its per-location limit, cold caches.
       start_fake 150ms 100; fake=$PORT; fake_pid=$PID
-      "$work/mix" seed --upstream http://127.0.0.1:$fake --contacts "$MIX_CONTACTS" --out "$work/seed-mix"
+      "$work/mix" seed --upstream http://127.0.0.1:$fake --contacts "$MIX_CONTACTS" --locations "$MIX_LOCATIONS" --out "$work/seed-mix"
       start_target "$t" "$fake" ghl
       "$work/mix" run --target "http://127.0.0.1:$PORT" --seed "$work/seed-mix/mix.json" \
         --clients "$clients" --duration "${MIX_SECONDS}s" --warmup "${MIX_WARMUP}s" \
-        --think "$MIX_THINK" --stats "http://127.0.0.1:$fake" \
+        --think "$MIX_THINK" --create "$MIX_CREATE" --write "$MIX_WRITE" --stats "http://127.0.0.1:$fake" \
         --stale-log "$raw/mix-$clients-$t.stale.tsv" >"$raw/mix-$clients-$t.json"
       if [[ -n $SIDECAR_PID ]]; then
         rss_of "$SIDECAR_PID" >"$raw/mix-$clients-$t.rss"

@@ -178,6 +178,13 @@ type Result struct {
 	Reads  Dist `json:"reads"`
 	Search Dist `json:"search"`
 	Writes Dist `json:"writes"`
+	// Creates are POST /contacts/, each timed from its first attempt to its last answer:
+	// a client retries one that timed out (--attempt-timeout) or got a 429 or 5xx, with the
+	// same body, as an SDK does. CreateDup counts creates whose retry was answered with
+	// GHL's duplicate-contact 400: an earlier attempt was applied, and the app was told it
+	// failed.
+	Creates   Dist  `json:"creates"`
+	CreateDup int64 `json:"createDup"`
 	// Status counts answers by status; 0 is a transport error.
 	Status map[int]int64 `json:"status"`
 	// Leaks: bodies carrying another credential's caller marker. Stale: reads older than
@@ -201,8 +208,8 @@ type Result struct {
 // Workload describes what run did.
 type Workload struct {
 	Locations, TokensPerLocation, ContactsPerLocation, Queries int
-	Think, Warmup                                              string
-	Search, Write                                              float64
+	Think, Warmup, AttemptTimeout                              string
+	Search, Write, Create                                      float64
 }
 
 // Dist is a latency distribution summary in µs.
@@ -323,6 +330,8 @@ func run(args []string) error {
 	think := fs.Duration("think", 2*time.Second, "mean think time between a client's requests (exponential)")
 	searchShare := fs.Float64("search", 0.08, "share of requests that are contact searches")
 	writeShare := fs.Float64("write", 0.02, "share of requests that are contact updates")
+	createShare := fs.Float64("create", 0, "share of requests that are contact creates, retried by the client on a timeout, 429 or 5xx")
+	attemptTimeout := fs.Duration("attempt-timeout", 5*time.Second, "a create's per-attempt timeout, after which the client retries it")
 	queries := fs.Int("queries", 2, "distinct searches per location")
 	stats := fs.String("stats", "", "the stand-in's base URL, for upstream calls and 429s over the measured window")
 	timeout := fs.Duration("timeout", 60*time.Second, "per-request timeout")
@@ -366,6 +375,7 @@ func run(args []string) error {
 		rec       = &recorder{lat: map[string][]float64{}, stat: map[int]int64{}}
 		leaks     atomic.Int64
 		stale     atomic.Int64
+		dups      atomic.Int64
 		seq       atomic.Int64
 		acked     = &written{ack: map[string]int64{}, inflight: map[string]int{}, acks: map[string][]ackAt{}}
 		lagMu     sync.Mutex
@@ -388,6 +398,22 @@ func run(args []string) error {
 				var kind, method, path, body string
 				var contact string
 				var wseq int64
+				if p < *createShare {
+					us, status, dup, msg := create(ctx, client, targets[rng.IntN(len(targets))], auth, s.Version,
+						fmt.Sprintf(`{"locationId":%q,"firstName":"New","email":"new-%d-%d@x.io"}`, loc.ID, c, seq.Add(1)), *attemptTimeout)
+					if ctx.Err() != nil {
+						return
+					}
+					if measuring.Load() {
+						rec.add("creates", us, status, false, msg)
+						if dup {
+							dups.Add(1)
+						}
+					}
+					sleep(ctx, time.Duration(rng.ExpFloat64()*float64(*think)))
+					continue
+				}
+				p -= *createShare
 				switch {
 				case p < *writeShare:
 					kind, method = "writes", "PUT"
@@ -487,7 +513,8 @@ func run(args []string) error {
 		return err
 	}
 
-	r := Result{Clients: *clients, Seconds: elapsed, Status: rec.stat, Leaks: leaks.Load(), Stale: stale.Load(), Errors: rec.errs}
+	r := Result{Clients: *clients, Seconds: elapsed, Status: rec.stat, Leaks: leaks.Load(), Stale: stale.Load(), Errors: rec.errs,
+		CreateDup: dups.Load()}
 	for _, l := range staleLags {
 		r.StaleMaxLagMs = max(r.StaleMaxLagMs, float64(l.Microseconds())/1000)
 		if l > time.Second {
@@ -496,12 +523,14 @@ func run(args []string) error {
 	}
 	r.Workload = Workload{Locations: len(s.Locations), TokensPerLocation: len(s.Locations[0].Tokens),
 		ContactsPerLocation: len(s.Locations[0].Contacts), Queries: *queries,
-		Think: think.String(), Warmup: warmup.String(), Search: *searchShare, Write: *writeShare}
+		Think: think.String(), Warmup: warmup.String(), Search: *searchShare, Write: *writeShare, Create: *createShare,
+		AttemptTimeout: attemptTimeout.String()}
 	r.All = dist(rec.lat["all"], true)
 	r.Hits = dist(rec.lat["hits"], true)
 	r.Reads = dist(rec.lat["reads"], false)
 	r.Search = dist(rec.lat["search"], false)
 	r.Writes = dist(rec.lat["writes"], false)
+	r.Creates = dist(rec.lat["creates"], false)
 	r.Requests = r.All.N
 	r.RPS = float64(r.Requests) / elapsed
 	if *stats != "" {
@@ -514,6 +543,45 @@ func run(args []string) error {
 	out, _ := json.MarshalIndent(r, "", " ")
 	fmt.Println(string(out))
 	return nil
+}
+
+// create makes one contact as an app with an SDK does: an attempt that times out, or is
+// answered 429 or 5xx, is sent again with the same body, three attempts at most, half a
+// second apart. It returns the time from the first attempt to the last answer, the last
+// status, whether a retry met GHL's duplicate-contact 400 (an earlier attempt was applied),
+// and a transport error's text.
+func create(ctx context.Context, client *http.Client, target, auth, version, body string, attemptTimeout time.Duration) (us float64, status int, dup bool, msg string) {
+	start := time.Now()
+	for attempt := 1; attempt <= 3; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		req, _ := http.NewRequestWithContext(actx, "POST", target+"/contacts/", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("Version", version)
+		resp, err := client.Do(req)
+		status, msg = 0, ""
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			status = resp.StatusCode
+		} else {
+			msg = err.Error()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			break
+		}
+		if attempt > 1 && status == http.StatusBadRequest {
+			dup = true
+		}
+		if status != 0 && status != http.StatusTooManyRequests && status < 500 {
+			break
+		}
+		if attempt < 3 {
+			sleep(ctx, 500*time.Millisecond)
+		}
+	}
+	return float64(time.Since(start).Microseconds()), status, dup, msg
 }
 
 // searchBody is query q of a location, its JSON keys in a random order: the same search

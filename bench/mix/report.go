@@ -344,16 +344,22 @@ func writeMix(md *strings.Builder, rawDir, out string, secs int) error {
 	fmt.Fprintf(md, "## Mixed workload\n\n")
 	wl := byClients[cs[0]][order[0]].Workload
 	fmt.Fprintf(md, "Each client holds one location token (%d locations, %d tokens each, %d contacts each) and loops: request, think (exponential, mean %s). "+
-		"%.0f%% reads of hot contacts (Zipf), %.0f%% contact searches (%d per location, JSON keys in random order), %.0f%% contact updates. "+
+		"%.0f%% reads of hot contacts (Zipf), %.0f%% contact searches (%d per location, JSON keys in random order), %.0f%% contact updates%s. "+
 		"The stand-in has GHL's latency (log-normal, median 150 ms) and its limit of 100 requests per 10 s per location; every target starts cold, "+
 		"runs %s unmeasured, then %d s measured. Upstream calls and 429s are the stand-in's own counts over the measured window. "+
 		"A leak is an answer carrying another credential's data; a stale read returned a contact older than an update acknowledged before the read began.\n\n",
-		wl.Locations, wl.TokensPerLocation, wl.ContactsPerLocation, wl.Think, 100*(1-wl.Search-wl.Write), 100*wl.Search, wl.Queries, 100*wl.Write, wl.Warmup, secs)
+		wl.Locations, wl.TokensPerLocation, wl.ContactsPerLocation, wl.Think, 100*(1-wl.Search-wl.Write-wl.Create), 100*wl.Search, wl.Queries, 100*wl.Write, createsCaption(wl.Create, wl.AttemptTimeout), wl.Warmup, secs)
 	var dat strings.Builder
 	for _, c := range cs {
 		fmt.Fprintf(md, "### %d concurrent clients\n\n", c)
-		fmt.Fprintf(md, "| target | req/s | p50 | p99 | p99 of hits | updates p50 / p99 | upstream calls / client requests | upstream 429s | 429s to clients | other errors | leaks | stale reads | sidecar RSS peak |\n")
-		fmt.Fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		creates := wl.Create > 0
+		if creates {
+			fmt.Fprintf(md, "| target | req/s | p50 | p99 | p99 of hits | reads p99 | updates p50 / p99 | creates p50 / p99 (duplicated) | upstream calls / client requests | upstream 429s | 429s to clients | other errors | leaks | stale reads | sidecar RSS peak |\n")
+			fmt.Fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		} else {
+			fmt.Fprintf(md, "| target | req/s | p50 | p99 | p99 of hits | updates p50 / p99 | upstream calls / client requests | upstream 429s | 429s to clients | other errors | leaks | stale reads | sidecar RSS peak |\n")
+			fmt.Fprintf(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		}
 		for _, t := range order {
 			r, ok := byClients[c][t]
 			if !ok {
@@ -374,6 +380,9 @@ func writeMix(md *strings.Builder, rawDir, out string, secs int) error {
 				rss = fmt.Sprintf("%.0f MiB (now %.0f)", float64(h)/1024, float64(cur)/1024)
 			}
 			writes := fmt.Sprintf("%s / %s (%d)", us(r.Writes.P50), us(r.Writes.P99), r.Writes.N)
+			if creates {
+				writes = fmt.Sprintf("%s | %s | %s / %s (%d, %d)", us(r.Reads.P99), writes, us(r.Creates.P50), us(r.Creates.P99), r.Creates.N, r.CreateDup)
+			}
 			fmt.Fprintf(md, "| %s | %.0f | %s | %s | %s | %s | %.1f%% | %d | %d | %d | %d | %d | %s |\n",
 				name(t), r.RPS, us(r.All.P50), us(r.All.P99), hits, writes, 100*r.UpstreamShare, r.Upstream429, r.Status[429], errs, r.Leaks, r.Stale, rss)
 		}
@@ -464,4 +473,11 @@ func writeCurve(out, file, title string, pct map[float64]float64) (string, error
 		return "", err
 	}
 	return fmt.Sprintf("%q using 1:2 with linespoints title %q", file, title), nil
+}
+
+func createsCaption(share float64, attemptTimeout string) string {
+	if share <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %.0f%% contact creates (a client retries one that timed out after %s, or got a 429 or 5xx, with the same body: three attempts at most; \"duplicated\" counts creates whose retry met GHL's duplicate-contact 400, an earlier attempt having been applied)", 100*share, attemptTimeout)
 }
