@@ -137,8 +137,9 @@ type RateLimit struct {
 	// Tokens warming must leave in the bucket: warming only spends tokens above this, so
 	// interactive traffic always finds some.
 	WarmReserve int `yaml:"warm_reserve"`
-	// Requests of GHL's daily limit kept for interactive traffic: warming stops for the day
-	// once X-RateLimit-Daily-Remaining falls below this.
+	// Requests of GHL's daily limit kept for interactive traffic: warming (with
+	// ratelimit.daily_pacing, every background request) stops for the day once
+	// X-RateLimit-Daily-Remaining falls below this.
 	DailyReserve int `yaml:"daily_reserve"`
 	// Spend the limit GHL advertises (X-RateLimit-Max per
 	// X-RateLimit-Interval-Milliseconds), upward as well as downward, instead of

@@ -40,8 +40,7 @@ func TestLeaseSizeGoAndLua(t *testing.T) {
 
 // One replica's sequential requests: after the first few, most are granted from a lease
 // without a Redis decision; every grant was taken from the shared bucket (another replica
-// sees the tokens gone); leases stop once the bucket is half empty; and a pause GHL reports
-// ends the lease at once.
+// sees the tokens gone); and leases stop once the bucket is half empty.
 func TestLeaseGrantsLocallyFromTheSharedBucket(t *testing.T) {
 	_, rdb := startRedis(t)
 	takes := &scriptCounter{hash: takeScript.Hash()}

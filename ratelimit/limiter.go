@@ -17,7 +17,7 @@ import (
 )
 
 // Limiter is the rate limiter of one replica. With a Redis client every decision is made by
-// one script on the shared bucket; while Redis is unreachable, on a local bucket holding this
+// one script on the shared bucket, or from a lease this replica took from it (lease.go); while Redis is unreachable, on a local bucket holding this
 // replica's share; without Redis (embedded), on an in-process bucket.
 //
 // Metrics it keeps: ratelimit_wait_seconds{priority}, ratelimit_queue_depth{priority},

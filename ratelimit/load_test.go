@@ -322,7 +322,8 @@ func replicaLoad(t *testing.T, lr loadRun) loadResult {
 	return r
 }
 
-// scriptCounter counts the runs of one script a Redis client sends (EVALSHA or EVAL).
+// scriptCounter counts the runs of one script a Redis client sends by SHA (a NOSCRIPT
+// fallback's EVAL is not counted; these scripts are loaded by the first decision).
 type scriptCounter struct {
 	hash string
 	n    atomic.Int64

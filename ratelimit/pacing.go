@@ -17,7 +17,7 @@ import (
 // Pacing is decided from what this replica itself last read in GHL's headers, with the time
 // it read it: a count read before the last restart is yesterday's and paces nothing. Every
 // replica that calls GHL reads the headers of its own answers, so each paces on a count at
-// most one call old.
+// most one of its own calls old (other replicas' calls since then are not in it).
 
 // A request costs at most the whole burst in force (a learned limit's or a fallback share's
 // smaller one included): more would make a single background or warm request a "group

@@ -129,12 +129,13 @@ func TestDailyPacingOnRedis(t *testing.T) {
 	l, _ := newLimiter(t, Config{Rate: 280, Per: time.Minute, Burst: 50, MaxWait: time.Minute, DailyPacing: true, RedisTimeout: time.Second}, rdb)
 	sleeps := recordSleeps(l)
 	ctx := context.Background()
-	// What lasts until the next midnight UTC at ten tokens a call.
+	// What lasts until the next midnight UTC at a little under ten tokens a call (one call
+	// more than ten tokens a call allows: five calls then never spend more than the burst).
 	until := time.Until(nextReset(time.Now(), 0))
 	if until < time.Minute {
 		t.Skip("a minute from midnight UTC the day's count is too small to pace by ten")
 	}
-	left := int(float64(until) / float64(time.Minute/280) / 10)
+	left := int(float64(until)/float64(time.Minute/280)/10) + 1
 	l.Observe("loc", http.StatusOK, dailyHeader(left))
 	c, _ := l.pace(l.scope("loc"), Interactive, time.Now())
 	if math.Abs(c-10) > 0.1 {

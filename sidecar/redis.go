@@ -58,8 +58,8 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 }
 
 // commandCounter counts every command the client sends, by name, pipelined ones included
-// (redis_commands_total): what each request costs Redis, which docs/architecture.md budgets
-// and e2e/rediswork_test.go holds to. Commands a script runs inside Redis are not counted;
+// (redis_commands_total): what each replica costs Redis, for the operator (the per-request
+// figures in docs/architecture.md are counted by Redis itself, in e2e/rediswork_test.go). Commands a script runs inside Redis are not counted;
 // the EVALSHA that runs it is.
 type commandCounter struct{ commands *prometheus.CounterVec }
 

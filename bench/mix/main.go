@@ -182,7 +182,7 @@ type Result struct {
 	// a client retries one that timed out (--attempt-timeout) or got a 429 or 5xx, with the
 	// same body, as an SDK does. CreateDup counts creates whose retry was answered with
 	// GHL's duplicate-contact 400: an earlier attempt was applied, and the app was told it
-	// failed.
+	// failed. A create whose every attempt timed out cannot be told either way.
 	Creates   Dist  `json:"creates"`
 	CreateDup int64 `json:"createDup"`
 	// Status counts answers by status; 0 is a transport error.
@@ -560,8 +560,9 @@ func create(ctx context.Context, client *http.Client, target, auth, version, bod
 		req.Header.Set("Version", version)
 		resp, err := client.Do(req)
 		status, msg = 0, ""
+		var b []byte
 		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
+			b, _ = io.ReadAll(resp.Body)
 			resp.Body.Close()
 			status = resp.StatusCode
 		} else {
@@ -571,7 +572,7 @@ func create(ctx context.Context, client *http.Client, target, auth, version, bod
 		if ctx.Err() != nil {
 			break
 		}
-		if attempt > 1 && status == http.StatusBadRequest {
+		if attempt > 1 && status == http.StatusBadRequest && bytes.Contains(b, []byte("duplicated")) {
 			dup = true
 		}
 		if status != 0 && status != http.StatusTooManyRequests && status < 500 {

@@ -479,5 +479,5 @@ func createsCaption(share float64, attemptTimeout string) string {
 	if share <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(", %.0f%% contact creates (a client retries one that timed out after %s, or got a 429 or 5xx, with the same body: three attempts at most; \"duplicated\" counts creates whose retry met GHL's duplicate-contact 400, an earlier attempt having been applied)", 100*share, attemptTimeout)
+	return fmt.Sprintf(", %.0f%% contact creates (a client retries one that timed out after %s, or got a 429 or 5xx, with the same body: three attempts at most; \"duplicated\" counts creates whose retry met GHL's duplicate-contact 400, an earlier attempt having been applied; a create whose every attempt timed out cannot be told either way)", 100*share, attemptTimeout)
 }

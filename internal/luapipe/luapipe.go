@@ -2,8 +2,8 @@
 // that does not have it cached (a new server, a restart, a failover, a Cluster node added)
 // answers NOSCRIPT; Script.Run then falls back on EVAL, but inside a pipeline the answer
 // comes only with Exec. Pipe sends every run as EVALSHA and sends again, as EVAL (which
-// caches the script), just the runs that met NOSCRIPT: the script's text crosses the wire
-// once per server, not once per run (docs/architecture.md, "What a request costs Redis").
+// caches the script), just the runs that met NOSCRIPT: the script's text is sent only while
+// Redis lacks it, not on every run (docs/architecture.md, "What a request costs Redis").
 package luapipe
 
 import (
