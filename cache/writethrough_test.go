@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // A write's answer stored as a read's (SetAfter): the write's own invalidation does not
@@ -19,11 +21,16 @@ func testSetAfter(t *testing.T, c, other *replica, clk *clock) {
 	p := Policy{TTL: time.Minute, Tags: []string{"s:contact:1", "s:contact:*"}}
 	dropped := []string{"s:contact:1", "s:contacts"} // what the write invalidates
 	later := func() { clk.Advance(5 * time.Second) } // past every earlier tombstone's race window
+	// The write's answer, arriving now for a write sent at sent.
+	answered := func(body string, sent time.Time) *upstream.Response {
+		r := answer(body, clk.Now())
+		r.Sent = sent
+		return r
+	}
 	later()
 	sent := clk.Now()
 	clk.Advance(100 * time.Millisecond)
-	resp := answer("after the write", clk.Now())
-	resp.Sent = sent
+	resp := answered("after the write", sent)
 	inv, err := c.InvalidateOwn(ctx, dropped)
 	if err != nil {
 		t.Fatal(err)
@@ -58,8 +65,7 @@ func testSetAfter(t *testing.T, c, other *replica, clk *clock) {
 			}
 		}
 		clk.Advance(50 * time.Millisecond)
-		resp := answer("case", clk.Now())
-		resp.Sent = sent
+		resp := answered("case", sent)
 		inv, err := c.InvalidateOwn(ctx, dropped)
 		if err != nil {
 			t.Fatal(err)

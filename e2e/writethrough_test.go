@@ -25,28 +25,13 @@ func TestWriteThrough(t *testing.T) {
 	// The stand-in's own answer to GET /contacts/{id}, decoded.
 	direct := func(id string) map[string]any {
 		t.Helper()
-		resp, b := call(t, http.DefaultClient, "GET", up.URL+"/contacts/"+id, "", ghlHeaders(tok))
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("stand-in GET: %d %s", resp.StatusCode, b)
-		}
-		var v map[string]any
-		if err := json.Unmarshal(b, &v); err != nil {
-			t.Fatal(err)
-		}
+		v, _ := getContactJSON(t, up.URL, tok, id)
 		return v
 	}
 	// A GET through r, decoded, with whether it was a hit.
 	get := func(r *replica, token, id string) (map[string]any, bool) {
 		t.Helper()
-		resp, b := call(t, http.DefaultClient, "GET", r.URL+"/contacts/"+id, "", ghlHeaders(token))
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET through the sidecar: %d %s", resp.StatusCode, b)
-		}
-		var v map[string]any
-		if err := json.Unmarshal(b, &v); err != nil {
-			t.Fatal(err)
-		}
-		return v, isHit(resp)
+		return getContactJSON(t, r.URL, token, id)
 	}
 
 	id := newContact(t, up.URL, tok, map[string]any{"firstName": "Ann", "locationId": loc})
@@ -93,19 +78,24 @@ func TestWriteThrough(t *testing.T) {
 	if n := upstreamGets() - before; n != 0 {
 		t.Errorf("%d GETs reached the stand-in after a written-through upsert", n)
 	}
-	if !reflect.DeepEqual(mustDecode(t, rs[0], tok, up1.Contact.ID), direct(up1.Contact.ID)) {
+	if got, _ := get(rs[0], tok, up1.Contact.ID); !reflect.DeepEqual(got, direct(up1.Contact.ID)) {
 		t.Error("written-through upsert answer differs from the stand-in's GET")
 	}
 }
 
-func mustDecode(t *testing.T, r *replica, token, id string) map[string]any {
+// getContactJSON is GET /contacts/{id} at base (a replica or the stand-in), decoded whole,
+// and whether it was a cache hit.
+func getContactJSON(t *testing.T, base, token, id string) (map[string]any, bool) {
 	t.Helper()
-	_, b := call(t, http.DefaultClient, "GET", r.URL+"/contacts/"+id, "", ghlHeaders(token))
+	resp, b := call(t, http.DefaultClient, "GET", base+"/contacts/"+id, "", ghlHeaders(token))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s/contacts/%s: %d %s", base, id, resp.StatusCode, b)
+	}
 	var v map[string]any
 	if err := json.Unmarshal(b, &v); err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return v, isHit(resp)
 }
 
 // Off by default: the writer's GET after its PUT is a miss.

@@ -884,15 +884,21 @@ func (h *Handler) wait(ctx context.Context, x *exchange, n int, p ratelimit.Prio
 }
 
 func (h *Handler) key(r *http.Request, x *exchange, body []byte) string {
+	return keyOf(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, x, body, isJSONContent(r.Header.Get("Content-Type")))
+}
+
+// keyOf is the fingerprint of a request of x's route, credential and Version: the one key
+// the cache and the fold use for it (write-through computes a GET's with it too).
+func keyOf(method, escapedPath, rawQuery string, x *exchange, body []byte, isJSON bool) string {
 	return fingerprint.Of(fingerprint.Request{
-		Method:   r.Method,
+		Method:   method,
 		Route:    x.label,
-		Path:     r.URL.EscapedPath(),
-		RawQuery: r.URL.RawQuery,
+		Path:     escapedPath,
+		RawQuery: rawQuery,
 		Version:  x.version,
 		CredHash: x.cred.Hash,
 		Body:     body,
-		JSON:     isJSONContent(r.Header.Get("Content-Type")),
+		JSON:     isJSON,
 	})
 }
 

@@ -8,7 +8,6 @@ import (
 	"net/http"
 
 	"github.com/ghlproxy/ghlproxy/cache"
-	"github.com/ghlproxy/ghlproxy/fingerprint"
 	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/ghlproxy/ghlproxy/upstream"
 )
@@ -37,11 +36,7 @@ func (h *Handler) writeThrough(ctx context.Context, r *http.Request, x *exchange
 		return false
 	}
 	rx := &exchange{route: route, params: params, label: route.Template, policy: route.Policy, cred: x.cred, version: x.version}
-	// The key a GET of the record computes (a GET has no body).
-	key := fingerprint.Of(fingerprint.Request{
-		Method: http.MethodGet, Route: route.Template, Path: path,
-		Version: x.version, CredHash: x.cred.Hash,
-	})
+	key := keyOf(http.MethodGet, path, "", rx, nil, false) // a GET of the record: no query, no body
 	hdr := resp.Header.Clone()
 	hdr.Del("Content-Length")
 	read := &upstream.Response{Status: http.StatusOK, Header: hdr, Body: body, Date: resp.Date, Sent: resp.Sent}

@@ -124,45 +124,11 @@ func (l *Limiter) Replicas() int { return int(l.replicas.Load()) }
 // take makes one decision: on the shared bucket when Redis is healthy, else on the local one.
 func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time) (decision, bool) {
 	if l.rdb != nil && !l.br.isOpen() {
-		leasing := l.cfg.Lease > 0 && a.mode == modeReserve
-		if leasing {
-			if d, ok := s.spendLease(a.n, now); ok {
-				s.demand(now, l.cfg.Lease)
-				return d, false
-			}
-			s.asking.Add(1)
-			defer s.asking.Add(-1)
-		}
-		s.redisMu.Lock()
-		var gen uint64
-		if leasing {
-			// The call this one queued behind may have brought a lease.
-			now := l.cfg.Now()
-			want := s.demand(now, l.cfg.Lease)
-			if d, ok := s.spendLease(a.n, now); ok {
-				s.redisMu.Unlock()
-				return d, false
-			}
-			// want counts requests; a lease holds tokens (a paced request costs several).
-			a.lease, gen = math.Min(leaseMax, want*a.n), s.leaseGen()
-		}
-		asked := l.cfg.Now()
-		d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
-			return redisTake(ctx, l.rdb, s.key, l.base(s), a)
-		})
-		if err == nil {
-			s.update(d, l.cfg.Now(), false)
-			if d.leased > 0 {
-				// Alive from before the call: never longer than Lease after Redis granted it.
-				s.grantLease(d.leased, asked.Add(l.cfg.Lease), gen)
-			}
-		}
-		s.redisMu.Unlock()
+		d, err := l.takeShared(ctx, s, a, now)
 		if err == nil {
 			return d, false
 		}
 		l.redisFailed(err)
-		a.lease = 0 // nothing keeps a fallback bucket's lease
 	}
 	if l.rdb == nil {
 		d := l.mem.take(s, l.base(s), a, micro(now))
@@ -174,6 +140,46 @@ func (l *Limiter) take(ctx context.Context, s *scope, a takeArgs, now time.Time)
 	d := l.mem.take(s, l.shareOf(l.base(s)), a, micro(now))
 	s.update(d, now, true)
 	return d, true
+}
+
+// takeShared decides on the shared bucket, or from this replica's lease of it (lease.go)
+// for an interactive request when the lease holds its tokens.
+func (l *Limiter) takeShared(ctx context.Context, s *scope, a takeArgs, now time.Time) (decision, error) {
+	leasing := l.cfg.Lease > 0 && a.mode == modeReserve
+	if leasing {
+		if d, ok := s.spendLease(a.n, now); ok {
+			s.demand(now, l.cfg.Lease)
+			return d, nil
+		}
+		s.asking.Add(1)
+		defer s.asking.Add(-1)
+	}
+	s.redisMu.Lock()
+	defer s.redisMu.Unlock()
+	var gen uint64
+	if leasing {
+		// The call this one queued behind may have brought a lease.
+		now := l.cfg.Now()
+		want := s.demand(now, l.cfg.Lease)
+		if d, ok := s.spendLease(a.n, now); ok {
+			return d, nil
+		}
+		// want counts requests; a lease holds tokens (a paced request costs several).
+		a.lease, gen = math.Min(leaseMax, want*a.n), s.leaseGen()
+	}
+	asked := l.cfg.Now()
+	d, err := l.redisCall(ctx, func(ctx context.Context) (decision, error) {
+		return redisTake(ctx, l.rdb, s.key, l.base(s), a)
+	})
+	if err != nil {
+		return d, err // the fallback decides with a of its own: no lease
+	}
+	s.update(d, l.cfg.Now(), false)
+	if d.leased > 0 {
+		// Alive from before the call: never longer than Lease after Redis granted it.
+		s.grantLease(d.leased, asked.Add(l.cfg.Lease), gen)
+	}
+	return d, nil
 }
 
 // share is this replica's part of the configured budget while Redis is unreachable.
