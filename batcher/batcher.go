@@ -88,9 +88,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
-	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // Write is one accepted write.

@@ -23,9 +23,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/time/rate"
 
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
-	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // stand is a real HTTP upstream for contacts: PUT /contacts/{id} applies the body's top-level

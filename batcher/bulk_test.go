@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/metrics"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 func tagAdd(st *stand, id string, tags ...string) Write {

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 )
 
 // TestCoalesceHoldsUpdatesOfAnEntity stages batch.coalesce with a fake clock and a gated

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // TestRefusedBulkGoesAlone: GHL refuses a bulk tag call as a whole with a 4xx. That may be

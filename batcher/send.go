@@ -8,9 +8,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
-	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // Sending: a group's calls upstream, in entity order; bulk and merged calls, and their

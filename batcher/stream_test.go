@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
 )
 

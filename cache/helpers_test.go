@@ -9,9 +9,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ghlproxy/ghlproxy/identity"
-	"github.com/ghlproxy/ghlproxy/metrics"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 var resolver = identity.NewResolver("cache test secret")

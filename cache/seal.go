@@ -5,8 +5,8 @@ import (
 	"errors"
 	"time"
 
-	sealer "github.com/ghlproxy/ghlproxy/seal"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	sealer "github.com/ghlproxy/ghlproxy/internal/seal"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // aadPrefix separates this use of the credential's key from any other one.

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // A write's answer stored as a read's (SetAfter): the write's own invalidation does not

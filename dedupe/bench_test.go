@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // The peer for the fold's hot path: a mutex-guarded map lookup, the least any in-process

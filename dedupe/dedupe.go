@@ -22,9 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/internal/pending"
-	"github.com/ghlproxy/ghlproxy/metrics"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // Outcome says how a call to Do was answered.

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // A read that begins after a write was acknowledged must not get the answer of a call of

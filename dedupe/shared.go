@@ -13,8 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/internal/luapipe"
-	"github.com/ghlproxy/ghlproxy/seal"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/seal"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // The shared protocol. Per fold key K, all in one hash slot ({fold:K}) so every script

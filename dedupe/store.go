@@ -4,7 +4,7 @@ import (
 	"container/list"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // store is the in-process replay store: answers by key until they expire, bounded by the

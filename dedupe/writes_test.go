@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // stores runs a test on the embedded fold and on two folds sharing a real Redis.

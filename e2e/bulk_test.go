@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 )
 
 // bulkInfo reads bulk=<k> from X-Ghlproxy-Batch (0 when absent).

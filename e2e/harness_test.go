@@ -16,7 +16,7 @@ import (
 
 	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/fakeghl"
-	"github.com/ghlproxy/ghlproxy/sidecar"
+	"github.com/ghlproxy/ghlproxy/internal/sidecar"
 )
 
 // replica is one running sidecar.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
-	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
 )
 
 // explainOf asks a replica how it would handle GET path for the caller of hdr.

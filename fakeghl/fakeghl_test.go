@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
-	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
 )
 
 // clock is a settable time for crossing rate-limit windows without sleeping.

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
 	"github.com/ghlproxy/ghlproxy/routes"
 )
 

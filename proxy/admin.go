@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/ghlerror"
-	"github.com/ghlproxy/ghlproxy/identity"
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"

@@ -8,8 +8,8 @@ import (
 	"slices"
 
 	"github.com/ghlproxy/ghlproxy/batcher"
-	"github.com/ghlproxy/ghlproxy/ghlerror"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // tagOps are the single-contact tag calls GHL's bulk tag endpoint can do for many contacts

@@ -4,8 +4,8 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/ghlproxy/ghlproxy/ghlerror"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // TestSplitBulkTags: each id gets the single call's answer from its own entry.

@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/dedupe"
-	"github.com/ghlproxy/ghlproxy/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
 	"github.com/ghlproxy/ghlproxy/internal/hopheader"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/routes"
-	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // Headers the sidecar reads from clients and never forwards.

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/ghlproxy/ghlproxy/cache"
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 )
 
 // BenchmarkCacheHit serves the benchmark read mix (200 contacts × 4 credentials, ~200-byte

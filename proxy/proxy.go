@@ -32,13 +32,13 @@ import (
 	"github.com/ghlproxy/ghlproxy/batcher"
 	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/dedupe"
-	"github.com/ghlproxy/ghlproxy/fingerprint"
-	"github.com/ghlproxy/ghlproxy/ghlerror"
-	"github.com/ghlproxy/ghlproxy/identity"
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/fingerprint"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
 	"github.com/ghlproxy/ghlproxy/routes"
-	"github.com/ghlproxy/ghlproxy/upstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

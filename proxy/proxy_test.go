@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghlproxy/ghlproxy/identity"
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/routes"
 )
 

@@ -17,11 +17,11 @@ import (
 	"github.com/ghlproxy/ghlproxy/batcher"
 	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/dedupe"
-	"github.com/ghlproxy/ghlproxy/ghlerror"
-	"github.com/ghlproxy/ghlproxy/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
 	"github.com/ghlproxy/ghlproxy/routes"
-	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // writeFolded writes an answer that came through the fold, with the headers that say how.

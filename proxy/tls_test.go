@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // TestTLSUpstreamSpeaksHTTP2 runs the upstream over TLS with HTTP/2 enabled, as GHL is, and

@@ -8,8 +8,8 @@ import (
 	"net/http"
 
 	"github.com/ghlproxy/ghlproxy/cache"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/routes"
-	"github.com/ghlproxy/ghlproxy/upstream"
 )
 
 // writeOnly are the fields of a write's answer that the read's answer does not have.

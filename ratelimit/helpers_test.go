@@ -12,8 +12,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
-	"github.com/ghlproxy/ghlproxy/metrics"
 )
 
 // fakeClock drives the in-process buckets and the waiters' sleeps: a test advances time and

@@ -14,9 +14,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/internal/poll"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
-	"github.com/ghlproxy/ghlproxy/metrics"
 )
 
 // sharedReplicas checks that limiters on one Redis (or Cluster) spend one bucket per scope

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
-	"github.com/ghlproxy/ghlproxy/logging"
+	"github.com/ghlproxy/ghlproxy/internal/logging"
 )
 
 func runFakeGHL(ctx context.Context, args []string, stdout, stderr io.Writer) error {

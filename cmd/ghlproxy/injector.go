@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ghlproxy/ghlproxy/injector"
-	"github.com/ghlproxy/ghlproxy/logging"
+	"github.com/ghlproxy/ghlproxy/internal/logging"
 )
 
 // runInjector serves the mutating admission webhook; the Helm chart runs it with flags.

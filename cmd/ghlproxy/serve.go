@@ -13,9 +13,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ghlproxy/ghlproxy/config"
-	"github.com/ghlproxy/ghlproxy/gctune"
-	"github.com/ghlproxy/ghlproxy/logging"
-	"github.com/ghlproxy/ghlproxy/sidecar"
+	"github.com/ghlproxy/ghlproxy/internal/gctune"
+	"github.com/ghlproxy/ghlproxy/internal/logging"
+	"github.com/ghlproxy/ghlproxy/internal/sidecar"
 )
 
 // loadConfig parses flags and loads the configuration from flags, environment and file.

@@ -13,7 +13,7 @@ import (
 	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/internal/benchhttp"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
-	"github.com/ghlproxy/ghlproxy/upstream"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
 // BenchmarkPassThrough measures one sequential pass-through request (a path the route table
@@ -22,7 +22,7 @@ import (
 // straight to the upstream. The difference is what the sidecar adds; bench/passthrough.sh
 // measures the same against nginx with wrk.
 //
-//	go test -run '^$' -bench PassThrough -benchtime 20000x ./sidecar/
+//	go test -run '^$' -bench PassThrough -benchtime 20000x ./internal/sidecar/
 func BenchmarkPassThrough(b *testing.B) {
 	body := []byte(`{"contact":{"id":"ocQHyuzHvysMo5N5VsXc","firstName":"Ada","email":"ada@example.com"}}`)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

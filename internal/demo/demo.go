@@ -26,7 +26,7 @@ import (
 
 	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/fakeghl"
-	"github.com/ghlproxy/ghlproxy/sidecar"
+	"github.com/ghlproxy/ghlproxy/internal/sidecar"
 )
 
 // Config shapes a demo. Zero values take the defaults named on each field.

@@ -9,8 +9,8 @@ import (
 	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/dedupe"
-	"github.com/ghlproxy/ghlproxy/identity"
-	"github.com/ghlproxy/ghlproxy/ops"
+	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/ops"
 	"github.com/ghlproxy/ghlproxy/proxy"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
 )

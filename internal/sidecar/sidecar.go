@@ -18,12 +18,12 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/config"
-	"github.com/ghlproxy/ghlproxy/ghlerror"
-	"github.com/ghlproxy/ghlproxy/identity"
-	"github.com/ghlproxy/ghlproxy/metrics"
-	"github.com/ghlproxy/ghlproxy/ops"
+	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
+	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/internal/ops"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/proxy"
-	"github.com/ghlproxy/ghlproxy/upstream"
 	"github.com/ghlproxy/ghlproxy/warm"
 	"github.com/ghlproxy/ghlproxy/webhook"
 )
