@@ -202,12 +202,15 @@ type Cache struct {
 	ping  chan struct{}
 }
 
+// DefaultMemoryBytes is Config.MemoryBytes's default, and cache.memory_bytes's.
+const DefaultMemoryBytes = 64 << 20
+
 // New builds a Cache on rdb, or an embedded in-memory store when rdb is nil. With Redis it
 // subscribes to invalidations in the background; until the first heartbeat comes back every
 // Get goes to Redis.
 func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) (*Cache, error) {
 	if cfg.MemoryBytes == 0 {
-		cfg.MemoryBytes = 64 << 20
+		cfg.MemoryBytes = DefaultMemoryBytes
 	}
 	if cfg.MemoryBytes < 0 {
 		return nil, fmt.Errorf("cache.memory_bytes: must be positive, got %d", cfg.MemoryBytes)

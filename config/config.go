@@ -10,10 +10,15 @@ package config
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/ghlproxy/ghlproxy/batcher"
+	"github.com/ghlproxy/ghlproxy/cache"
+	"github.com/ghlproxy/ghlproxy/dedupe"
+	"github.com/ghlproxy/ghlproxy/ratelimit"
+	"github.com/ghlproxy/ghlproxy/webhook"
 )
 
 // Config is the whole configuration of one sidecar process.
@@ -125,11 +130,12 @@ type RateLimit struct {
 	Per time.Duration `yaml:"per"`
 	// Bucket size, how many requests may go at once after a quiet spell; 0 (the default)
 	// picks the largest that keeps GHL's default limit of 100 requests per 10s safe. Even
-	// from a cold start, a full bucket of B plus the refill over 10s must stay within 100,
-	// so B <= 100 - 10s*rate/per; with 280 per 1m that is 100 - 46.7 = 53.3, and the default
-	// takes min(50, that), leaving a few tokens for GHL's window not being aligned with
-	// ours, but at least batch.max (a group takes its tokens in one grant). A value over
-	// the safe one is allowed but reported as a start-up warning.
+	// from a cold start, a full bucket of B plus the refill over 10s must stay within 97
+	// (the 3% left absorbs requests granted together but reaching GHL spread out by network
+	// jitter), so B <= 97 - 10s*rate/per; with 280 per 1m that is 97 - 46.7 = 50.3, so 50.
+	// The default is at most 50 and at least batch.max (a group takes its tokens in one
+	// grant). A value whose full bucket plus refill exceeds 100 is allowed but reported as
+	// a start-up warning.
 	Burst int `yaml:"burst"`
 	// Longest a request queues for a token before it gets a sidecar-made 429 with
 	// Retry-After; nothing has gone upstream by then. 0 takes the default (20s).
@@ -391,31 +397,9 @@ type Shutdown struct {
 	Grace time.Duration `yaml:"grace"`
 }
 
-// GHL's default rate limit, which the default burst keeps safe.
-const (
-	ghlDefaultLimit    = 100
-	ghlDefaultInterval = 10 * time.Second
-	maxDefaultBurst    = 50
-)
-
-// SafeBurst is the default ratelimit.burst for a rate: the largest bucket that, full at the
-// start of a 10s window and refilled during it, stays within GHL's default 100 requests per
-// 10s, capped at 50 and at least 1.
-func SafeBurst(rate int, per time.Duration) int {
-	if per <= 0 {
-		return 1
-	}
-	b := int(math.Floor(ghlDefaultLimit - refill(rate, per)))
-	return max(1, min(maxDefaultBurst, b))
-}
-
-// refill is how many tokens rate/per adds during one GHL default window.
-func refill(rate int, per time.Duration) float64 {
-	return float64(rate) * float64(ghlDefaultInterval) / float64(per)
-}
-
-// Default returns the defaults. ratelimit.burst is 0 here (chosen from the rate); Load
-// replaces it with SafeBurst's value.
+// Default returns the defaults. Those of a stage are the stage's own (ratelimit.Default*),
+// so that a key and the package it configures cannot disagree. ratelimit.burst is 0 here
+// (chosen from the rate); Load replaces it with ratelimit.SafeBurst's value.
 func Default() *Config {
 	return &Config{
 		Listen:    ":8080",
@@ -439,37 +423,37 @@ func Default() *Config {
 			Timeout: 50 * time.Millisecond,
 		},
 		RateLimit: RateLimit{
-			Rate:          280,
-			Per:           time.Minute,
-			MaxWait:       20 * time.Second,
-			WarmReserve:   10,
-			DailyReserve:  5000,
+			Rate:          ratelimit.DefaultRate,
+			Per:           ratelimit.DefaultPer,
+			MaxWait:       ratelimit.DefaultMaxWait,
+			WarmReserve:   ratelimit.DefaultWarmReserve,
+			DailyReserve:  ratelimit.DefaultDailyReserve,
 			FollowReserve: 0.1,
 			DailyReset:    "00:00",
 			Lease:         100 * time.Millisecond,
 		},
 		Dedupe: Dedupe{
-			Window:  30 * time.Second,
+			Window:  dedupe.DefaultWindow,
 			Methods: []string{"GET", "POST", "PUT", "PATCH", "DELETE"},
 		},
 		Batch: Batch{
-			Min:    3,
-			Max:    5,
-			Linger: 25 * time.Millisecond,
+			Min:    batcher.DefaultMin,
+			Max:    batcher.DefaultMax,
+			Linger: batcher.DefaultLinger,
 			Merge:  true,
 		},
 		Cache: Cache{
 			StaleWhileRevalidate: 30 * time.Second,
 			StaleIfError:         5 * time.Minute,
 			StaleIfBusy:          250 * time.Millisecond,
-			MemoryBytes:          64 * MiB,
+			MemoryBytes:          cache.DefaultMemoryBytes,
 			Coherence:            "pubsub",
 		},
 		Warm: Warm{
 			Jitter:   10 * time.Second,
 			MaxPages: 5,
 		},
-		Webhooks: Webhooks{MaxAge: 5 * time.Minute},
+		Webhooks: Webhooks{MaxAge: webhook.DefaultMaxAge},
 		Log: Log{
 			Level:  "info",
 			Format: "text",

@@ -434,37 +434,16 @@ func TestValidateFileIgnoresEnvironment(t *testing.T) {
 	}
 }
 
+// TestBurst: the burst Load derives is ratelimit.SafeBurst's (tested there), raised to
+// batch.max.
 func TestBurst(t *testing.T) {
-	tests := []struct {
-		rate int
-		per  time.Duration
-		want int
-	}{
-		{280, time.Minute, 50},     // 100 - 46.7 = 53.3, capped at 50
-		{400, time.Minute, 33},     // 100 - 66.7 = 33.3
-		{6, time.Second, 40},       // 100 - 60
-		{10, time.Second, 1},       // the rate alone fills GHL's window: at least 1
-		{50, time.Second, 1},       // ditto
-		{1000, time.Hour, 50},      // a slow rate: cap
-		{280, 0, 1},                // invalid per does not divide by zero
-		{100, 10 * time.Second, 1}, // exactly GHL's limit: nothing left for a burst
-	}
-	for _, tt := range tests {
-		if got := SafeBurst(tt.rate, tt.per); got != tt.want {
-			t.Errorf("SafeBurst(%d, %s) = %d, want %d", tt.rate, tt.per, got, tt.want)
-		}
-		if tt.per <= 0 {
-			continue
-		}
-		// The promise: from a cold start, a full bucket plus the refill stays within 100,
-		// whenever the rate itself allows it.
-		if b := SafeBurst(tt.rate, tt.per); refill(tt.rate, tt.per) < 99 && float64(b)+refill(tt.rate, tt.per) > 100 {
-			t.Errorf("SafeBurst(%d, %s) = %d exceeds GHL's window", tt.rate, tt.per, b)
-		}
-	}
 	c := source{args: []string{"--ratelimit.rate=400"}}.mustLoad(t)
-	if c.RateLimit.Burst != 33 || len(c.Warnings()) != 0 {
+	if c.RateLimit.Burst != 30 || len(c.Warnings()) != 0 {
 		t.Errorf("derived burst = %d, warnings %q", c.RateLimit.Burst, c.Warnings())
+	}
+	c = source{args: []string{"--ratelimit.rate=100", "--ratelimit.per=10s"}}.mustLoad(t)
+	if c.RateLimit.Burst != c.Batch.Max {
+		t.Errorf("derived burst at GHL's whole limit = %d, want batch.max %d", c.RateLimit.Burst, c.Batch.Max)
 	}
 }
 

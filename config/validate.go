@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ghlproxy/ghlproxy/ratelimit"
 	"github.com/ghlproxy/ghlproxy/webhook"
 )
 
@@ -59,9 +60,10 @@ func (c *Config) Warnings() []string {
 	rl := c.RateLimit
 	if rl.Per > 0 {
 		b := c.effectiveBurst()
-		if peak := float64(b) + refill(rl.Rate, rl.Per); peak > ghlDefaultLimit {
+		refill := ratelimit.WindowRefill(rl.Rate, rl.Per)
+		if peak := float64(b) + refill; peak > ratelimit.GHLWindowLimit {
 			w = append(w, fmt.Sprintf("ratelimit.burst: a full bucket of %d plus %.1f refilled in 10s allows %.1f requests in one 10s window, over GHL's default of %d; fine only if this app's GHL limit is higher",
-				b, refill(rl.Rate, rl.Per), peak, ghlDefaultLimit))
+				b, refill, peak, ratelimit.GHLWindowLimit))
 		}
 	}
 	if c.Identity.Secret == "" && c.sharedStore() {
@@ -78,7 +80,7 @@ func (c *Config) effectiveBurst() int {
 	if b := c.RateLimit.Burst; b != 0 {
 		return b
 	}
-	return max(SafeBurst(c.RateLimit.Rate, c.RateLimit.Per), c.Batch.Max)
+	return max(ratelimit.SafeBurst(c.RateLimit.Rate, c.RateLimit.Per), c.Batch.Max)
 }
 
 func first(errs ...error) error {

@@ -108,9 +108,12 @@ type Config struct {
 	LocalBytes int
 }
 
+// DefaultWindow is Config.Window's default, and dedupe.window's.
+const DefaultWindow = 30 * time.Second
+
 func (c *Config) defaults() error {
 	if c.Window == 0 {
-		c.Window = 30 * time.Second
+		c.Window = DefaultWindow
 	}
 	if c.WaitBound == 0 {
 		c.WaitBound = 35 * time.Second

@@ -52,6 +52,10 @@ const learnMargin = 0.97
 // configured burst is smaller): a write group of batch.max (5) calls takes its tokens at once.
 const learnedBurst = 5
 
+// learnedBurstShare: a bucket lowered to a learned limit of lmax keeps a burst of
+// lmax/learnedBurstShare (at least learnedBurst).
+const learnedBurstShare = 10
+
 // effective applies a limit learned from GHL's headers (lmax requests per lint ms). When the
 // configured bucket could send more than learnMargin*lmax in one upstream interval from a
 // cold start (burst + rate*interval), the margin comes out of the burst, not the rate: the
@@ -66,7 +70,7 @@ func (c limits) effective(lmax, lintMs float64) limits {
 		capacity := lmax * learnMargin
 		iv := lintMs * 1000 // µs
 		if c.burst+iv/c.T > capacity {
-			b := math.Min(c.burst, math.Max(learnedBurst, math.Floor(lmax/10)))
+			b := math.Min(c.burst, math.Max(learnedBurst, math.Floor(lmax/learnedBurstShare)))
 			b = math.Max(1, math.Min(b, math.Floor(capacity/2)))
 			T := math.Max(c.T, iv/math.Max(capacity-b, capacity/2))
 			e = limits{T: T, burst: math.Min(c.burst, math.Max(b, math.Floor(capacity-iv/T)))}
@@ -91,7 +95,7 @@ func followed(lmax, lintMs, reserve float64) (l limits, ok bool) {
 	if lmax <= 0 || lintMs <= 0 || capacity < 2 {
 		return limits{}, false
 	}
-	b := math.Max(1, math.Min(math.Max(learnedBurst, math.Floor(lmax/10)), math.Floor(capacity/2)))
+	b := math.Max(1, math.Min(math.Max(learnedBurst, math.Floor(lmax/learnedBurstShare)), math.Floor(capacity/2)))
 	return limits{T: lintMs * 1000 / (capacity - b), burst: b}, true
 }
 

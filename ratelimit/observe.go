@@ -18,7 +18,7 @@ func (l *Limiter) Observe(scopeKey string, status int, h http.Header) {
 		lmax: headerNum(h, "X-RateLimit-Max", 0), lint: headerNum(h, "X-RateLimit-Interval-Milliseconds", 0),
 		remaining: headerNum(h, "X-RateLimit-Remaining", -1),
 		dr:        headerNum(h, "X-RateLimit-Daily-Remaining", -1), dl: headerNum(h, "X-RateLimit-Limit-Daily", -1),
-		pauseDefault: float64(ghlWindow.Milliseconds()),
+		pauseDefault: float64(GHLWindow.Milliseconds()),
 	}
 	o.pause = status == http.StatusTooManyRequests || o.remaining == 0
 	if !o.pause && o.lmax <= 0 && o.remaining < 0 && o.dr < 0 && o.dl < 0 {

@@ -194,11 +194,11 @@ func TestFollowGHL(t *testing.T) {
 			t.Fatalf("following 100 per 10 s: %+v (%.2f per window), want burst 10, 7.7/s, at most 87", st, window(st))
 		}
 		// Warming still gets the tokens above its reserve, which shrinks with the burst (2 of
-		// the followed 10, as 10 of the configured 50), not the whole bucket.
+		// the followed 10, as the default 10 of the configured 50), not the whole bucket.
 		l.Observe("w", 200, ghlHeaders(100, 10000, 99))
 		mustWait(t, l, ctx, "w", 1, Interactive) // learns the window on this replica
 		slept := len(*sleeps)
-		for i := range 7 {
+		for i := range 6 {
 			if g := mustWait(t, l, ctx, "w", 1, Warm); len(*sleeps) != slept {
 				t.Fatalf("warm grant %d of a followed bucket slept %v (%+v)", i, (*sleeps)[slept:], g)
 			}

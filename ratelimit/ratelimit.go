@@ -89,22 +89,21 @@ func (e *RejectedError) Error() string {
 // Config of the shared bucket. Zero values take the defaults named on each field; the
 // proxy's configuration keys ratelimit.* map onto these fields.
 type Config struct {
-	// Rate tokens are added every Per, per scope, shared by all replicas. Default 280 per 1m.
+	// Rate tokens are added every Per, per scope, shared by all replicas. Default 280 per 1m
+	// (DefaultRate, DefaultPer).
 	Rate int
 	Per  time.Duration
-	// Burst is the bucket's capacity. Default: the largest burst for which the bucket, from
-	// a cold start, sends at most 97% of GHL's default window (100 per 10 s) in any 10 s:
-	// Burst + Rate/Per*10s <= 97, i.e. 50 with the default rate (50 + 46.7 = 96.7). The 3%
-	// left absorbs requests granted together but reaching GHL spread out by network jitter.
+	// Burst is the bucket's capacity. Default SafeBurst(Rate, Per): 50 at the default rate.
 	Burst int
 	// MaxWait is the longest a request queues for a token before it is refused. Default 20s.
 	MaxWait time.Duration
-	// WarmReserve tokens are never taken by warming requests. Default Burst/10, at least 1.
+	// WarmReserve tokens are never taken by warming requests (in proportion when a learned
+	// limit lowers the burst). Default 10, at most Burst-1.
 	WarmReserve int
 	// DailyLimit is the daily quota assumed until GHL reports one. Default 200000.
 	DailyLimit int
 	// DailyReserve: warming stops while the scope's daily remaining is below it. Default
-	// DailyLimit/10.
+	// 5000.
 	DailyReserve int
 	// FollowGHL makes a scope that has seen GHL's X-RateLimit-Max per Interval spend that
 	// window, less FollowReserve of it (see followed), instead of Rate and Burst: upward as
@@ -143,44 +142,75 @@ type Config struct {
 	Now func() time.Time
 }
 
-// GHL's default window, used to derive the default burst and as the pause after a 429 when
-// GHL does not say its interval.
+// GHL's default limit, GHLWindowLimit requests per GHLWindow: the default burst keeps it,
+// GHLWindow is the pause after a 429 when GHL does not say its interval.
 const (
-	ghlWindow      = 10 * time.Second
-	ghlWindowLimit = 100
+	GHLWindow      = 10 * time.Second
+	GHLWindowLimit = 100
 )
+
+// The defaults of Config, which config.Default is built from: one value each, for the
+// sidecar's configuration keys and for code that builds a Config itself.
+const (
+	DefaultRate         = 280
+	DefaultPer          = time.Minute
+	DefaultMaxWait      = 20 * time.Second
+	DefaultWarmReserve  = 10
+	DefaultDailyLimit   = 200000
+	DefaultDailyReserve = 5000
+	// maxDefaultBurst caps SafeBurst for slow rates, where GHL's window would allow more.
+	maxDefaultBurst = 50
+)
+
+// SafeBurst is the default burst for rate tokens per per: the largest bucket that, full at
+// the start of one of GHL's default windows (100 per 10 s) and refilled during it, sends at
+// most learnMargin (97%) of that window — B + 10s×rate/per <= 97, so 50 at 280 per minute
+// (50 + 46.7 = 96.7) — capped at 50 and at least 1. The 3% left absorbs requests granted
+// together but reaching GHL spread out by network jitter.
+func SafeBurst(rate int, per time.Duration) int {
+	if per <= 0 {
+		return 1
+	}
+	b := int(math.Floor(GHLWindowLimit*learnMargin - WindowRefill(rate, per)))
+	return max(1, min(maxDefaultBurst, b))
+}
+
+// WindowRefill is how many tokens rate per per adds during one of GHL's default windows.
+func WindowRefill(rate int, per time.Duration) float64 {
+	return float64(rate) * float64(GHLWindow) / float64(per)
+}
 
 func (c Config) withDefaults() (Config, error) {
 	if c.Rate == 0 {
-		c.Rate = 280
+		c.Rate = DefaultRate
 	}
 	if c.Per == 0 {
-		c.Per = time.Minute
+		c.Per = DefaultPer
 	}
 	if c.Rate < 0 || c.Per < 0 {
 		return c, fmt.Errorf("ratelimit.rate: must be positive, got %d per %s", c.Rate, c.Per)
 	}
 	if c.Burst == 0 {
-		perWindow := float64(c.Rate) * float64(ghlWindow) / float64(c.Per)
-		c.Burst = max(1, int(math.Floor(ghlWindowLimit*learnMargin-perWindow)))
+		c.Burst = SafeBurst(c.Rate, c.Per)
 	}
 	if c.Burst < 0 {
 		return c, fmt.Errorf("ratelimit.burst: must be positive, got %d", c.Burst)
 	}
 	if c.MaxWait == 0 {
-		c.MaxWait = 20 * time.Second
+		c.MaxWait = DefaultMaxWait
 	}
 	if c.MaxWait < 0 {
 		return c, fmt.Errorf("ratelimit.max_wait: must not be negative, got %s", c.MaxWait)
 	}
 	if c.WarmReserve == 0 {
-		c.WarmReserve = max(1, c.Burst/10)
+		// Below the burst, or warming would never get a token (config refuses such a value).
+		c.WarmReserve = max(0, min(DefaultWarmReserve, c.Burst-1))
 	}
 	if c.DailyLimit == 0 {
-		c.DailyLimit = 200000
+		c.DailyLimit = DefaultDailyLimit
 	}
 	if c.DailyReserve == 0 {
-		c.DailyReserve = c.DailyLimit / 10
+		c.DailyReserve = DefaultDailyReserve
 	}
 	if c.RedisTimeout == 0 {
 		c.RedisTimeout = 50 * time.Millisecond

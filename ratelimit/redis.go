@@ -4,17 +4,19 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Every script reads Redis's own clock (TIME), so replicas never disagree about time, and
 // touches exactly one key, whose hash tag puts it on one Cluster slot. The arithmetic is
-// gcra.go's, line for line.
+// gcra.go's, line for line, and so are its constants: the prelude is written with
+// gcra.go's values (luaConstants), not copies of them.
 
 // Shared prelude: parse the configured limits and the learned upstream limit, and derive
 // the effective limits (limits.effective).
-const scriptPrelude = `
+var scriptPrelude = luaConstants.Replace(`
 local T = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -29,10 +31,10 @@ local dl = tonumber(h[6]) or -1
 local function effective()
   local eT, eb = T, burst
   if lmax > 0 and lint > 0 then
-    local cap = lmax * 0.97
+    local cap = lmax * $learnMargin
     local iv = lint * 1000
     if burst + iv / T > cap then
-      local b = math.min(burst, math.max(5, math.floor(lmax / 10)))
+      local b = math.min(burst, math.max($learnedBurst, math.floor(lmax / $learnedBurstShare)))
       b = math.max(1, math.min(b, math.floor(cap / 2)))
       eT = math.max(T, iv / math.max(cap - b, cap / 2))
       eb = math.min(burst, math.max(b, math.floor(cap - iv / eT)))
@@ -44,7 +46,14 @@ local function reply(granted, wait, tokens, eT, eb, leased)
   return {granted, math.floor(wait), math.floor(tokens * 1000), math.floor(math.max(pause - now, 0)),
     dr, dl, lmax, lint, math.floor(eT * 1000), eb, leased or 0}
 end
-`
+`)
+
+// luaConstants writes gcra.go's constants into the scripts.
+var luaConstants = strings.NewReplacer(
+	"$learnMargin", strconv.FormatFloat(learnMargin, 'g', -1, 64),
+	"$learnedBurstShare", strconv.Itoa(learnedBurstShare),
+	"$learnedBurst", strconv.Itoa(learnedBurst),
+)
 
 // takeScript: KEYS[1] bucket; ARGV T, burst, n, mode, maxWait µs, warmReserve, dailyReserve,
 // ttl ms, lease. Reply: granted (1, 0, or -1 for a daily-reserve refusal), wait µs,

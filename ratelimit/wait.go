@@ -267,11 +267,11 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // rejection builds the sidecar's 429 from a decision: GHL's learned window when known,
 // else what the bucket allows per GHL's default window.
 func (l *Limiter) rejection(d decision, retry time.Duration) *RejectedError {
-	e := &RejectedError{RetryAfter: retry, Remaining: tokensLeft(d.tokens), Interval: ghlWindow}
+	e := &RejectedError{RetryAfter: retry, Remaining: tokensLeft(d.tokens), Interval: GHLWindow}
 	if d.lmax > 0 && d.lint > 0 {
 		e.Limit, e.Interval = int(d.lmax), time.Duration(d.lint)*time.Millisecond
 	} else if d.eff.T > 0 {
-		e.Limit = int(d.eff.burst + float64(ghlWindow.Microseconds())/d.eff.T)
+		e.Limit = int(d.eff.burst + float64(GHLWindow.Microseconds())/d.eff.T)
 	}
 	return e
 }

@@ -88,12 +88,15 @@ type Receiver struct {
 }
 
 // New checks cfg and builds the receiver.
+// DefaultMaxAge is Config.MaxAge's default, and webhooks.max_age's.
+const DefaultMaxAge = 5 * time.Minute
+
 func New(cfg Config) (*Receiver, error) {
 	if cfg.PublicKey == nil || cfg.Routes == nil || cfg.Invalidate == nil {
 		return nil, errors.New("webhook: public key, routes and Invalidate are required")
 	}
 	if cfg.MaxAge <= 0 {
-		cfg.MaxAge = 5 * time.Minute
+		cfg.MaxAge = DefaultMaxAge
 	}
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: 30 * time.Second}
