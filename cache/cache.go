@@ -30,9 +30,12 @@
 //	<prefix>:{cache}:inval          sharded pub/sub channel: invalidations
 //	<prefix>:{cache}:ping:<replica> sharded pub/sub channel: the replica's own heartbeat
 //
-// An id is 128 bits of SHA-256 of a tag, a route template or a credential hash. Every
-// command touches one slot: an index and its tombstone share a hash tag and change together
-// in one script; entries are deleted one DEL per key in a pipeline. The index is a ZSET so
+// An id is 128 bits of SHA-256 of a tag, a route template or a credential hash. On a
+// Cluster every command touches one slot: an index and its tombstone share a hash tag and
+// change together in one script, one run per id; entries are deleted one DEL per key in a
+// pipeline. On a single Redis (or Sentinel), where every key is on the one server, one run
+// does the work of every id (luapipe.OneScript): storing an entry and listing it is one
+// command, and an invalidation one script plus one pipeline of DELs. The index is a ZSET so
 // that adding to it also trims members that have expired, and the index key's own TTL is the
 // longest of its members'.
 //
@@ -77,6 +80,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
 	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/internal/pending"
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
@@ -173,6 +177,8 @@ type Cache struct {
 	m     *metrics.Metrics
 	local *local
 	keys  keyspace
+	// oneScript: the Redis runs one script over several hash tags (luapipe.OneScript).
+	oneScript bool
 
 	replica string
 	// leaseUntil is the Unix ns until which in-process entries may be served (see the
@@ -248,6 +254,7 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 	c := &Cache{
 		cfg: cfg, now: cfg.Now, rdb: rdb, log: log, m: m, local: l,
 		keys:       keyspace{prefix: cfg.Prefix},
+		oneScript:  rdb != nil && luapipe.OneScript(rdb),
 		replica:    hex.EncodeToString(rid[:]),
 		tombs:      make(map[string]int64),
 		ping:       make(chan struct{}, 1),
@@ -551,7 +558,7 @@ func (c *Cache) tombstone(idl []string) stamps {
 	return st
 }
 
-// tombstoned is indexAdd's refusal for the embedded store.
+// tombstoned is store's refusal for the embedded store.
 func (c *Cache) tombstoned(idl []string, fetched int64, own map[string]int64) bool {
 	c.tombMu.Lock()
 	defer c.tombMu.Unlock()

@@ -32,52 +32,71 @@ func (k keyspace) pingChannel(replica string) string {
 	return k.prefix + ":{cache}:ping:" + replica
 }
 
-// setEntry stores the sealed value and reports whether one was there before, which other
-// replicas may hold in process and must drop.
-var setEntry = redis.NewScript(`
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+// store stores the sealed value and lists it under its ids, or refuses (-1) with nothing
+// written when one id was invalidated after the answer may have been read (fetched,
+// ARGV[5]); otherwise it returns whether an entry was there before, which other replicas
+// may hold in process and must drop. With own > 0 for an id, the answer is a write's own
+// (Cache.SetAfter): it is listed only while that id's tombstone is still the one the
+// write's invalidation left. Listing trims members that expired and keeps the index alive
+// as long as its longest-lived member.
+//
+// On a single Redis one run does it all, so nothing is ever listed without its entry nor
+// stored unlisted. On a Cluster every run stays within one hash tag: a run with the entry
+// alone (ARGV[1] set, no pairs), then one per id (ARGV[1] empty, KEYS the id's pair) —
+// see redisSet for that order.
+//
+//	KEYS: [entry,] then index, tombstone per id; ARGV: sealed value ('' without the entry),
+//	entry ttl (ms), fingerprint, expiry (ms), fetched (ms), now (ms), index ttl (ms), then
+//	own tombstone per id (0: none)
+var store = redis.NewScript(`
+local e = 0
+if ARGV[1] ~= '' then e = 1 end
+local n = (#KEYS - e) / 2
+for i = 1, n do
+  local t = redis.call('GET', KEYS[e + 2 * i])
+  local own = tonumber(ARGV[7 + i])
+  if own > 0 then
+    if not t or tonumber(t) ~= own then return -1 end
+  elseif t and tonumber(t) >= tonumber(ARGV[5]) then return -1 end
+end
+local existed = 0
+if e == 1 then
+  existed = redis.call('EXISTS', KEYS[1])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+for i = 1, n do
+  local z = KEYS[e + 2 * i - 1]
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', ARGV[6])
+  redis.call('ZADD', z, ARGV[4], ARGV[3])
+  if redis.call('PTTL', z) < tonumber(ARGV[7]) then redis.call('PEXPIRE', z, ARGV[7]) end
+end
 return existed`)
 
-// indexAdd lists a fingerprint under an id unless the id was invalidated after the answer
-// may have been read (ARGV[3]); it trims members that expired and keeps the index alive as
-// long as its longest-lived member. Returns 0 when refused. With own (ARGV[6]) > 0 the
-// answer is a write's own (Cache.SetAfter): it is listed only while the tombstone is still
-// the one that write's invalidation left.
-//
-//	KEYS: index, tombstone; ARGV: fingerprint, expiry (ms), fetched (ms), now (ms), ttl (ms),
-//	own tombstone (0: none)
-var indexAdd = redis.NewScript(`
-local t = redis.call('GET', KEYS[2])
-local own = tonumber(ARGV[6])
-if own > 0 then
-  if not t or tonumber(t) ~= own then return 0 end
-elseif t and tonumber(t) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-local pt = redis.call('PTTL', KEYS[1])
-if pt < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
-return 1`)
-
-// indexDrop marks an id invalidated now and hands back the tombstone it found (0: none),
-// the one it left, and the members. Tombstones only grow, by at least 1 ms an
-// invalidation, so that one invalidation is told from the next whatever the replicas'
-// clocks (SetAfter relies on it). It leaves the members listed,
+// indexDrop marks ids invalidated now and hands back, per id, the tombstone it found (0:
+// none), the one it left, how many members follow, and the members. Tombstones only grow,
+// by at least 1 ms an invalidation, so that one invalidation is told from the next
+// whatever the replicas' clocks (SetAfter relies on it). It leaves the members listed,
 // so that a reply lost on the way (the script ran, the caller saw a timeout) leaves them for
 // the retry to find. Nothing unlists them afterwards either: a member goes when it expires
-// (indexAdd trims by score), and unlisting after the delete could race with a store of the
+// (store trims by score), and unlisting after the delete could race with a store of the
 // same key that lists it again, leaving that fresh entry out of reach of invalidations. A
-// listed member whose entry is gone costs a DEL of nothing.
+// listed member whose entry is gone costs a DEL of nothing. One run takes every id on a
+// single Redis, one id on a Cluster.
 //
-//	KEYS: index, tombstone; ARGV: now (ms), tombstone ttl (ms)
+//	KEYS: index, tombstone per id; ARGV: now (ms), tombstone ttl (ms)
 var indexDrop = redis.NewScript(`
-local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
-local t = math.max(prev + 1, tonumber(ARGV[1]))
-redis.call('SET', KEYS[2], string.format('%d', t), 'PX', ARGV[2])
-local m = redis.call('ZRANGE', KEYS[1], 0, -1)
-table.insert(m, 1, string.format('%d', t))
-table.insert(m, 1, string.format('%d', prev))
-return m`)
+local out = {}
+for i = 1, #KEYS / 2 do
+  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local t = math.max(prev + 1, tonumber(ARGV[1]))
+  redis.call('SET', KEYS[2 * i], string.format('%d', t), 'PX', ARGV[2])
+  local m = redis.call('ZRANGE', KEYS[2 * i - 1], 0, -1)
+  table.insert(out, string.format('%d', prev))
+  table.insert(out, string.format('%d', t))
+  table.insert(out, tostring(#m))
+  for _, fp in ipairs(m) do table.insert(out, fp) end
+end
+return out`)
 
 func (c *Cache) timeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.cfg.RedisTimeout)
@@ -111,9 +130,10 @@ func (c *Cache) redisGet(ctx context.Context, key string) ([]byte, error) {
 	return v, nil
 }
 
-// redisSet writes the entry first and indexes it second: Invalidate deletes what an index
-// lists, so an entry must exist before it is listed or a concurrent Invalidate could delete
-// nothing and leave it behind.
+// redisSet stores the entry and lists it under its ids (see store). On a Cluster the
+// entry is written first and listed second: Invalidate deletes what an index lists, so an
+// entry must exist before it is listed or a concurrent Invalidate could delete nothing and
+// leave it behind.
 func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64) error {
 	v, err := seal(&cred.EncKey, key, rec)
 	if err != nil {
@@ -121,9 +141,38 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 	}
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
-	ttl := rec.end.Sub(now)
+	ttl := rec.end.Sub(now).Milliseconds() + 1
 	ek := c.keys.entry(key)
-	existed, err := setEntry.Run(ctx, c.rdb, []string{ek}, v, ttl.Milliseconds()+1).Int()
+	run := func(value []byte, ids []string) *redis.Cmd {
+		keys := make([]string, 0, 1+2*len(ids))
+		if value != nil {
+			keys = append(keys, ek)
+		}
+		args := make([]any, 0, 7+len(ids))
+		args = append(args, value, ttl, key, rec.end.UnixMilli(), fetched, now.UnixMilli(), ttl)
+		for _, id := range ids {
+			keys = append(keys, c.keys.index(id), c.keys.tombstone(id))
+			args = append(args, own[id])
+		}
+		return store.Run(ctx, c.rdb, keys, args...)
+	}
+	if c.oneScript {
+		existed, err := run(v, rec.ids).Int()
+		c.up(err)
+		switch {
+		case err != nil:
+			// A reply that timed out does not mean the script did not run.
+			c.orphan(ek, rec.end)
+			return fmt.Errorf("cache: redis set: %w", err)
+		case existed < 0:
+			return ErrInvalidated
+		case existed == 1:
+			c.publish(ctx, msgKeys, []string{key})
+		}
+		return nil
+	}
+
+	existed, err := run(v, nil).Int()
 	c.up(err)
 	if err != nil {
 		// A reply that timed out does not mean the SET did not happen: an entry no index
@@ -131,19 +180,17 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		c.orphan(ek, rec.end)
 		return fmt.Errorf("cache: redis set: %w", err)
 	}
-
 	pipe := luapipe.New(c.rdb)
 	cmds := make([]*redis.Cmd, len(rec.ids))
-	exp := strconv.FormatInt(rec.end.UnixMilli(), 10)
 	for i, id := range rec.ids {
-		cmds[i] = pipe.Run(ctx, indexAdd, []string{c.keys.index(id), c.keys.tombstone(id)},
-			key, exp, fetched, now.UnixMilli(), ttl.Milliseconds()+1, own[id])
+		cmds[i] = pipe.Run(ctx, store, []string{c.keys.index(id), c.keys.tombstone(id)},
+			"", ttl, key, rec.end.UnixMilli(), fetched, now.UnixMilli(), ttl, own[id])
 	}
 	err = pipe.Exec(ctx)
 	c.up(err)
 	refused := false
 	for _, cmd := range cmds {
-		if n, e := cmd.Int(); e == nil && n == 0 {
+		if n, e := cmd.Int(); e == nil && n < 0 {
 			refused = true
 		}
 	}
@@ -170,6 +217,22 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		c.publish(ctx, msgKeys, []string{key})
 	}
 	return nil
+}
+
+// scriptParts splits ids into the groups one script run may take: all of them on a single
+// Redis, one each on a Cluster (see luapipe.OneScript).
+func (c *Cache) scriptParts(idl []string) [][]string {
+	if len(idl) == 0 {
+		return nil
+	}
+	if c.oneScript {
+		return [][]string{idl}
+	}
+	parts := make([][]string, len(idl))
+	for i := range idl {
+		parts[i] = idl[i : i+1 : i+1]
+	}
+	return parts
 }
 
 // orphan hands the entry ek, which expires at end, to orphanLoop for deletion.
@@ -236,9 +299,13 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 	defer cancel()
 	now := c.now().UnixMilli()
 	drops := luapipe.New(c.rdb)
-	cmds := make([]*redis.Cmd, len(idl))
-	for i, id := range idl {
-		cmds[i] = drops.Run(ctx, indexDrop, []string{c.keys.index(id), c.keys.tombstone(id)}, now, tombstoneTTL.Milliseconds())
+	var cmds []*redis.Cmd
+	for _, part := range c.scriptParts(idl) {
+		keys := make([]string, 0, 2*len(part))
+		for _, id := range part {
+			keys = append(keys, c.keys.index(id), c.keys.tombstone(id))
+		}
+		cmds = append(cmds, drops.Run(ctx, indexDrop, keys, now, tombstoneTTL.Milliseconds()))
 	}
 	err := drops.Exec(ctx)
 	c.up(err)
@@ -249,21 +316,33 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 	pipe := c.rdb.Pipeline()
 	var dels []*redis.IntCmd
 	st := newStamps(len(idl))
-	for i, cmd := range cmds {
+	i := 0 // the id the reply is at
+	for _, cmd := range cmds {
 		reply, _ := cmd.StringSlice()
-		if len(reply) < 2 {
-			return 0, stamps{}, fmt.Errorf("cache: redis invalidate: %d values in the reply, want 2 or more", len(reply))
-		}
-		prev, _ := strconv.ParseInt(reply[0], 10, 64)
-		left, _ := strconv.ParseInt(reply[1], 10, 64)
-		st.prev[idl[i]], st.own[idl[i]] = prev, left
-		for _, fp := range reply[2:] {
-			if _, ok := seen[fp]; ok {
-				continue
+		for len(reply) > 0 {
+			if len(reply) < 3 || i == len(idl) {
+				return 0, stamps{}, fmt.Errorf("cache: redis invalidate: a reply cut short or too long (%d values left, id %d of %d)", len(reply), i, len(idl))
 			}
-			seen[fp] = struct{}{}
-			dels = append(dels, pipe.Del(ctx, c.keys.entry(fp)))
+			prev, _ := strconv.ParseInt(reply[0], 10, 64)
+			left, _ := strconv.ParseInt(reply[1], 10, 64)
+			m, err := strconv.Atoi(reply[2])
+			if err != nil || m < 0 || 3+m > len(reply) {
+				return 0, stamps{}, fmt.Errorf("cache: redis invalidate: a malformed reply")
+			}
+			st.prev[idl[i]], st.own[idl[i]] = prev, left
+			for _, fp := range reply[3 : 3+m] {
+				if _, ok := seen[fp]; ok {
+					continue
+				}
+				seen[fp] = struct{}{}
+				dels = append(dels, pipe.Del(ctx, c.keys.entry(fp)))
+			}
+			reply = reply[3+m:]
+			i++
 		}
+	}
+	if i != len(idl) {
+		return 0, stamps{}, fmt.Errorf("cache: redis invalidate: replies for %d ids of %d", i, len(idl))
 	}
 	n := 0
 	if len(dels) > 0 {

@@ -72,3 +72,12 @@ func (p *Pipe) Exec(ctx context.Context) error {
 	}
 	return nil
 }
+
+// OneScript reports whether one script may touch keys of different hash tags on rdb: on a
+// single Redis (alone or behind Sentinel) every key is on the one server, so the work of
+// several tags goes in one run; a Cluster (or a Ring) splits keys by slot, so there a run
+// touches one hash tag only.
+func OneScript(rdb redis.UniversalClient) bool {
+	_, single := rdb.(*redis.Client)
+	return single
+}
