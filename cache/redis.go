@@ -143,9 +143,11 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 	defer cancel()
 	ttl := rec.end.Sub(now).Milliseconds() + 1
 	ek := c.keys.entry(key)
-	run := func(value []byte, ids []string) *redis.Cmd {
+	// The keys and arguments of one store run: the entry when value is set (the script
+	// tells by ARGV[1] being empty, and a sealed value never is), then each id's pair.
+	storeRun := func(value []byte, ids []string) ([]string, []any) {
 		keys := make([]string, 0, 1+2*len(ids))
-		if value != nil {
+		if len(value) > 0 {
 			keys = append(keys, ek)
 		}
 		args := make([]any, 0, 7+len(ids))
@@ -154,6 +156,10 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 			keys = append(keys, c.keys.index(id), c.keys.tombstone(id))
 			args = append(args, own[id])
 		}
+		return keys, args
+	}
+	run := func(value []byte, ids []string) *redis.Cmd {
+		keys, args := storeRun(value, ids)
 		return store.Run(ctx, c.rdb, keys, args...)
 	}
 	if c.oneScript {
@@ -182,9 +188,9 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 	}
 	pipe := luapipe.New(c.rdb)
 	cmds := make([]*redis.Cmd, len(rec.ids))
-	for i, id := range rec.ids {
-		cmds[i] = pipe.Run(ctx, store, []string{c.keys.index(id), c.keys.tombstone(id)},
-			"", ttl, key, rec.end.UnixMilli(), fetched, now.UnixMilli(), ttl, own[id])
+	for i, part := range c.scriptParts(rec.ids) {
+		keys, args := storeRun(nil, part)
+		cmds[i] = pipe.Run(ctx, store, keys, args...)
 	}
 	err = pipe.Exec(ctx)
 	c.up(err)
