@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
 	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/internal/pending"
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
@@ -152,6 +153,9 @@ type Fold struct {
 	saved prometheus.Counter
 	now   func() time.Time // seam for the in-process replay clock
 
+	// oneScript: one script run may touch several hash tags (luapipe.OneScript).
+	oneScript bool
+
 	mu     sync.Mutex
 	calls  map[string]*call // in flight on this replica
 	replay store            // recent answers, in process
@@ -205,6 +209,8 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 		replay:  newStore(cfg.LocalBytes),
 		closing: make(chan struct{}),
 		killed:  make(chan struct{}),
+
+		oneScript: rdb != nil && luapipe.OneScript(rdb),
 
 		unforgot:       pending.New(nil),
 		forgetWake:     make(chan struct{}, 1),

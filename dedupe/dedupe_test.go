@@ -769,12 +769,26 @@ func TestRetryHeavyWorkloadSavesUpstreamCalls(t *testing.T) {
 	t.Logf("%d requests, %d upstream calls, %d saved (%.0f%%)", total, g.creates.Load(), sum, 100*float64(sum)/float64(total))
 }
 
+// Calls of several tags each, replayed across replicas and forgotten by two tags at once:
+// on a Cluster, where each tag's index is its own slot and every script run takes one; on a
+// single Redis, where one run takes all of a call's tags (luapipe.OneScript).
 func TestClusterReplayAndForget(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
 	t.Cleanup(func() { rdb.Close() })
+	testReplayAndForgetTags(t, rdb, false)
+}
+
+func TestSingleRedisReplayAndForgetTags(t *testing.T) {
+	testReplayAndForgetTags(t, redisClient(t, redistest.Start(t)), true)
+}
+
+func testReplayAndForgetTags(t *testing.T, rdb redis.UniversalClient, oneScript bool) {
 	a, _ := newFold(t, testConfig(), rdb)
 	b, _ := newFold(t, testConfig(), rdb)
+	if a.oneScript != oneScript {
+		t.Fatalf("oneScript = %v on %T", a.oneScript, rdb)
+	}
 	var calls atomic.Int64
 	fetch := func(ctx context.Context) (*upstream.Response, error) {
 		calls.Add(1)

@@ -64,10 +64,13 @@ type scripts struct {
 
 func newScripts() scripts {
 	return scripts{
-		// KEYS lock, sent, result, forgot; ARGV token, lease ms, write, token waited for.
+		// KEYS lock, sent, result, forgot, then the call's tag indexes on a single Redis;
+		// ARGV token, lease ms, write, token waited for, fold key, index life ms.
 		// -> {1, record, pttl} | {2, lock value} | {3} sent and leader gone | {0} leader now
 		// | {4} a read in flight that a Forget reached: wait for it to end, not for its
-		// answer, which may predate the write.
+		// answer, which may predate the write. A new leader lists the key under the tag
+		// indexes given (listLua) before it takes the lock, so that an error there leaves
+		// no lock behind.
 		acquire: redis.NewScript(`
 local r = redis.call('GET', KEYS[3])
 if r then
@@ -82,6 +85,7 @@ if l then
   return {2, l}
 end
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
+` + listLua(5, 5, 6) + `
 local kind = 'p:'
 if ARGV[3] == '1' then kind = 'w:' end
 redis.call('SET', KEYS[1], kind .. ARGV[1], 'PX', ARGV[2])
@@ -150,21 +154,39 @@ if cur then
 end
 redis.call('SET', KEYS[1], 'X', 'PX', ARGV[1])
 return 1`),
-		// KEYS tag index; ARGV fold key, life ms. Lists the key until its replay can no
-		// longer exist, trims members past theirs, and keeps the index alive as long as its
-		// longest-lived member. Redis's clock scores every replica's members alike.
-		index: redis.NewScript(`
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+		// KEYS tag indexes; ARGV fold key, life ms (see listLua). All of a call's tags in
+		// one run on a single Redis, one per run on a Cluster (see tagParts).
+		index: redis.NewScript(listLua(1, 1, 2) + `
 return 1`),
-		// KEYS tag index. -> the fold keys whose replays may still exist.
+		// KEYS tag indexes. -> the fold keys, of any of them, whose replays may still exist
+		// (a key listed under several tags comes once per tag).
 		members: redis.NewScript(`
 local t = redis.call('TIME')
-return redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')`),
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {}
+for i = 1, #KEYS do
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')) do out[#out + 1] = m end
+end
+return out`),
 	}
+}
+
+// listLua is the Lua that lists a fold key under tag indexes KEYS[first..] until its
+// replay can no longer exist (ARGV[key] the fold key, ARGV[life] ms from now), trims
+// members past theirs, and keeps each index alive as long as its longest-lived member.
+// Redis's clock scores every replica's members alike.
+func listLua(first, key, life int) string {
+	return fmt.Sprintf(`
+if #KEYS >= %[1]d then
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local life = tonumber(ARGV[%[3]d])
+  for i = %[1]d, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    redis.call('ZADD', KEYS[i], now + life, ARGV[%[2]d])
+    if redis.call('PTTL', KEYS[i]) < life then redis.call('PEXPIRE', KEYS[i], life) end
+  end
+end`, first, key, life)
 }
 
 type keys struct{ lock, sent, result, forgot string }
@@ -179,6 +201,27 @@ func (f *Fold) keysOf(key string) keys {
 func (f *Fold) tagKey(tag string) string {
 	sum := sha256.Sum256([]byte(tag))
 	return f.cfg.Prefix + ":{foldidx:" + hex.EncodeToString(sum[:16]) + "}"
+}
+
+// tagParts names the tag indexes of tags in the groups one script run may take: all in
+// one on a single Redis, one each on a Cluster, where every index is its own hash tag (see
+// luapipe.OneScript).
+func (f *Fold) tagParts(tags []string) [][]string {
+	if len(tags) == 0 {
+		return nil
+	}
+	if f.oneScript {
+		all := make([]string, len(tags))
+		for i, t := range tags {
+			all[i] = f.tagKey(t)
+		}
+		return [][]string{all}
+	}
+	parts := make([][]string, len(tags))
+	for i, t := range tags {
+		parts[i] = []string{f.tagKey(t)}
+	}
+	return parts
 }
 
 func (f *Fold) doneChannel() string                   { return f.cfg.Prefix + ":fold:done" }
@@ -209,12 +252,18 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 	if c.opt.Write {
 		write = "1"
 	}
+	// On a single Redis the new leader's tag indexes go in with its lock (see lead).
+	keys, life := []string{k.lock, k.sent, k.result, k.forgot}, int64(0)
+	if window := f.window(c.opt); f.oneScript && window > 0 && len(c.opt.Tags) > 0 {
+		keys = append(keys, f.tagParts(c.opt.Tags)[0]...)
+		life = ms(window + f.cfg.CallTimeout)
+	}
 	deadline := time.Now().Add(f.cfg.WaitBound)
 	waitTok := ""           // token of the leader this call is waiting for
 	var lostSince time.Time // when a sent write was first seen without its leader's marker
 	for {
 		before := time.Now()
-		res, err := f.scripts.acquire.Run(ctx, f.rdb, []string{k.lock, k.sent, k.result, k.forgot}, tok, ms(f.cfg.LeaseTTL), write, waitTok).Slice()
+		res, err := f.scripts.acquire.Run(ctx, f.rdb, keys, tok, ms(f.cfg.LeaseTTL), write, waitTok, c.key, life).Slice()
 		switch {
 		case err != nil && (waitTok == "" || !c.opt.Write):
 			// Redis is unreachable: fold within this replica rather than fail the request.
@@ -233,7 +282,7 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 				if waitTok != "" {
 					f.log.Info("took over an identical request whose replica stopped", "key", c.key, "write", c.opt.Write)
 				}
-				if f.lead(ctx, c, tok, k) {
+				if f.lead(ctx, c, tok, k, len(keys) > 4, before) {
 					return
 				}
 				// The marker expired before the write was sent (this replica stalled) and
@@ -331,19 +380,23 @@ func (f *Fold) leadLocal(ctx context.Context, c *call) {
 
 // lead makes the upstream call holding the marker tok, then stores the answer and tells
 // the other replicas. It returns false, having answered nobody, when the write lost its
-// marker before it was sent.
-func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys) bool {
+// marker before it was sent. listed says the acquire script already indexed the call's
+// tags, no later than acquiredAt.
+func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys, listed bool, acquiredAt time.Time) bool {
 	window := f.window(c.opt)
 	indexed := true
 	index := func(life time.Duration) error {
 		pipe := luapipe.New(f.rdb)
-		for _, t := range c.opt.Tags {
-			pipe.Run(ctx, f.scripts.index, []string{f.tagKey(t)}, c.key, ms(life))
+		for _, part := range f.tagParts(c.opt.Tags) {
+			pipe.Run(ctx, f.scripts.index, part, c.key, ms(life))
 		}
 		return pipe.Exec(ctx)
 	}
 	indexedAt := time.Now()
-	if window > 0 && len(c.opt.Tags) > 0 {
+	if listed {
+		indexedAt = acquiredAt
+	}
+	if window > 0 && len(c.opt.Tags) > 0 && !listed {
 		// Indexed before the fetch, so a Forget while it runs finds the key and leaves a
 		// tombstone that keeps the possibly outdated answer from being replayed (see the
 		// tomb script for writes). The record can live until the fetch times out plus the
@@ -522,9 +575,9 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 	// Two round trips whatever the number of tags and keys (a search tag can list hundreds):
 	// the write's caller waits for this.
 	pipe := luapipe.New(f.rdb)
-	lists := make([]*redis.Cmd, len(tags))
-	for i, t := range tags {
-		lists[i] = pipe.Run(ctx, f.scripts.members, []string{f.tagKey(t)})
+	var lists []*redis.Cmd
+	for _, part := range f.tagParts(tags) {
+		lists = append(lists, pipe.Run(ctx, f.scripts.members, part))
 	}
 	note(pipe.Exec(ctx))
 	seen := make(map[string]bool)
