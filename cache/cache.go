@@ -35,7 +35,7 @@
 // change together in one script, one run per id; entries are deleted one DEL per key in a
 // pipeline. On a single Redis (or Sentinel), where every key is on the one server, one run
 // does the work of every id (luapipe.OneScript): storing an entry and listing it is one
-// command, and an invalidation one script plus one pipeline of DELs. The index is a ZSET so
+// command, and so is an invalidation with its DELs and its notice (dropAll). The index is a ZSET so
 // that adding to it also trims members that have expired, and the index key's own TTL is the
 // longest of its members'.
 //

@@ -29,6 +29,15 @@ type event struct {
 // returned: the heartbeats of the other replicas stop coming back too when Redis is
 // unreachable, so their in-process layers stop serving within the bound anyway.
 func (c *Cache) publish(ctx context.Context, kind string, items []string) {
+	if err := c.rdb.SPublish(ctx, c.keys.invalChannel(), c.notice(kind, items)).Err(); err != nil {
+		c.up(err)
+		c.log.Warn("cache: publishing an invalidation failed; other replicas drop in-process entries when their heartbeat lapses", "err", err)
+	}
+}
+
+// notice is the message that tells the other replicas what this one dropped: the replica,
+// the kind, then the items, a line each.
+func (c *Cache) notice(kind string, items []string) string {
 	var b strings.Builder
 	b.WriteString(c.replica)
 	b.WriteString("\n")
@@ -37,10 +46,7 @@ func (c *Cache) publish(ctx context.Context, kind string, items []string) {
 		b.WriteString("\n")
 		b.WriteString(it)
 	}
-	if err := c.rdb.SPublish(ctx, c.keys.invalChannel(), b.String()).Err(); err != nil {
-		c.up(err)
-		c.log.Warn("cache: publishing an invalidation failed; other replicas drop in-process entries when their heartbeat lapses", "err", err)
-	}
+	return b.String()
 }
 
 // subscribe (re)creates the subscription. A subscription is replaced, not trusted to

@@ -17,13 +17,17 @@ import (
 // keyspace names the Redis keys and channels (see the package comment).
 type keyspace struct{ prefix string }
 
+// entry names an entry by its fingerprint, in the slot of the fingerprint's first 16
+// characters. dropAll builds the same name in Lua.
 func (k keyspace) entry(fp string) string {
 	tag := fp
 	if len(tag) > 16 {
 		tag = tag[:16]
 	}
-	return k.prefix + ":{c:" + tag + "}:e:" + fp
+	return k.entryPrefix() + tag + "}:e:" + fp
 }
+
+func (k keyspace) entryPrefix() string { return k.prefix + ":{c:" }
 
 func (k keyspace) index(id string) string     { return k.prefix + ":{x:" + id + "}:z" }
 func (k keyspace) tombstone(id string) string { return k.prefix + ":{x:" + id + "}:inv" }
@@ -96,6 +100,38 @@ for i = 1, #KEYS / 2 do
   table.insert(out, tostring(#m))
   for _, fp in ipairs(m) do table.insert(out, fp) end
 end
+return out`)
+
+// dropAll is the whole of an invalidation in one run, on a single Redis (luapipe.OneScript):
+// indexDrop for every id, then a DEL of each entry listed, then the notice to the other
+// replicas. The entries' names are built here from their fingerprints (as keyspace.entry
+// does), which only a single Redis allows: on a Cluster a script may touch only the keys it
+// is given, in one slot. The order is redisDrop's: tombstones first, so that a store racing
+// with the write is refused or its entry deleted; the notice last, so that a replica that
+// drops its copy on it and looks in Redis finds nothing old. A notice Redis refuses fails the
+// run (where publish only logs): the caller retries the whole invalidation, which is safe to
+// repeat.
+//
+//	KEYS: index, tombstone per id; ARGV: now (ms), tombstone ttl (ms), entry name prefix,
+//	channel, notice -> {entries deleted, then per id the tombstone found (0: none) and the
+//	one left}
+var dropAll = redis.NewScript(`
+local out, seen, n = {''}, {}, 0
+for i = 1, #KEYS / 2 do
+  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local t = math.max(prev + 1, tonumber(ARGV[1]))
+  redis.call('SET', KEYS[2 * i], string.format('%d', t), 'PX', ARGV[2])
+  table.insert(out, string.format('%d', prev))
+  table.insert(out, string.format('%d', t))
+  for _, fp in ipairs(redis.call('ZRANGE', KEYS[2 * i - 1], 0, -1)) do
+    if not seen[fp] then
+      seen[fp] = true
+      n = n + redis.call('DEL', ARGV[3] .. string.sub(fp, 1, 16) .. '}:e:' .. fp)
+    end
+  end
+end
+out[1] = tostring(n)
+redis.call('SPUBLISH', ARGV[4], ARGV[5])
 return out`)
 
 func (c *Cache) timeout(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -304,6 +340,9 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
 	now := c.now().UnixMilli()
+	if c.oneScript {
+		return c.redisDropAll(ctx, idl, now)
+	}
 	drops := luapipe.New(c.rdb)
 	var cmds []*redis.Cmd
 	for _, part := range c.scriptParts(idl) {
@@ -363,6 +402,39 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 		}
 	}
 	c.publish(ctx, msgIDs, idl)
+	return n, st, nil
+}
+
+// redisDropAll is redisDrop in one script run (dropAll).
+func (c *Cache) redisDropAll(ctx context.Context, idl []string, now int64) (int, stamps, error) {
+	keys := make([]string, 0, 2*len(idl))
+	for _, id := range idl {
+		keys = append(keys, c.keys.index(id), c.keys.tombstone(id))
+	}
+	reply, err := dropAll.Run(ctx, c.rdb, keys, now, tombstoneTTL.Milliseconds(),
+		c.keys.entryPrefix(), c.keys.invalChannel(), c.notice(msgIDs, idl)).StringSlice()
+	c.up(err)
+	if err != nil {
+		// Nothing is unlisted, whatever part ran: the caller's retry of the ids finds the
+		// members again.
+		return 0, stamps{}, fmt.Errorf("cache: redis invalidate: %w", err)
+	}
+	if len(reply) != 1+2*len(idl) {
+		return 0, stamps{}, fmt.Errorf("cache: redis invalidate: %d values in the reply for %d ids", len(reply), len(idl))
+	}
+	n, err := strconv.Atoi(reply[0])
+	if err != nil {
+		return 0, stamps{}, fmt.Errorf("cache: redis invalidate: a malformed reply")
+	}
+	st := newStamps(len(idl))
+	for i, id := range idl {
+		prev, err1 := strconv.ParseInt(reply[1+2*i], 10, 64)
+		left, err2 := strconv.ParseInt(reply[2+2*i], 10, 64)
+		if err1 != nil || err2 != nil {
+			return 0, stamps{}, fmt.Errorf("cache: redis invalidate: a malformed reply")
+		}
+		st.prev[id], st.own[id] = prev, left
+	}
 	return n, st, nil
 }
 

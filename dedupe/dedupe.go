@@ -238,6 +238,9 @@ type call struct {
 	fetch func(context.Context) (*upstream.Response, error)
 	start time.Time
 	wake  chan struct{} // pub/sub: a call of this key finished somewhere, look again
+	// looked is closed once the call has first looked in Redis (coordinate): a test seam,
+	// so that a test orders a Forget after a waiter found the leader.
+	looked chan struct{}
 
 	// Guarded by Fold.mu: a Forget of one of the call's tags arrived while it ran, so its
 	// answer may predate the write and must not be replayed.
@@ -286,7 +289,7 @@ func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context
 		joined = false
 	}
 	if !joined {
-		c = &call{key: key, opt: o, fetch: fetch, start: f.now(), wake: make(chan struct{}, 1), done: make(chan struct{})}
+		c = &call{key: key, opt: o, fetch: fetch, start: f.now(), wake: make(chan struct{}, 1), looked: make(chan struct{}), done: make(chan struct{})}
 		f.calls[key] = c
 		f.bg.Add(1)
 		go f.run(context.WithoutCancel(ctx), c)

@@ -119,6 +119,19 @@ func inFlight(f *Fold, key string) bool {
 	return f.calls[key] != nil
 }
 
+// waitLooked waits until f's call of key has looked in Redis.
+func waitLooked(t *testing.T, f *Fold, key string) {
+	t.Helper()
+	f.mu.Lock()
+	looked := f.calls[key].looked
+	f.mu.Unlock()
+	select {
+	case <-looked:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the call of %s never looked in Redis", key)
+	}
+}
+
 // waitersOf is how many callers on f wait for its call of key.
 func waitersOf(f *Fold, key string) int {
 	f.mu.Lock()
@@ -588,7 +601,10 @@ func TestForgetWhileReadInFlightIsNotReplayed(t *testing.T) {
 	first := goDo(context.Background(), a, "k", read, fetch)
 	<-started
 	waiter := goDo(context.Background(), b, "k", read, fetch)
+	// The waiter found the leader before the Forget: it shares the answer. (Had it looked
+	// after, it would lead a call of its own: it began after the write.)
 	waitFor(t, "the waiter", func() bool { return inFlight(b, "k") })
+	waitLooked(t, b, "k")
 	if err := b.Forget(context.Background(), []string{"t1"}, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -767,6 +783,41 @@ func TestRetryHeavyWorkloadSavesUpstreamCalls(t *testing.T) {
 		t.Fatalf("upstream creates %d (want %d), saved %d (want %d)", got, distinct, sum, total-distinct)
 	}
 	t.Logf("%d requests, %d upstream calls, %d saved (%.0f%%)", total, g.creates.Load(), sum, 100*float64(sum)/float64(total))
+}
+
+// A Redis that refuses writes (maxmemory reached under noeviction) refuses the acquire
+// before it takes a lock: the call folds within this replica and succeeds, a read and a
+// write alike, and leaves no marker in Redis for other replicas to wait on.
+func TestFullRedisFoldsLocally(t *testing.T) {
+	s := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	f, _ := newFold(t, testConfig(), redisClient(t, s))
+	if _, err := s.Do("CONFIG", "SET", "maxmemory", "1"); err != nil {
+		t.Fatal(err)
+	}
+	tags := []string{"t1", "t2"}
+	read := func(ctx context.Context) (*upstream.Response, error) {
+		return &upstream.Response{Status: 200, Body: []byte("r")}, nil
+	}
+	if r, out, err := f.Do(context.Background(), "r", Options{Key: &testKey, Tags: tags}, read); err != nil || out != Leader || r.Status != 200 {
+		t.Fatalf("read on a full Redis: %v %v", out, err)
+	}
+	var sent atomic.Int64
+	write := func(ctx context.Context) (*upstream.Response, error) {
+		if err := MarkSent(ctx); err != nil {
+			return nil, err
+		}
+		sent.Add(1)
+		return &upstream.Response{Status: 200}, nil
+	}
+	o := Options{Key: &testKey, Write: true, SentByFetch: true, Tags: tags}
+	if r, out, err := f.Do(context.Background(), "w", o, write); err != nil || out != Leader || r.Status != 200 || sent.Load() != 1 {
+		t.Fatalf("write on a full Redis: %v %v, sent %d", out, err, sent.Load())
+	}
+	for _, k := range []string{"r", "w"} {
+		if exists(t, s, f.keysOf(k).lock) {
+			t.Errorf("a marker of %s left in the full Redis", k)
+		}
+	}
 }
 
 // Calls of several tags each, replayed across replicas and forgotten by two tags at once:

@@ -59,8 +59,28 @@ const (
 const tokenLen = 16
 
 type scripts struct {
-	acquire, markSent, renew, finish, release, tomb, index, members *redis.Script
+	acquire, markSent, renew, finish, release, tomb, index, members, forgetAll *redis.Script
 }
+
+// tombLua defines tomb(result, lock, forgot, ttl ms), which names the leader in flight, if
+// any, so that its answer is not replayed — a read, or a write already sent: a write not
+// sent yet goes upstream after the write that forgets; replaces a replayable answer, or
+// nothing, with a tombstone; and leaves records that waiters of an earlier call still need
+// (a leader in flight over such a record is stopped by the first step alone).
+const tombLua = `
+local function tomb(result, lock, forgot, ttl)
+  local l = redis.call('GET', lock)
+  if l and string.sub(l, 1, 1) == 'w' then return 0 end
+  if l then redis.call('SET', forgot, string.sub(l, 3), 'PX', ttl) end
+  local cur = redis.call('GET', result)
+  if cur then
+    local k = string.sub(cur, 1, 1)
+    if k ~= 'R' and k ~= 'X' then return 0 end
+  end
+  redis.call('SET', result, 'X', 'PX', ttl)
+  return 1
+end
+`
 
 func newScripts() scripts {
 	return scripts{
@@ -137,22 +157,29 @@ local l = redis.call('GET', KEYS[1])
 if l == 'p:' .. ARGV[1] or l == 'w:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1`),
-		// KEYS result, lock, forgot; ARGV ttl ms. Names the leader in flight, if any, so
-		// that its answer is not replayed — a read, or a write already sent: a write not
-		// sent yet goes upstream after the write that forgets; replaces a replayable
-		// answer, or nothing, with a tombstone; leaves records that waiters of an earlier
-		// call still need (a leader in flight over such a record is stopped by the first
-		// step alone).
-		tomb: redis.NewScript(`
-local l = redis.call('GET', KEYS[2])
-if l and string.sub(l, 1, 1) == 'w' then return 0 end
-if l then redis.call('SET', KEYS[3], string.sub(l, 3), 'PX', ARGV[1]) end
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local k = string.sub(cur, 1, 1)
-  if k ~= 'R' and k ~= 'X' then return 0 end
+		// KEYS result, lock, forgot; ARGV ttl ms (see tombLua).
+		tomb: redis.NewScript(tombLua + `
+return tomb(KEYS[1], KEYS[2], KEYS[3], ARGV[1])`),
+		// KEYS tag indexes; ARGV fold key prefix, the key spared, ttl ms, channel, notice. A
+		// whole Forget in one run, on a single Redis (luapipe.OneScript): a tombstone for
+		// every fold the indexes list (the members script, then tomb for each), then the
+		// notice. The folds' key names are built here (as keysOf does), which only a single
+		// Redis allows: on a Cluster a script may touch only the keys it is given, in one
+		// slot.
+		forgetAll: redis.NewScript(tombLua + `
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local seen = {}
+for i = 1, #KEYS do
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')) do
+    if not seen[m] and m ~= ARGV[2] then
+      seen[m] = true
+      local base = ARGV[1] .. m .. '}'
+      tomb(base .. ':result', base .. ':lock', base .. ':forgot', ARGV[3])
+    end
+  end
 end
-redis.call('SET', KEYS[1], 'X', 'PX', ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1`),
 		// KEYS tag indexes; ARGV fold key, life ms (see listLua). All of a call's tags in
 		// one run on a single Redis, one per run on a Cluster (see tagParts).
@@ -174,7 +201,10 @@ return out`),
 // listLua is the Lua that lists a fold key under tag indexes KEYS[first..] until its
 // replay can no longer exist (ARGV[key] the fold key, ARGV[life] ms from now), trims
 // members past theirs, and keeps each index alive as long as its longest-lived member.
-// Redis's clock scores every replica's members alike.
+// Redis's clock scores every replica's members alike. ZADD comes first (the trim cannot
+// remove what it adds, scored later than now): a full Redis (maxmemory under noeviction)
+// refuses a script at its first command that may grow memory and lets later ones through,
+// so in acquire this is what refuses before the lock is taken.
 func listLua(first, key, life int) string {
 	return fmt.Sprintf(`
 if #KEYS >= %[1]d then
@@ -182,8 +212,8 @@ if #KEYS >= %[1]d then
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
   local life = tonumber(ARGV[%[3]d])
   for i = %[1]d, #KEYS do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
     redis.call('ZADD', KEYS[i], now + life, ARGV[%[2]d])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
     if redis.call('PTTL', KEYS[i]) < life then redis.call('PEXPIRE', KEYS[i], life) end
   end
 end`, first, key, life)
@@ -191,8 +221,10 @@ end`, first, key, life)
 
 type keys struct{ lock, sent, result, forgot string }
 
+// keysOf names the keys of fold key key; forgetAll builds the same names in Lua from
+// foldPrefix.
 func (f *Fold) keysOf(key string) keys {
-	base := f.cfg.Prefix + ":{fold:" + key + "}"
+	base := f.foldPrefix() + key + "}"
 	return keys{lock: base + ":lock", sent: base + ":sent", result: base + ":result", forgot: base + ":forgot"}
 }
 
@@ -223,6 +255,8 @@ func (f *Fold) tagParts(tags []string) [][]string {
 	}
 	return parts
 }
+
+func (f *Fold) foldPrefix() string { return f.cfg.Prefix + ":{fold:" }
 
 func (f *Fold) doneChannel() string                   { return f.cfg.Prefix + ":fold:done" }
 func (f *Fold) forgetChannel() string                 { return f.cfg.Prefix + ":fold:forget" }
@@ -261,9 +295,14 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 	deadline := time.Now().Add(f.cfg.WaitBound)
 	waitTok := ""           // token of the leader this call is waiting for
 	var lostSince time.Time // when a sent write was first seen without its leader's marker
+	looked := false
 	for {
 		before := time.Now()
 		res, err := f.scripts.acquire.Run(ctx, f.rdb, keys, tok, ms(f.cfg.LeaseTTL), write, waitTok, c.key, life).Slice()
+		if !looked {
+			looked = true
+			close(c.looked)
+		}
 		switch {
 		case err != nil && (waitTok == "" || !c.opt.Write):
 			// Redis is unreachable: fold within this replica rather than fail the request.
@@ -572,8 +611,25 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 			firstErr = fmt.Errorf("dedupe: forgetting replays: %w", err)
 		}
 	}
-	// Two round trips whatever the number of tags and keys (a search tag can list hundreds):
-	// the write's caller waits for this.
+	if f.oneScript {
+		// One command whatever the number of tags and keys (a search tag can list
+		// hundreds): the write's caller waits for this.
+		var keys []string // no tags: the notice alone
+		if parts := f.tagParts(tags); len(parts) > 0 {
+			keys = parts[0]
+		}
+		err := f.scripts.forgetAll.Run(ctx, f.rdb, keys, f.foldPrefix(), except,
+			ms(f.cfg.CallTimeout), f.forgetChannel(), forgetNotice(f.origin, except, tags)).Err()
+		note(err)
+		// Once the tombstones are in, forget locally again (as below).
+		f.forgetLocal(tags, except)
+		if err != nil {
+			// The notice may not have gone: other replicas still drop their copies.
+			note(f.rdb.Publish(ctx, f.forgetChannel(), forgetNotice(f.origin, except, tags)).Err())
+		}
+		return firstErr
+	}
+	// On a Cluster, two round trips whatever the number of tags and keys.
 	pipe := luapipe.New(f.rdb)
 	var lists []*redis.Cmd
 	for _, part := range f.tagParts(tags) {
