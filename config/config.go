@@ -193,10 +193,13 @@ type Dedupe struct {
 // DedupeRoute overrides the fold window of one route.
 type DedupeRoute struct {
 	// Route template as in the route table, e.g. "/contacts/{contactId}", optionally
-	// preceded by a method and a space ("POST /contacts/") to apply to that method only.
-	// Case matters: this is why routes are a list and not a map (viper lowercases map keys).
+	// preceded by a method and a space ("POST /contacts/") to apply to that method only; an
+	// entry for one method wins over one for every method. It must name a route of the
+	// table. Case matters: this is why routes are a list and not a map (viper lowercases map
+	// keys).
 	Route string `yaml:"route"`
-	// Fold window of that route; 0 turns folding off for it (no sharing, no replay).
+	// Fold window of that route; 0 turns folding off for it (no sharing, no replay). A
+	// method dedupe.methods leaves out does not fold whatever its window.
 	Window time.Duration `yaml:"window"`
 }
 
@@ -265,9 +268,11 @@ type CacheRoute struct {
 	Route string `yaml:"route"`
 	// TTL of that route's answers; 0 keeps the route table's (or cache.default_ttl).
 	TTL time.Duration `yaml:"ttl"`
-	// Stale-while-revalidate window of that route; when absent, cache.stale_while_revalidate.
+	// Stale-while-revalidate window of that route; when absent, that of an entry for the
+	// template under every method, else cache.stale_while_revalidate.
 	StaleWhileRevalidate time.Duration `yaml:"stale_while_revalidate"`
-	// Stale-if-error window of that route; when absent, cache.stale_if_error.
+	// Stale-if-error window of that route; when absent, that of an entry for the template
+	// under every method, else cache.stale_if_error.
 	StaleIfError time.Duration `yaml:"stale_if_error"`
 	// Overrides the route table's policy: "read" or "query" (cache it), "write", or "pass"
 	// (never cache or fold it); empty keeps the table's.

@@ -10,17 +10,8 @@ import (
 	"github.com/ghlproxy/ghlproxy/batcher"
 	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
+	"github.com/ghlproxy/ghlproxy/routes"
 )
-
-// tagOps are the single-contact tag calls GHL's bulk tag endpoint can do for many contacts
-// at once, by the bulk endpoint's {type}.
-var tagOps = map[string]string{
-	"POST /contacts/{contactId}/tags":   "add",
-	"DELETE /contacts/{contactId}/tags": "remove",
-}
-
-// bulkTagsPath is GHL's bulk tag endpoint: POST with {"contacts","tags","locationId"}.
-const bulkTagsPath = "/contacts/bulk/tags/update/"
 
 // bulkTags returns how a single add-tags or remove-tags call on contact id may share one
 // call to GHL's bulk tag endpoint with others, or nil when it may not. It may when the
@@ -30,7 +21,7 @@ const bulkTagsPath = "/contacts/bulk/tags/update/"
 // bulk call only with the same credential, Version, operation and tag list (order
 // included: GHL appends added tags in the order given).
 func (h *Handler) bulkTags(r *http.Request, x *exchange, id string, body []byte) *batcher.Bulk {
-	op := tagOps[x.route.Method+" "+x.route.Template]
+	op := x.route.BulkTagOp
 	if op == "" || x.cred.Class != "Location" || x.cred.ClassID == "" || r.URL.RawQuery != "" || !x.bodyJSON {
 		return nil
 	}
@@ -58,9 +49,9 @@ func (h *Handler) sendBulkTags(ctx context.Context, r *http.Request, x *exchange
 	}
 	out := r.Clone(ctx)
 	out.Method = http.MethodPost
-	out.URL.Path, out.URL.RawPath, out.URL.RawQuery = bulkTagsPath+op, "", ""
+	out.URL.Path, out.URL.RawPath, out.URL.RawQuery = routes.BulkTagsPath+op, "", ""
 	out.Header.Set("Content-Type", "application/json")
-	bx := &exchange{label: bulkTagsPath + "{type}", policy: x.policy, cred: x.cred, version: x.version}
+	bx := &exchange{label: routes.BulkTagsPath + "{type}", policy: x.policy, cred: x.cred, version: x.version}
 	bx.route, bx.params = h.cfg.Routes.Match(out.Method, out.URL.EscapedPath())
 	if bx.route != nil {
 		bx.label = bx.route.Template

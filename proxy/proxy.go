@@ -93,24 +93,14 @@ type Config struct {
 
 	// NegativeTTL, when positive, caches 404 answers of reads that long.
 	NegativeTTL time.Duration
-	// StaleWhileRevalidate and StaleIfError are the windows past an entry's TTL in which
-	// it is served while one refresh runs, or instead of an upstream error.
-	StaleWhileRevalidate time.Duration
-	StaleIfError         time.Duration
+	// The windows past an entry's TTL (stale-while-revalidate, stale-if-error), whether a
+	// route folds and for how long, and whether its writes merge or go in bulk are the
+	// route's own (routes.Route), resolved when the table was built.
+	//
 	// StaleIfBusy: a read miss holding an entry inside its stale-if-error window waits at
 	// most this long for a token; past it the entry is served (fwd=stale; detail=busy) and
 	// refreshed in the background lane. 0: it waits like any miss.
 	StaleIfBusy time.Duration
-	// RouteStale overrides both windows per route ("METHOD template" or "template").
-	RouteStale map[string]Stale
-	// FoldWindow is how long an answer is replayed to identical requests; FoldRoutes
-	// overrides it per route template (0 turns folding off for that route).
-	FoldWindow time.Duration
-	FoldRoutes map[string]time.Duration
-	// FoldMethods lists the methods that fold; nil means all.
-	FoldMethods map[string]bool
-	// MergeRoutes lists "METHOD template" of partial updates the batcher may merge.
-	MergeRoutes map[string]bool
 	// WriteThrough stores the answers of the writes routes.WriteThrough lists as the answer
 	// of the read of the same record, for the writing credential.
 	WriteThrough bool
@@ -128,9 +118,6 @@ type Config struct {
 type Locations interface {
 	Note(ctx context.Context, scopeKey, locationID string)
 }
-
-// Stale holds the two stale windows of a route.
-type Stale struct{ WhileRevalidate, IfError time.Duration }
 
 // Handler serves the proxy listener.
 type Handler struct {
@@ -686,17 +673,13 @@ func (h *Handler) policy(x *exchange, status int, tags []string) cache.Policy {
 	if status == http.StatusNotFound {
 		ttl = h.cfg.NegativeTTL
 	}
-	p := cache.Policy{
+	return cache.Policy{
 		TTL:                  ttl,
-		StaleWhileRevalidate: h.cfg.StaleWhileRevalidate,
-		StaleIfError:         h.cfg.StaleIfError,
+		StaleWhileRevalidate: x.route.StaleWhileRevalidate,
+		StaleIfError:         x.route.StaleIfError,
 		Tags:                 tags,
 		Route:                x.label,
 	}
-	if s, ok := perRoute(h.cfg.RouteStale, x); ok {
-		p.StaleWhileRevalidate, p.StaleIfError = s.WhileRevalidate, s.IfError
-	}
-	return p
 }
 
 // write serves routes that change state.
@@ -767,7 +750,7 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 			// Order per entity within the scope: two tokens of one location writing the
 			// same contact still write one entity upstream.
 			wr.Entity = x.cred.ScopeKey + "|" + x.route.Resource + "/" + id
-			if h.cfg.MergeRoutes[x.route.Method+" "+x.route.Template] && x.bodyJSON {
+			if x.route.Merge && x.bodyJSON {
 				wr.MergeKey = x.cred.Hash + "|" + x.version + "|" + x.route.Method + " " + r.URL.EscapedPath() + "?" + r.URL.RawQuery
 			}
 			wr.Bulk = h.bulkTags(r, x, id, body)
@@ -857,17 +840,10 @@ func (h *Handler) foldWindow(r *http.Request, x *exchange, cc cacheControl) (tim
 	if h.cfg.Fold == nil || cc.noCache || cc.noStore || r.Header.Get(headerNoFold) == "1" {
 		return 0, false
 	}
-	if h.cfg.FoldMethods != nil && !h.cfg.FoldMethods[r.Method] {
+	if x.route == nil || !x.route.Fold {
 		return 0, false
 	}
-	window := h.cfg.FoldWindow
-	if w, ok := perRoute(h.cfg.FoldRoutes, x); ok {
-		if w <= 0 {
-			return 0, false // a route's window of 0 turns folding off for it
-		}
-		window = w
-	}
-	return window, true
+	return x.route.FoldWindow, true
 }
 
 // wait takes n tokens at priority p for x's scope.
@@ -900,17 +876,4 @@ func keyOf(method, escapedPath, rawQuery string, x *exchange, body []byte, isJSO
 		Body:     body,
 		JSON:     isJSON,
 	})
-}
-
-// perRoute looks a route's setting up by "METHOD template", then by template.
-func perRoute[V any](m map[string]V, x *exchange) (V, bool) {
-	var zero V
-	if len(m) == 0 || x.route == nil {
-		return zero, false
-	}
-	if v, ok := m[x.route.Method+" "+x.label]; ok {
-		return v, true
-	}
-	v, ok := m[x.label]
-	return v, ok
 }

@@ -78,6 +78,28 @@ type Route struct {
 	// value of path parameter name. See Tags and Invalidates for the scheme.
 	TagPatterns, InvalidatePatterns []string
 
+	// The rest is the route's policy past its tags. New sets what is a fact about GHL
+	// (Merge, BulkTagOp) and leaves the others zero; whoever serves with the table resolves
+	// them once, at start-up, from its configuration (internal/sidecar), and the proxy
+	// reads them off the route.
+
+	// StaleWhileRevalidate and StaleIfError: how long past its TTL a cached answer is
+	// served while one refresh runs, and when GHL fails (cache.stale_*, cache.routes).
+	StaleWhileRevalidate, StaleIfError time.Duration
+	// Fold: identical requests of the route fold into one upstream call (dedupe.methods,
+	// dedupe.routes); FoldWindow: how long a finished call's answer is then replayed, 0 for
+	// not at all (concurrent calls still share one).
+	Fold       bool
+	FoldWindow time.Duration
+	// Merge: a partial update whose consecutive writes to one entity may merge into one
+	// call (batch.merge): GHL applies its top-level fields one by one, later wins, arrays
+	// and objects replaced whole, so two such writes in a row equal one of their union.
+	// Creates, deletes and anything with list semantics (tags, followers) do not merge.
+	Merge bool
+	// BulkTagOp is the {type} of GHL's bulk tag endpoint (BulkTagsPath) that does this
+	// single-contact tag call for many contacts at once ("add", "remove"), or "".
+	BulkTagOp string
+
 	params   []paramPos // path parameters in path order
 	segments int        // number of path segments, trailing slash ignored
 }

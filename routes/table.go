@@ -70,7 +70,31 @@ func New() *Table {
 		t.add(&Route{Method: b.method, Template: b.template, Policy: b.policy, TTL: b.ttl,
 			Resource: b.resource, Entity: b.entity, TagPatterns: b.tags, InvalidatePatterns: b.drops})
 	}
+	for _, k := range mergeable {
+		t.byKey[k].Merge = true
+	}
+	for k, op := range bulkTagOps {
+		t.byKey[k].BulkTagOp = op
+	}
 	return t
+}
+
+// mergeable are the partial updates whose consecutive writes to one entity may merge (see
+// Route.Merge).
+var mergeable = []string{
+	"PUT /contacts/{contactId}",
+	"PUT /opportunities/{id}",
+}
+
+// BulkTagsPath is GHL's bulk tag endpoint, followed by its {type}: POST with
+// {"contacts","tags","locationId"}.
+const BulkTagsPath = "/contacts/bulk/tags/update/"
+
+// bulkTagOps are the single-contact tag calls the bulk tag endpoint can do for many contacts
+// at once, by its {type} (see Route.BulkTagOp).
+var bulkTagOps = map[string]string{
+	"POST /contacts/{contactId}/tags":   "add",
+	"DELETE /contacts/{contactId}/tags": "remove",
 }
 
 func (t *Table) add(r *Route) {

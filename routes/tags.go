@@ -162,18 +162,7 @@ type Override struct {
 // "/contacts/{contactId}"); an empty method means every method the template has. It
 // changes the table in place: call it before the table is shared.
 func (t *Table) Override(template, method string, o Override) error {
-	var rs []*Route
-	if method != "" {
-		if r := t.Lookup(strings.ToUpper(method), template); r != nil {
-			rs = append(rs, r)
-		}
-	} else {
-		for _, m := range []string{"GET", "POST", "PUT", "PATCH", "DELETE"} {
-			if r := t.Lookup(m, template); r != nil {
-				rs = append(rs, r)
-			}
-		}
-	}
+	rs := t.Select(method, template)
 	if len(rs) == 0 {
 		return fmt.Errorf("cache.routes: no route %s %s in the table", method, template)
 	}
@@ -186,6 +175,25 @@ func (t *Table) Override(template, method string, o Override) error {
 		r.apply(o)
 	}
 	return nil
+}
+
+// Select returns the route of method and template, or with method "" the routes of
+// template under every method, as configuration keys name routes ("METHOD template" or
+// "template"; see config.SplitRoute).
+func (t *Table) Select(method, template string) []*Route {
+	if method != "" {
+		if r := t.Lookup(strings.ToUpper(method), template); r != nil {
+			return []*Route{r}
+		}
+		return nil
+	}
+	var rs []*Route
+	for _, m := range []string{"GET", "POST", "PUT", "PATCH", "DELETE"} {
+		if r := t.Lookup(m, template); r != nil {
+			rs = append(rs, r)
+		}
+	}
+	return rs
 }
 
 func (r *Route) check(o Override) error {

@@ -3,75 +3,84 @@ package sidecar
 import (
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/ghlproxy/ghlproxy/config"
-	"github.com/ghlproxy/ghlproxy/proxy"
 	"github.com/ghlproxy/ghlproxy/routes"
 )
 
-// routeTable is the built-in table with cache.default_ttl and cache.routes applied.
-func routeTable(cfg *config.Config) (*routes.Table, map[string]proxy.Stale, error) {
+// routeTable is the built-in table with every route's policy resolved from the
+// configuration, once: its TTL (cache.default_ttl, cache.routes), its stale windows
+// (cache.stale_while_revalidate, cache.stale_if_error, cache.routes) and whether and how
+// long it folds (dedupe.window, dedupe.methods, dedupe.routes). The proxy reads them off
+// the route.
+func routeTable(cfg *config.Config) (*routes.Table, error) {
 	t := routes.New()
-	if d := cfg.Cache.DefaultTTL; d > 0 {
-		for _, r := range t.All() {
-			if (r.Policy == routes.Read || r.Policy == routes.Query) && r.TTL > 0 {
-				r.TTL = d
-			}
-		}
+	folds := map[string]bool{}
+	for _, m := range cfg.Dedupe.Methods {
+		folds[strings.ToUpper(m)] = true
 	}
-	stale := map[string]proxy.Stale{}
+	for _, r := range t.All() {
+		if d := cfg.Cache.DefaultTTL; d > 0 && (r.Policy == routes.Read || r.Policy == routes.Query) && r.TTL > 0 {
+			r.TTL = d
+		}
+		r.StaleWhileRevalidate, r.StaleIfError = cfg.Cache.StaleWhileRevalidate, cfg.Cache.StaleIfError
+		r.Fold, r.FoldWindow = folds[r.Method], max(cfg.Dedupe.Window, 0)
+	}
 	for i, cr := range cfg.Cache.Routes {
 		method, template := config.SplitRoute(cr.Route)
 		o := routes.Override{TTL: cr.TTL, Invalidates: cr.Invalidates}
 		if cr.Policy != "" {
 			p, err := routes.ParsePolicy(cr.Policy)
 			if err != nil {
-				return nil, nil, fmt.Errorf("cache.routes[%d].policy: %w", i, err)
+				return nil, fmt.Errorf("cache.routes[%d].policy: %w", i, err)
 			}
 			o.Policy = p
 		}
 		if err := t.Override(template, method, o); err != nil {
 			// The table's errors already name the route; say which list entry it was.
-			return nil, nil, fmt.Errorf("cache.routes[%d]: %s", i, strings.TrimPrefix(err.Error(), "cache.routes: "))
-		}
-		if cr.StaleWhileRevalidate > 0 || cr.StaleIfError > 0 {
-			s := proxy.Stale{WhileRevalidate: cfg.Cache.StaleWhileRevalidate, IfError: cfg.Cache.StaleIfError}
-			if cr.StaleWhileRevalidate > 0 {
-				s.WhileRevalidate = cr.StaleWhileRevalidate
-			}
-			if cr.StaleIfError > 0 {
-				s.IfError = cr.StaleIfError
-			}
-			stale[routeKey(method, template)] = s
+			return nil, fmt.Errorf("cache.routes[%d]: %s", i, strings.TrimPrefix(err.Error(), "cache.routes: "))
 		}
 	}
-	return t, stale, nil
-}
-
-// foldRoutes turns dedupe.routes into the proxy's per-route windows.
-func foldRoutes(cfg *config.Config) map[string]time.Duration {
-	m := map[string]time.Duration{}
-	for _, dr := range cfg.Dedupe.Routes {
-		method, template := config.SplitRoute(dr.Route)
-		m[routeKey(method, template)] = dr.Window
+	// An entry for one method ("PUT /contacts/{contactId}") wins over one for the template
+	// under every method, wherever each is in its list; between two of one kind, the later.
+	for _, methodOnly := range []bool{false, true} {
+		for _, cr := range cfg.Cache.Routes {
+			method, template := config.SplitRoute(cr.Route)
+			if (method != "") != methodOnly {
+				continue
+			}
+			for _, r := range t.Select(method, template) {
+				if cr.StaleWhileRevalidate > 0 {
+					r.StaleWhileRevalidate = cr.StaleWhileRevalidate
+				}
+				if cr.StaleIfError > 0 {
+					r.StaleIfError = cr.StaleIfError
+				}
+			}
+		}
+		for i, dr := range cfg.Dedupe.Routes {
+			method, template := config.SplitRoute(dr.Route)
+			if (method != "") != methodOnly {
+				continue
+			}
+			rs := t.Select(method, template)
+			if len(rs) == 0 {
+				return nil, fmt.Errorf("dedupe.routes[%d]: no route %s in the table", i, strings.TrimSpace(method+" "+template))
+			}
+			for _, r := range rs {
+				if dr.Window <= 0 {
+					r.Fold = false // a route's window of 0 turns folding off for it
+					continue
+				}
+				// dedupe.methods still decides whether the route folds at all.
+				r.Fold, r.FoldWindow = folds[r.Method], dr.Window
+			}
+		}
 	}
-	return m
-}
-
-func foldMethods(cfg *config.Config) map[string]bool {
-	m := map[string]bool{}
-	for _, meth := range cfg.Dedupe.Methods {
-		m[strings.ToUpper(meth)] = true
+	for _, r := range t.All() {
+		if r.Policy == routes.Pass {
+			r.Fold = false // passed through untouched (/oauth/ always), whatever the lists say
+		}
 	}
-	return m
-}
-
-// routeKey is how the proxy looks up per-route settings: "METHOD template" for one method,
-// the template alone for all.
-func routeKey(method, template string) string {
-	if method == "" {
-		return template
-	}
-	return method + " " + template
+	return t, nil
 }

@@ -69,7 +69,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 			log.Warn("redis can evict the sidecar's keys", "problem", risk)
 		}
 	}
-	table, stale, err := routeTable(cfg)
+	table, err := routeTable(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -81,25 +81,19 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 			HeaderTimeout:       cfg.Transport.HeaderTimeout,
 			MaxIdleConnsPerHost: cfg.Transport.MaxIdleConnsPerHost,
 		}),
-		Routes:               table,
-		Identity:             identity.NewResolver(cfg.Identity.Secret),
-		Metrics:              s.Metrics,
-		Log:                  log,
-		MaxBodyBytes:         int64(cfg.Limits.MaxBodyBytes),
-		MaxResponseBytes:     int64(cfg.Limits.MaxResponseBytes),
-		BodyTimeout:          cfg.Limits.BodyTimeout,
-		UpstreamTimeout:      cfg.Transport.Timeout,
-		SlowThreshold:        cfg.Transport.SlowThreshold,
-		StaleWhileRevalidate: cfg.Cache.StaleWhileRevalidate,
-		StaleIfError:         cfg.Cache.StaleIfError,
-		StaleIfBusy:          cfg.Cache.StaleIfBusy,
-		WriteThrough:         cfg.Cache.WriteThrough,
-		NegativeTTL:          cfg.Cache.NegativeTTL,
-		RouteStale:           stale,
-		FoldWindow:           cfg.Dedupe.Window,
-		FoldRoutes:           foldRoutes(cfg),
-		FoldMethods:          foldMethods(cfg),
-		Locations:            webhook.NewLocations(s.rdb, ""),
+		Routes:           table,
+		Identity:         identity.NewResolver(cfg.Identity.Secret),
+		Metrics:          s.Metrics,
+		Log:              log,
+		MaxBodyBytes:     int64(cfg.Limits.MaxBodyBytes),
+		MaxResponseBytes: int64(cfg.Limits.MaxResponseBytes),
+		BodyTimeout:      cfg.Limits.BodyTimeout,
+		UpstreamTimeout:  cfg.Transport.Timeout,
+		SlowThreshold:    cfg.Transport.SlowThreshold,
+		StaleIfBusy:      cfg.Cache.StaleIfBusy,
+		WriteThrough:     cfg.Cache.WriteThrough,
+		NegativeTTL:      cfg.Cache.NegativeTTL,
+		Locations:        webhook.NewLocations(s.rdb, ""),
 	}
 	admin := &proxy.Admin{Token: cfg.Admin.Token}
 	if err := s.addStages(&pc, admin); err != nil {

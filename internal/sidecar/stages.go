@@ -15,15 +15,6 @@ import (
 	"github.com/ghlproxy/ghlproxy/ratelimit"
 )
 
-// mergeRoutes are the partial updates whose consecutive writes to one entity may merge:
-// GHL applies their top-level fields one by one, later wins, arrays and objects replaced
-// whole, so two such PUTs in a row equal one PUT of their union. Creates, deletes and
-// anything with list semantics (tags, followers) are left out.
-var mergeRoutes = []string{
-	"PUT /contacts/{contactId}",
-	"PUT /opportunities/{id}",
-}
-
 // addStages builds the pipeline stages and hooks them into the proxy and the admin
 // endpoints. They share one store: Redis when configured, else each stage's in-process
 // implementation.
@@ -130,12 +121,6 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	s.closers = append(s.closers, b.Close)
 	s.drainers = append(s.drainers, b.Close)
 	pc.Batcher = b
-	if cfg.Batch.Merge {
-		pc.MergeRoutes = map[string]bool{}
-		for _, r := range mergeRoutes {
-			pc.MergeRoutes[r] = true
-		}
-	}
 	return nil
 }
 
