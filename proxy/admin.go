@@ -10,41 +10,49 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
 	"github.com/ghlproxy/ghlproxy/internal/identity"
 	"github.com/ghlproxy/ghlproxy/internal/metrics"
+	"github.com/ghlproxy/ghlproxy/ratelimit"
 	"github.com/ghlproxy/ghlproxy/routes"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
-// Admin serves the /_ghlproxy/ endpoints on the proxy listener, for curl debugging. The
-// optional hooks connect it to the stages without the proxy knowing their types; a nil hook
-// makes its part of an answer empty.
+// Admin serves the /_ghlproxy/ endpoints on the proxy listener, for curl debugging. It asks
+// the stages for what it reports through typed methods; a stage left nil (a sidecar built
+// without it) makes its part of an answer empty.
 type Admin struct {
 	Handler *Handler
 	// Token is admin.token. Empty: mutating endpoints accept loopback callers only.
 	Token string
 
-	CacheStats   func() any
-	CachePurge   func(ctx context.Context, sel PurgeSelector) (int, error)
-	CacheLookup  func(ctx context.Context, key string, cred *identity.Credential) any
-	LimiterStats func() any
-	ScopeTokens  func(scopeKey string) any
-	Degraded     func() bool
-	WarmRun      func(ctx context.Context) (any, error)
-	WarmStatus   func() any
+	Cache   AdminCache
+	Limiter AdminLimiter
+	// WarmRun and WarmStatus are the warming loop's (POST and GET /_ghlproxy/warm). Hooks,
+	// not a typed stage: package warm sends its requests through this proxy, so the proxy
+	// cannot name its types.
+	WarmRun    func(ctx context.Context) (any, error)
+	WarmStatus func() any
 	// Webhooks receives GHL's webhook deliveries (webhook.Path). They prove themselves by
 	// their signature, so the admin token is not asked for.
 	Webhooks http.Handler
 }
 
-// PurgeSelector says what DELETE /_ghlproxy/cache drops.
-type PurgeSelector struct {
-	Route    string // a route template
-	Tag      string // a tag, without the scope prefix (the caller's scope is added)
-	CredHash string // every entry of one credential
-	All      bool
+// AdminCache is what the admin endpoints ask of the cache (package cache).
+type AdminCache interface {
+	Stats() cache.Stats
+	Purge(ctx context.Context, sel cache.Selector) (int, error)
+	// Peek returns the entry of key for cred, as Get would, without counting a lookup.
+	Peek(ctx context.Context, key string, cred *identity.Credential) (*cache.Entry, error)
+}
+
+// AdminLimiter is what the admin endpoints ask of the token buckets (package ratelimit).
+type AdminLimiter interface {
+	Stats() []ratelimit.ScopeStats
+	Degraded() bool
+	Replicas() int
 }
 
 // AdminHeader carries admin.token: Authorization is the GHL credential, and purging "my
@@ -61,13 +69,17 @@ func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "explain" && r.Method == http.MethodGet:
 		a.explain(w, r)
 	case path == "cache" && r.Method == http.MethodGet:
-		writeJSON(w, http.StatusOK, call(a.CacheStats))
+		writeJSON(w, http.StatusOK, a.cacheStats())
 	case path == "cache" && r.Method == http.MethodDelete:
 		if a.authorized(w, r) {
 			a.purge(w, r)
 		}
 	case path == "warm" && r.Method == http.MethodGet:
-		writeJSON(w, http.StatusOK, call(a.WarmStatus))
+		var status any = struct{}{}
+		if a.WarmStatus != nil {
+			status = a.WarmStatus()
+		}
+		writeJSON(w, http.StatusOK, status)
 	case path == "warm" && r.Method == http.MethodPost:
 		if !a.authorized(w, r) {
 			return
@@ -88,11 +100,49 @@ func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func call(f func() any) any {
-	if f == nil {
+func (a *Admin) cacheStats() any {
+	if a.Cache == nil {
 		return struct{}{}
 	}
-	return f()
+	return a.Cache.Stats()
+}
+
+func (a *Admin) limiterStats() any {
+	if a.Limiter == nil {
+		return struct{}{}
+	}
+	return map[string]any{"scopes": a.Limiter.Stats(), "degraded": a.Limiter.Degraded(), "replicas": a.Limiter.Replicas()}
+}
+
+// scopeTokens is what this replica knows of one scope's bucket.
+func (a *Admin) scopeTokens(scopeKey string) any {
+	for _, st := range a.Limiter.Stats() {
+		if st.Scope == scopeKey {
+			return st
+		}
+	}
+	return map[string]any{"scope": scopeKey, "note": "no request of this scope yet on this replica"}
+}
+
+// cacheLookup says whether the cache holds key for cred, and in what state.
+func (a *Admin) cacheLookup(ctx context.Context, key string, cred *identity.Credential) any {
+	e, err := a.Cache.Peek(ctx, key, cred)
+	switch {
+	case err != nil:
+		return map[string]any{"state": "unknown", "error": err.Error()}
+	case e == nil:
+		return map[string]any{"state": "absent"}
+	}
+	now := time.Now()
+	state := "fresh"
+	switch {
+	case !e.Fresh(now) && now.Before(e.StaleWhileRevalidate):
+		state = "stale (served while one refresh runs)"
+	case !e.Fresh(now):
+		state = "stale (served only if GHL fails)"
+	}
+	return map[string]any{"state": state, "status": e.Resp.Status, "age_seconds": int(now.Sub(e.Stored) / time.Second),
+		"ttl_seconds": int(e.FreshUntil.Sub(now) / time.Second), "bytes": len(e.Resp.Body)}
 }
 
 // authorized admits mutating calls: with admin.token set, only callers presenting it;
@@ -115,12 +165,12 @@ func (a *Admin) authorized(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
-	if a.CachePurge == nil {
+	if a.Cache == nil {
 		ghlerror.Write(w, http.StatusNotFound, ghlerror.CauseNotFound, "the cache is off")
 		return
 	}
 	q := r.URL.Query()
-	sel := PurgeSelector{Route: q.Get("route"), All: q.Get("all") == "true"}
+	sel := cache.Selector{Route: q.Get("route"), All: q.Get("all") == "true"}
 	cred := a.Handler.cfg.Identity.Resolve(r.Header.Get("Authorization"))
 	if t := q.Get("tag"); t != "" {
 		sel.Tag = routes.ScopedTag(cred.ScopeKey, t)
@@ -134,7 +184,7 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 		sel.CredHash = cred.Hash
 	}
 	a.Handler.cfg.Metrics.Invalidations.WithLabelValues(metrics.SourcePurge).Inc()
-	n, err := a.CachePurge(r.Context(), sel)
+	n, err := a.Cache.Purge(r.Context(), sel)
 	if err != nil {
 		ghlerror.Write(w, http.StatusServiceUnavailable, ghlerror.CauseInternal, "purge failed: "+err.Error())
 		return
@@ -185,8 +235,8 @@ func (a *Admin) explain(w http.ResponseWriter, r *http.Request) {
 		if x.policy != routes.Write {
 			out["ttl_seconds"] = int(x.route.TTL / time.Second)
 			out["tags"] = x.route.Tags(x.params)
-			if a.CacheLookup != nil {
-				out["cache"] = a.CacheLookup(r.Context(), key, x.cred)
+			if a.Cache != nil {
+				out["cache"] = a.cacheLookup(r.Context(), key, x.cred)
 			}
 		} else {
 			out["invalidates"] = x.route.Invalidates(x.params)
@@ -194,8 +244,8 @@ func (a *Admin) explain(w http.ResponseWriter, r *http.Request) {
 		window, folds := h.foldWindow(in, x, parseCacheControl(in.Header.Get("Cache-Control")))
 		out["fold"] = map[string]any{"folds": folds, "window_seconds": int(window / time.Second)}
 	}
-	if a.ScopeTokens != nil && x.cred != nil {
-		out["ratelimit"] = a.ScopeTokens(x.cred.LimitKey())
+	if a.Limiter != nil && x.cred != nil {
+		out["ratelimit"] = a.scopeTokens(x.cred.LimitKey())
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -233,18 +283,15 @@ func (a *Admin) stats(w http.ResponseWriter) {
 	if lookups > 0 {
 		ratio = hits / lookups
 	}
-	degraded := false
-	if a.Degraded != nil {
-		degraded = a.Degraded()
-	}
+	degraded := a.Limiter != nil && a.Limiter.Degraded()
 	writeJSON(w, http.StatusOK, map[string]any{
 		"requests":            total,
 		"requests_by_outcome": byOutcome,
 		"upstream_calls":      upstreamCalls,
 		"calls_saved":         saved,
 		"cache_hit_ratio":     ratio,
-		"cache":               call(a.CacheStats),
-		"ratelimit":           call(a.LimiterStats),
+		"cache":               a.cacheStats(),
+		"ratelimit":           a.limiterStats(),
 		"degraded":            degraded,
 		"refreshes_in_flight": a.Handler.refreshes.Load(),
 	})

@@ -9,7 +9,6 @@ import (
 	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/config"
 	"github.com/ghlproxy/ghlproxy/dedupe"
-	"github.com/ghlproxy/ghlproxy/internal/identity"
 	"github.com/ghlproxy/ghlproxy/internal/ops"
 	"github.com/ghlproxy/ghlproxy/proxy"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
@@ -43,18 +42,7 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	}
 	s.closers = append(s.closers, func(context.Context) error { return lim.Close() })
 	pc.Limiter = lim
-	admin.LimiterStats = func() any {
-		return map[string]any{"scopes": lim.Stats(), "degraded": lim.Degraded(), "replicas": lim.Replicas()}
-	}
-	admin.Degraded = lim.Degraded
-	admin.ScopeTokens = func(scopeKey string) any {
-		for _, st := range lim.Stats() {
-			if st.Scope == scopeKey {
-				return st
-			}
-		}
-		return map[string]any{"scope": scopeKey, "note": "no request of this scope yet on this replica"}
-	}
+	admin.Limiter = lim
 	s.stageChecks = append(s.stageChecks, ops.Check{Name: "ratelimit", Status: func() (string, bool) {
 		if lim.Degraded() {
 			return "degraded: deciding on local buckets holding this replica's share of the budget", false
@@ -81,29 +69,7 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		}
 		return "ok", false
 	}})
-	admin.CacheStats = func() any { return c.Stats() }
-	admin.CachePurge = func(ctx context.Context, sel proxy.PurgeSelector) (int, error) {
-		return c.Purge(ctx, cache.Selector{Route: sel.Route, Tag: sel.Tag, CredHash: sel.CredHash, All: sel.All})
-	}
-	admin.CacheLookup = func(ctx context.Context, key string, cred *identity.Credential) any {
-		e, err := c.Peek(ctx, key, cred)
-		switch {
-		case err != nil:
-			return map[string]any{"state": "unknown", "error": err.Error()}
-		case e == nil:
-			return map[string]any{"state": "absent"}
-		}
-		now := time.Now()
-		state := "fresh"
-		switch {
-		case !e.Fresh(now) && now.Before(e.StaleWhileRevalidate):
-			state = "stale (served while one refresh runs)"
-		case !e.Fresh(now):
-			state = "stale (served only if GHL fails)"
-		}
-		return map[string]any{"state": state, "status": e.Resp.Status, "age_seconds": int(now.Sub(e.Stored) / time.Second),
-			"ttl_seconds": int(e.FreshUntil.Sub(now) / time.Second), "bytes": len(e.Resp.Body)}
-	}
+	admin.Cache = c
 
 	b := batcher.New(batcher.Config{
 		Min:      cfg.Batch.Min,
