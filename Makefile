@@ -3,7 +3,7 @@
 GO ?= go
 LDFLAGS := -s -w -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build fakeghl bench bench-floors lint
+.PHONY: run test build fakeghl bench bench-floors bench-walk lint
 
 run:
 	$(GO) run ./cmd/ghlproxy serve
@@ -24,3 +24,7 @@ bench:
 # The pass-through floor of other HTTP stacks beside nginx (docs/bench/floors.md).
 bench-floors:
 	bench/floors.sh
+
+# The functions, files and packages one request of each kind runs (docs/architecture.md).
+bench-walk:
+	bench/walk.sh
