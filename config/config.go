@@ -141,11 +141,11 @@ type RateLimit struct {
 	// Retry-After; nothing has gone upstream by then. 0 takes the default (20s).
 	MaxWait time.Duration `yaml:"max_wait"`
 	// Tokens warming must leave in the bucket: warming only spends tokens above this, so
-	// interactive traffic always finds some.
+	// interactive traffic always finds some. 0 keeps none back.
 	WarmReserve int `yaml:"warm_reserve"`
 	// Requests of GHL's daily limit kept for interactive traffic: warming (with
 	// ratelimit.daily_pacing, every background request) stops for the day once
-	// X-RateLimit-Daily-Remaining falls below this.
+	// X-RateLimit-Daily-Remaining falls below this. 0 keeps none back.
 	DailyReserve int `yaml:"daily_reserve"`
 	// Spend the limit GHL advertises (X-RateLimit-Max per
 	// X-RateLimit-Interval-Milliseconds), upward as well as downward, instead of

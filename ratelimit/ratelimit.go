@@ -98,12 +98,12 @@ type Config struct {
 	// MaxWait is the longest a request queues for a token before it is refused. Default 20s.
 	MaxWait time.Duration
 	// WarmReserve tokens are never taken by warming requests (in proportion when a learned
-	// limit lowers the burst). Default 10, at most Burst-1.
+	// limit lowers the burst). Default (0) 10, at most Burst-1; NoReserve for none.
 	WarmReserve int
 	// DailyLimit is the daily quota assumed until GHL reports one. Default 200000.
 	DailyLimit int
 	// DailyReserve: warming stops while the scope's daily remaining is below it. Default
-	// 5000.
+	// (0) 5000; NoReserve for none.
 	DailyReserve int
 	// FollowGHL makes a scope that has seen GHL's X-RateLimit-Max per Interval spend that
 	// window, less FollowReserve of it (see followed), instead of Rate and Burst: upward as
@@ -152,10 +152,13 @@ const (
 // The defaults of Config, which config.Default is built from: one value each, for the
 // sidecar's configuration keys and for code that builds a Config itself.
 const (
-	DefaultRate         = 280
-	DefaultPer          = time.Minute
-	DefaultMaxWait      = 20 * time.Second
-	DefaultWarmReserve  = 10
+	DefaultRate        = 280
+	DefaultPer         = time.Minute
+	DefaultMaxWait     = 20 * time.Second
+	DefaultWarmReserve = 10
+	// NoReserve, as Config.WarmReserve or DailyReserve, keeps nothing back from warming
+	// (0 there takes the default).
+	NoReserve           = -1
 	DefaultDailyLimit   = 200000
 	DefaultDailyReserve = 5000
 	// maxDefaultBurst caps SafeBurst for slow rates, where GHL's window would allow more.
@@ -202,15 +205,21 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxWait < 0 {
 		return c, fmt.Errorf("ratelimit.max_wait: must not be negative, got %s", c.MaxWait)
 	}
-	if c.WarmReserve == 0 {
+	switch {
+	case c.WarmReserve == 0:
 		// Below the burst, or warming would never get a token (config refuses such a value).
 		c.WarmReserve = max(0, min(DefaultWarmReserve, c.Burst-1))
+	case c.WarmReserve < 0:
+		c.WarmReserve = 0 // NoReserve
 	}
 	if c.DailyLimit == 0 {
 		c.DailyLimit = DefaultDailyLimit
 	}
-	if c.DailyReserve == 0 {
+	switch {
+	case c.DailyReserve == 0:
 		c.DailyReserve = DefaultDailyReserve
+	case c.DailyReserve < 0:
+		c.DailyReserve = 0 // NoReserve
 	}
 	if c.RedisTimeout == 0 {
 		c.RedisTimeout = 50 * time.Millisecond

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -177,14 +178,48 @@ func TestWarmReserve(t *testing.T) {
 		})
 }
 
+// NoReserve lets warming take the whole bucket (a Config's 0 would take the default).
+func TestNoWarmReserve(t *testing.T) {
+	backends(t, Config{Rate: 10, Per: time.Second, Burst: 5, WarmReserve: NoReserve, MaxWait: 50 * time.Millisecond},
+		func(t *testing.T, l *Limiter, sleeps *[]time.Duration, tol time.Duration) {
+			if l.cfg.WarmReserve != 0 {
+				t.Fatalf("WarmReserve %d after defaults, want 0", l.cfg.WarmReserve)
+			}
+			ctx := context.Background()
+			for range 5 {
+				mustWait(t, l, ctx, "s", 1, Warm)
+			}
+			if len(*sleeps) != 0 {
+				t.Fatalf("slept %v", *sleeps)
+			}
+		})
+}
+
+func TestNoDailyReserve(t *testing.T) {
+	backends(t, Config{DailyReserve: NoReserve}, func(t *testing.T, l *Limiter, _ *[]time.Duration, _ time.Duration) {
+		if l.cfg.DailyReserve != 0 {
+			t.Fatalf("DailyReserve %d after defaults, want 0", l.cfg.DailyReserve)
+		}
+		ctx := context.Background()
+		mustWait(t, l, ctx, "s", 1, Warm)
+		tellDaily(l, "s", 1)
+		mustWait(t, l, ctx, "s", 1, Warm)
+	})
+}
+
+// tellDaily has GHL's answer say that scope has remaining of its daily 200,000 left.
+func tellDaily(l *Limiter, scope string, remaining int) {
+	h := http.Header{}
+	h.Set("X-RateLimit-Limit-Daily", "200000")
+	h.Set("X-RateLimit-Daily-Remaining", strconv.Itoa(remaining))
+	l.Observe(scope, 200, h)
+}
+
 func TestDailyReserve(t *testing.T) {
 	backends(t, Config{DailyReserve: 100}, func(t *testing.T, l *Limiter, _ *[]time.Duration, _ time.Duration) {
 		ctx := context.Background()
 		mustWait(t, l, ctx, "s", 1, Warm)
-		h := http.Header{}
-		h.Set("X-RateLimit-Limit-Daily", "200000")
-		h.Set("X-RateLimit-Daily-Remaining", "99")
-		l.Observe("s", 200, h)
+		tellDaily(l, "s", 99)
 		_, err := l.Wait(ctx, "s", 1, Warm)
 		asRejected(t, err)
 		mustWait(t, l, ctx, "s", 1, Interactive)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ghlproxy/ghlproxy/config"
+	"github.com/ghlproxy/ghlproxy/ratelimit"
 	"github.com/ghlproxy/ghlproxy/routes"
 )
 
@@ -80,5 +81,20 @@ func TestRouteTableUnknownFoldRoute(t *testing.T) {
 	_, err := routeTable(cfg)
 	if err == nil || !strings.Contains(err.Error(), "dedupe.routes[0]: no route GET /contacts/{id} in the table") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A reserve key of 0 was written by the user (config fills the defaults in) and means no
+// reserve; ratelimit.Config's 0 would take its default.
+func TestReserveKeys(t *testing.T) {
+	if got := reserve(0); got != ratelimit.NoReserve {
+		t.Errorf("reserve(0) = %d, want ratelimit.NoReserve", got)
+	}
+	if got := reserve(7); got != 7 {
+		t.Errorf("reserve(7) = %d", got)
+	}
+	if d := config.Default(); d.RateLimit.WarmReserve != ratelimit.DefaultWarmReserve || d.RateLimit.DailyReserve != ratelimit.DefaultDailyReserve {
+		t.Errorf("config defaults %d, %d: a reserve left out of the configuration must not reach ratelimit as 0",
+			d.RateLimit.WarmReserve, d.RateLimit.DailyReserve)
 	}
 }

@@ -28,8 +28,8 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 		Per:           cfg.RateLimit.Per,
 		Burst:         cfg.RateLimit.Burst,
 		MaxWait:       cfg.RateLimit.MaxWait,
-		WarmReserve:   cfg.RateLimit.WarmReserve,
-		DailyReserve:  cfg.RateLimit.DailyReserve,
+		WarmReserve:   reserve(cfg.RateLimit.WarmReserve),
+		DailyReserve:  reserve(cfg.RateLimit.DailyReserve),
 		FollowGHL:     cfg.RateLimit.FollowGHL,
 		FollowReserve: cfg.RateLimit.FollowReserve,
 		Lease:         cfg.RateLimit.Lease,
@@ -88,6 +88,16 @@ func (s *Sidecar) addStages(pc *proxy.Config, admin *proxy.Admin) error {
 	s.drainers = append(s.drainers, b.Close)
 	pc.Batcher = b
 	return nil
+}
+
+// reserve is a reserve key's value for ratelimit.Config: the keys' defaults are filled in
+// by config already, so a 0 there was written by the user and means none, where
+// ratelimit.Config's 0 takes its default.
+func reserve(n int) int {
+	if n == 0 {
+		return ratelimit.NoReserve
+	}
+	return n
 }
 
 // foldConfig bounds a folded call by what its stages may take, not by a fixed time: the
