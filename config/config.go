@@ -107,8 +107,9 @@ type Redis struct {
 	// Address of one Redis server: redis://[user:password@]host:port[/db], or rediss:// for
 	// TLS. A password in it is redacted when the configuration is printed.
 	URL string `yaml:"url"`
-	// Redis Cluster node addresses (host:port), or the Sentinel addresses when
-	// redis.master_name is set. A comma-separated list in flags and environment variables.
+	// Redis Cluster node addresses (host:port; one is enough, the others are found from
+	// it), or the Sentinel addresses when redis.master_name is set. A single Redis goes in
+	// redis.url. A comma-separated list in flags and environment variables.
 	Addrs []string `yaml:"addrs"`
 	// Sentinel master name: with it redis.addrs are Sentinels, not cluster nodes.
 	MasterName string `yaml:"master_name"`

@@ -42,14 +42,18 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		return redis.NewClient(opt), nil
 	case len(c.Addrs) > 0:
 		return redis.NewUniversalClient(&redis.UniversalOptions{
-			Addrs:        c.Addrs,
-			MasterName:   c.MasterName,
-			Password:     c.Password,
-			ReadTimeout:  timeout,
-			WriteTimeout: timeout,
-			DialTimeout:  2*timeout + time.Second,
-			PoolSize:     c.PoolSize,
-			PoolTimeout:  2 * timeout,
+			Addrs:      c.Addrs,
+			MasterName: c.MasterName,
+			// Without a master name the addresses are Cluster nodes, one of them too: a
+			// plain client on a single node would meet MOVED, and would pass for a single
+			// Redis where scripts may span hash tags (luapipe.OneScript).
+			IsClusterMode: c.MasterName == "",
+			Password:      c.Password,
+			ReadTimeout:   timeout,
+			WriteTimeout:  timeout,
+			DialTimeout:   2*timeout + time.Second,
+			PoolSize:      c.PoolSize,
+			PoolTimeout:   2 * timeout,
 			// See above: deadlines come from each call's context.
 			ContextTimeoutEnabled: true,
 		}), nil

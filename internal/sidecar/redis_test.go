@@ -1,0 +1,37 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/config"
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
+	"github.com/ghlproxy/ghlproxy/internal/redistest"
+)
+
+// redis.addrs naming one node of a Cluster builds a Cluster client: it finds the other
+// masters, keys of every slot work, and the stages do not take it for a single Redis.
+func TestOneClusterNodeAddress(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb, err := newRedis(config.Redis{Addrs: cl.Addrs()[:1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	if _, ok := rdb.(*redis.ClusterClient); !ok || luapipe.OneScript(rdb) {
+		t.Fatalf("client %T, OneScript %v", rdb, luapipe.OneScript(rdb))
+	}
+	ctx := context.Background()
+	for i := range 20 {
+		k := fmt.Sprintf("k%d", i)
+		if err := rdb.Set(ctx, k, i, 0).Err(); err != nil {
+			t.Fatalf("SET %s: %v", k, err)
+		}
+		if v, err := rdb.Get(ctx, k).Int(); err != nil || v != i {
+			t.Fatalf("GET %s: %v %v", k, v, err)
+		}
+	}
+}
