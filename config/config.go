@@ -109,7 +109,8 @@ type Redis struct {
 	URL string `yaml:"url"`
 	// Redis Cluster node addresses (host:port; one is enough, the others are found from
 	// it), or the Sentinel addresses when redis.master_name is set. A single Redis goes in
-	// redis.url. A comma-separated list in flags and environment variables.
+	// redis.url (one listed here alone still works as one). A comma-separated list in
+	// flags and environment variables.
 	Addrs []string `yaml:"addrs"`
 	// Sentinel master name: with it redis.addrs are Sentinels, not cluster nodes.
 	MasterName string `yaml:"master_name"`

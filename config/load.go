@@ -74,15 +74,21 @@ func Load(fs *pflag.FlagSet, env []string) (*Config, error) {
 }
 
 // ValidateFile checks one YAML file on its own (with defaults, without flags or
-// environment), as `ghlproxy config --validate FILE` does. It returns nil or a one-line
-// error.
+// environment). It returns nil or a one-line error.
 func ValidateFile(path string) error {
+	_, err := LoadFile(path)
+	return err
+}
+
+// LoadFile loads one YAML file on its own (with defaults, without flags or environment),
+// as `ghlproxy config --validate FILE` does, which then checks what only the sidecar can
+// (the routes the file names exist in the route table). Errors are one line.
+func LoadFile(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config file: %w", err)
+		return nil, fmt.Errorf("config file: %w", err)
 	}
-	_, err = load(path, data, nil, nil)
-	return err
+	return load(path, data, nil, nil)
 }
 
 // load layers the sources with viper: the file and then the environment are merged into

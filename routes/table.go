@@ -18,9 +18,10 @@ type row struct {
 	tags, drops      []string
 }
 
-// Table matches requests to routes. Build one with New, apply config overrides with
-// Override before serving, then share it: Match, Lookup and All are safe for concurrent
-// use, Override is not (it is for start-up).
+// Table matches requests to routes. Build one with New, apply config overrides before
+// serving (Override, and the policy fields of the routes Select and All return), then
+// share it: Match, Lookup and All are safe for concurrent use once nothing changes the
+// routes any more; Override and those fields are for start-up.
 type Table struct {
 	root   node
 	routes []*Route
@@ -71,12 +72,21 @@ func New() *Table {
 			Resource: b.resource, Entity: b.entity, TagPatterns: b.tags, InvalidatePatterns: b.drops})
 	}
 	for _, k := range mergeable {
-		t.byKey[k].Merge = true
+		t.mustLookup(k).Merge = true
 	}
 	for k, op := range bulkTagOps {
-		t.byKey[k].BulkTagOp = op
+		t.mustLookup(k).BulkTagOp = op
 	}
 	return t
+}
+
+// mustLookup is the route of "METHOD template" k, which the built-in table must have.
+func (t *Table) mustLookup(k string) *Route {
+	r := t.byKey[k]
+	if r == nil {
+		panic("routes: the generated table has no route " + k)
+	}
+	return r
 }
 
 // mergeable are the partial updates whose consecutive writes to one entity may merge (see
@@ -225,7 +235,7 @@ func isHex(c byte) bool {
 }
 
 // All returns every route of the table, sorted by template then method. The routes are
-// the table's own: do not modify them.
+// the table's own: change them only at start-up, before serving (see Table).
 func (t *Table) All() []*Route { return t.routes }
 
 // Lookup returns the route of a method and template exactly as the specs spell it

@@ -2,8 +2,8 @@
 // request of each kind: a miss, a hit from Redis, a hit from memory and a write
 // (docs/architecture.md, "The walk of a request"). Built with -cover -covermode=atomic by
 // bench/walk.sh, it clears the coverage counters before each request and writes them after
-// it, one directory per step under its first argument; the script counts the functions,
-// files and packages that ran. Two replicas share one redis-server (started here, on a free
+// it (once the client has read the answer), one directory per step under its first
+// argument; the script counts the functions, files and packages that ran. Two replicas share one redis-server (started here, on a free
 // port) in front of the GHL stand-in, warmed first, as in TestRedisCommandsPerRequest.
 package main
 
@@ -62,22 +62,23 @@ func run(dir string) error {
 		return err
 	}
 	for _, u := range urls {
-		if err := do("GET", u+"/contacts/"+warm, tok, ""); err != nil {
+		if _, err := do("GET", u+"/contacts/"+warm, tok, ""); err != nil {
 			return err
 		}
 	}
-	if err := do("PUT", urls[0]+"/contacts/"+warm, tok, `{"firstName":"W2"}`); err != nil {
+	if _, err := do("PUT", urls[0]+"/contacts/"+warm, tok, `{"firstName":"W2"}`); err != nil {
 		return err
 	}
 	id, err := create(up.URL, tok)
 	if err != nil {
 		return err
 	}
-	for _, s := range []struct{ name, method, url, body string }{
-		{"miss", "GET", urls[0] + "/contacts/" + id, ""},
-		{"hit-redis", "GET", urls[1] + "/contacts/" + id, ""},
-		{"hit-memory", "GET", urls[1] + "/contacts/" + id, ""},
-		{"write", "PUT", urls[0] + "/contacts/" + id, `{"firstName":"B"}`},
+	// want: how the Cache-Status of the answer begins, so that each step is what it is named.
+	for _, s := range []struct{ name, method, url, body, want string }{
+		{"miss", "GET", urls[0] + "/contacts/" + id, "", "ghlproxy; fwd=miss"},
+		{"hit-redis", "GET", urls[1] + "/contacts/" + id, "", "ghlproxy; hit; ttl="},
+		{"hit-memory", "GET", urls[1] + "/contacts/" + id, "", "ghlproxy; hit; ttl="},
+		{"write", "PUT", urls[0] + "/contacts/" + id, `{"firstName":"B"}`, ""},
 	} {
 		out := filepath.Join(dir, s.name)
 		if err := os.MkdirAll(out, 0o755); err != nil {
@@ -89,11 +90,15 @@ func run(dir string) error {
 		if err := coverage.ClearCounters(); err != nil {
 			return err
 		}
-		if err := do(s.method, s.url, tok, s.body); err != nil {
+		status, err := do(s.method, s.url, tok, s.body)
+		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		if err := coverage.WriteCountersDir(out); err != nil {
 			return err
+		}
+		if !strings.HasPrefix(status, s.want) {
+			return fmt.Errorf("%s: Cache-Status %q, want %q...", s.name, status, s.want)
 		}
 	}
 	return nil
@@ -170,10 +175,11 @@ func create(upstream, tok string) (string, error) {
 	return out.Contact.ID, nil
 }
 
-func do(method, url, tok, body string) error {
+// do makes one request through the sidecar and returns the answer's Cache-Status.
+func do(method, url, tok, body string) (string, error) {
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
-		return err
+		return "", err
 	}
 	req.Header = http.Header{"Authorization": {"Bearer " + tok}, "Version": {"2021-07-28"}}
 	if body != "" {
@@ -181,12 +187,12 @@ func do(method, url, tok, body string) error {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode, b)
+		return "", fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode, b)
 	}
-	return nil
+	return resp.Header.Get("Cache-Status"), nil
 }

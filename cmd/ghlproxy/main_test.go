@@ -47,4 +47,10 @@ func TestCommands(t *testing.T) {
 	if code, _, errs := runCmd(t, nil, "config", "--validate", bad); code != 1 || !strings.Contains(errs, "ratelimt") {
 		t.Fatalf("validate bad: %d %q", code, errs)
 	}
+	// A route the table does not have is found by --validate, not only at serve.
+	noRoute := filepath.Join(dir, "noroute.yaml")
+	os.WriteFile(noRoute, []byte("dedupe:\n  routes:\n    - {route: \"GET /contacts/{id}\", window: 1s}\n"), 0o600)
+	if code, _, errs := runCmd(t, nil, "config", "--validate", noRoute); code != 1 || !strings.Contains(errs, "dedupe.routes[0]: no route GET /contacts/{id} in the table") {
+		t.Fatalf("validate unknown route: %d %q", code, errs)
+	}
 }

@@ -84,8 +84,12 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if *validate != "" {
-		if err := config.ValidateFile(*validate); err != nil {
+		cfg, err := config.LoadFile(*validate)
+		if err != nil {
 			return err
+		}
+		if err := sidecar.CheckRoutes(cfg); err != nil {
+			return fmt.Errorf("%s: %w", *validate, err)
 		}
 		fmt.Fprintf(stdout, "%s: valid\n", *validate)
 		return nil

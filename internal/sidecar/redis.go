@@ -42,12 +42,9 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		return redis.NewClient(opt), nil
 	case len(c.Addrs) > 0:
 		return redis.NewUniversalClient(&redis.UniversalOptions{
-			Addrs:      c.Addrs,
-			MasterName: c.MasterName,
-			// Without a master name the addresses are Cluster nodes, one of them too: a
-			// plain client on a single node would meet MOVED, and would pass for a single
-			// Redis where scripts may span hash tags (luapipe.OneScript).
-			IsClusterMode: c.MasterName == "",
+			Addrs:         c.Addrs,
+			MasterName:    c.MasterName,
+			IsClusterMode: c.MasterName == "" && (len(c.Addrs) > 1 || clusterNode(c.Addrs[0], c.Password, timeout)),
 			Password:      c.Password,
 			ReadTimeout:   timeout,
 			WriteTimeout:  timeout,
@@ -59,6 +56,22 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		}), nil
 	}
 	return nil, nil
+}
+
+// clusterNode says whether the Redis at addr runs in Cluster mode. go-redis makes a plain
+// client of a single address in redis.addrs; on a Cluster node that client meets MOVED for
+// every key of another node's slots, and it passes for a single Redis, where scripts may
+// span hash tags (luapipe.OneScript). A single Redis listed there keeps working as one. A
+// Redis unreachable at start is taken for a single one, as before this check: a Cluster
+// node then refuses the scripts' keys of other slots with an error, it serves nothing wrong.
+func clusterNode(addr, password string, timeout time.Duration) bool {
+	rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password, DialTimeout: 2*timeout + time.Second,
+		ReadTimeout: 2*timeout + time.Second, MaxRetries: -1})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout+time.Second)
+	defer cancel()
+	info, err := rdb.Info(ctx, "cluster").Result()
+	return err == nil && strings.Contains(info, "cluster_enabled:1")
 }
 
 // commandCounter counts every command the client sends, by name, pipelined ones included

@@ -35,3 +35,20 @@ func TestOneClusterNodeAddress(t *testing.T) {
 		}
 	}
 }
+
+// A single Redis listed in redis.addrs (its key says Cluster nodes, redis.url is for one
+// server) still works as one: a plain client, scripts over several hash tags allowed.
+func TestOneSingleRedisAddress(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb, err := newRedis(config.Redis{Addrs: []string{srv.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	if _, ok := rdb.(*redis.Client); !ok || !luapipe.OneScript(rdb) {
+		t.Fatalf("client %T, OneScript %v", rdb, luapipe.OneScript(rdb))
+	}
+	if err := rdb.Set(context.Background(), "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+}

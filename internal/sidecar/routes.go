@@ -8,6 +8,13 @@ import (
 	"github.com/ghlproxy/ghlproxy/routes"
 )
 
+// CheckRoutes reports what starting the sidecar with cfg would say of the routes it names
+// (cache.routes, dedupe.routes): for `ghlproxy config --validate`.
+func CheckRoutes(cfg *config.Config) error {
+	_, err := routeTable(cfg)
+	return err
+}
+
 // routeTable is the built-in table with every route's policy resolved from the
 // configuration, once: its TTL (cache.default_ttl, cache.routes), its stale windows
 // (cache.stale_while_revalidate, cache.stale_if_error, cache.routes) and whether and how
