@@ -501,6 +501,14 @@ func (c *Cache) dropIDs(ctx context.Context, idl []string) (int, stamps, error) 
 		// The write this invalidates has been answered: keep trying, or its old answers
 		// would be served until their TTL.
 		c.retryDrop(idl)
+		// And when Redis answered but refused (full, under noeviction), tell the other
+		// replicas now: it still takes a notice, and their in-process copies are what they
+		// would serve without looking in Redis. An unreachable Redis would not take it
+		// either, and the write's caller waits for this.
+		var refused redis.Error
+		if errors.As(err, &refused) {
+			c.publish(ctx, msgIDs, idl)
+		}
 	}
 	return n, st, err
 }

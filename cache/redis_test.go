@@ -80,6 +80,34 @@ func TestInvalidateAcrossReplicas(t *testing.T) {
 	}
 }
 
+// A Redis that refuses the tombstones (maxmemory reached under noeviction) still takes the
+// notice: the invalidation fails (and is retried), but the other replicas stop serving
+// their in-process copies at once rather than until their coherence bound.
+func TestFullRedisInvalidationStillNotifies(t *testing.T) {
+	clk := newClock()
+	a, b, _, srv := twoReplicas(t, clk)
+	alice := credOf("alice")
+	k := fp("GET /contacts/1 alice")
+	mustSet(t, a, k, alice, answer("v1", clk.Now()), Policy{TTL: time.Minute, Tags: []string{"s:contact:1"}})
+	mustGet(t, b, k, alice)
+	mustGet(t, b, k, alice)
+	if b.Stats().LocalHits != 1 {
+		t.Fatal("B does not serve from process memory")
+	}
+	if _, err := srv.Do("CONFIG", "SET", "maxmemory", "1"); err != nil {
+		t.Fatal(err)
+	}
+	from := b.w.mark()
+	if err := a.Invalidate(context.Background(), []string{"s:contact:1"}); err == nil {
+		t.Fatal("invalidation on a full Redis reported no error")
+	}
+	b.w.waitFor(t, from, b.cfg.CoherenceBound, "the notice on B", func(e event) bool { return e.kind == msgIDs && e.replica == a.replica })
+	mustGet(t, b, k, alice)
+	if n := b.Stats().LocalHits; n != 1 {
+		t.Fatalf("B served its in-process copy after the notice (%d local hits)", n)
+	}
+}
+
 func TestOverwriteAcrossReplicas(t *testing.T) {
 	clk := newClock()
 	a, b, _, _ := twoReplicas(t, clk)

@@ -629,7 +629,7 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 		}
 		return firstErr
 	}
-	// On a Cluster, two round trips whatever the number of tags and keys.
+	// On a Cluster, two round trips and the PUBLISH whatever the number of tags and keys.
 	pipe := luapipe.New(f.rdb)
 	var lists []*redis.Cmd
 	for _, part := range f.tagParts(tags) {

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +17,7 @@ import (
 // newRedis returns the shared store's client, or nil for the embedded store. One
 // UniversalClient covers a single server (redis.url), a Cluster (redis.addrs) and Sentinel
 // (redis.addrs with redis.master_name).
-func newRedis(c config.Redis) (redis.UniversalClient, error) {
+func newRedis(c config.Redis, log *slog.Logger) (redis.UniversalClient, error) {
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = 100 * time.Millisecond
@@ -41,10 +42,19 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		opt.ContextTimeoutEnabled = true
 		return redis.NewClient(opt), nil
 	case len(c.Addrs) > 0:
+		cluster := c.MasterName == "" && len(c.Addrs) > 1
+		if c.MasterName == "" && len(c.Addrs) == 1 {
+			var err error
+			if cluster, err = clusterNode(c.Addrs[0], c.Password, timeout); err != nil {
+				log.Warn("redis.addrs: could not ask the one address whether it is a Cluster node; "+
+					"taking it for a single Redis until restart (list two or more Cluster nodes, or put a single Redis in redis.url)",
+					"addr", c.Addrs[0], "err", err)
+			}
+		}
 		return redis.NewUniversalClient(&redis.UniversalOptions{
 			Addrs:         c.Addrs,
 			MasterName:    c.MasterName,
-			IsClusterMode: c.MasterName == "" && (len(c.Addrs) > 1 || clusterNode(c.Addrs[0], c.Password, timeout)),
+			IsClusterMode: cluster,
 			Password:      c.Password,
 			ReadTimeout:   timeout,
 			WriteTimeout:  timeout,
@@ -58,20 +68,26 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 	return nil, nil
 }
 
-// clusterNode says whether the Redis at addr runs in Cluster mode. go-redis makes a plain
-// client of a single address in redis.addrs; on a Cluster node that client meets MOVED for
-// every key of another node's slots, and it passes for a single Redis, where scripts may
-// span hash tags (luapipe.OneScript). A single Redis listed there keeps working as one. A
-// Redis unreachable at start is taken for a single one, as before this check: a Cluster
-// node then refuses the scripts' keys of other slots with an error, it serves nothing wrong.
-func clusterNode(addr, password string, timeout time.Duration) bool {
-	rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password, DialTimeout: 2*timeout + time.Second,
-		ReadTimeout: 2*timeout + time.Second, MaxRetries: -1})
+// clusterNode asks the Redis at addr whether it runs in Cluster mode. go-redis makes a
+// plain client of a single address in redis.addrs; on a Cluster node that client meets
+// MOVED for every key of another node's slots, and it passes for a single Redis, where
+// scripts may span hash tags (luapipe.OneScript). A single Redis listed there keeps working
+// as one. When the question gets no answer (unreachable at start, INFO denied) the caller
+// takes the address for a single Redis, as before this check, and logs it: a Cluster node
+// then refuses the scripts' keys of other slots with an error, it serves nothing wrong.
+// Start-up waits at most 2 × redis.timeout + 1 s for the answer.
+func clusterNode(addr, password string, timeout time.Duration) (bool, error) {
+	wait := 2*timeout + time.Second
+	rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password, DialTimeout: wait, ReadTimeout: wait,
+		MaxRetries: -1, ContextTimeoutEnabled: true})
 	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	info, err := rdb.Info(ctx, "cluster").Result()
-	return err == nil && strings.Contains(info, "cluster_enabled:1")
+	if err != nil {
+		return false, err
+	}
+	return strings.Contains(info, "cluster_enabled:1"), nil
 }
 
 // commandCounter counts every command the client sends, by name, pipelined ones included

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -16,7 +17,7 @@ import (
 // masters, keys of every slot work, and the stages do not take it for a single Redis.
 func TestOneClusterNodeAddress(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
-	rdb, err := newRedis(config.Redis{Addrs: cl.Addrs()[:1]})
+	rdb, err := newRedis(config.Redis{Addrs: cl.Addrs()[:1]}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +41,7 @@ func TestOneClusterNodeAddress(t *testing.T) {
 // server) still works as one: a plain client, scripts over several hash tags allowed.
 func TestOneSingleRedisAddress(t *testing.T) {
 	srv := redistest.Start(t)
-	rdb, err := newRedis(config.Redis{Addrs: []string{srv.Addr()}})
+	rdb, err := newRedis(config.Redis{Addrs: []string{srv.Addr()}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,7 +58,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Sidecar, error) {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	s := &Sidecar{cfg: cfg, log: log, Metrics: metrics.New()}
-	if s.rdb, err = newRedis(cfg.Redis); err != nil {
+	if s.rdb, err = newRedis(cfg.Redis, log); err != nil {
 		return nil, err
 	}
 	if s.rdb != nil {
