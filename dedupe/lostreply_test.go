@@ -83,3 +83,25 @@ func TestUnindexedReadIsNotReplayed(t *testing.T) {
 		t.Fatal("the leader kept an answer no Forget could reach")
 	}
 }
+
+// The acquire script run twice with one token (its first reply lost, the command sent again
+// on a new connection, as go-redis does after a read timeout) makes the call the leader
+// the second time too, instead of a waiter on its own marker for a whole lease.
+func TestAcquireAgainFindsOwnMarker(t *testing.T) {
+	s := redistest.Start(t)
+	f, _ := newFold(t, testConfig(), redisClient(t, s))
+	k := f.keysOf("create-1")
+	keys := []string{k.lock, k.sent, k.result, k.forgot, f.tagKey("t")}
+	const tok = "0123456789abcdef"
+	for i := range 2 {
+		res, err := f.scripts.acquire.Run(context.Background(), f.rdb, keys, tok, 1000, "1", "", "create-1", 5000).Slice()
+		if err != nil || len(res) == 0 || res[0] != int64(0) {
+			t.Fatalf("acquire %d: %v %v, want leader {0}", i+1, res, err)
+		}
+	}
+	// Another call of the key still waits for it.
+	res, err := f.scripts.acquire.Run(context.Background(), f.rdb, keys, "fedcba9876543210", 1000, "1", "", "create-1", 5000).Slice()
+	if err != nil || len(res) == 0 || res[0] != int64(2) {
+		t.Fatalf("another call's acquire: %v %v, want {2, marker}", res, err)
+	}
+}

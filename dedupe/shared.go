@@ -101,6 +101,10 @@ if r then
 end
 local l = redis.call('GET', KEYS[1])
 if l then
+  -- This call's own marker: a run of this script took it and its reply was lost (go-redis
+  -- sends a timed-out command again on a new connection). Waiting for it would wait a
+  -- whole lease on itself.
+  if l == 'p:' .. ARGV[1] or l == 'w:' .. ARGV[1] then return {0} end
   if redis.call('GET', KEYS[4]) == string.sub(l, 3) then return {4} end
   return {2, l}
 end
