@@ -87,20 +87,38 @@ return existed`)
 // listed member whose entry is gone costs a DEL of nothing. One run takes every id on a
 // single Redis, one id on a Cluster.
 //
-//	KEYS: index, tombstone per id; ARGV: now (ms), tombstone ttl (ms)
-var indexDrop = redis.NewScript(`
+//	KEYS: index, tombstone per id (dropKeys); ARGV: now (ms), tombstone ttl (ms)
+var indexDrop = redis.NewScript(dropLua + `
 local out = {}
 for i = 1, #KEYS / 2 do
-  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local t = math.max(prev + 1, tonumber(ARGV[1]))
-  redis.call('SET', KEYS[2 * i], string.format('%d', t), 'PX', ARGV[2])
-  local m = redis.call('ZRANGE', KEYS[2 * i - 1], 0, -1)
-  table.insert(out, string.format('%d', prev))
-  table.insert(out, string.format('%d', t))
+  local prev, t, m = drop(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[2])
+  table.insert(out, prev)
+  table.insert(out, t)
   table.insert(out, tostring(#m))
   for _, fp in ipairs(m) do table.insert(out, fp) end
 end
 return out`)
+
+// dropLua defines drop(index, tombstone, now ms, ttl ms), the step indexDrop and dropAll
+// take per id: it raises the tombstone (see indexDrop) and returns the one found (0: none)
+// and the one left, as decimal strings, and the members listed.
+const dropLua = `
+local function drop(z, inv, now, ttl)
+  local prev = tonumber(redis.call('GET', inv) or '0')
+  local t = math.max(prev + 1, tonumber(now))
+  redis.call('SET', inv, string.format('%d', t), 'PX', ttl)
+  return string.format('%d', prev), string.format('%d', t), redis.call('ZRANGE', z, 0, -1)
+end
+`
+
+// dropKeys are the KEYS of indexDrop and dropAll for ids.
+func (c *Cache) dropKeys(ids []string) []string {
+	keys := make([]string, 0, 2*len(ids))
+	for _, id := range ids {
+		keys = append(keys, c.keys.index(id), c.keys.tombstone(id))
+	}
+	return keys
+}
 
 // dropAll is the whole of an invalidation in one run, on a single Redis (luapipe.OneScript):
 // indexDrop for every id, then a DEL of each entry listed, then the notice to the other
@@ -112,18 +130,16 @@ return out`)
 // run (where publish only logs): the caller retries the whole invalidation, which is safe to
 // repeat.
 //
-//	KEYS: index, tombstone per id; ARGV: now (ms), tombstone ttl (ms), entry name prefix,
-//	channel, notice -> {entries deleted, then per id the tombstone found (0: none) and the
-//	one left}
-var dropAll = redis.NewScript(`
+//	KEYS: index, tombstone per id (dropKeys); ARGV: now (ms), tombstone ttl (ms), entry
+//	name prefix, channel, notice -> {entries deleted, then per id the tombstone found (0:
+//	none) and the one left}
+var dropAll = redis.NewScript(dropLua + `
 local out, seen, n = {''}, {}, 0
 for i = 1, #KEYS / 2 do
-  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local t = math.max(prev + 1, tonumber(ARGV[1]))
-  redis.call('SET', KEYS[2 * i], string.format('%d', t), 'PX', ARGV[2])
-  table.insert(out, string.format('%d', prev))
-  table.insert(out, string.format('%d', t))
-  for _, fp in ipairs(redis.call('ZRANGE', KEYS[2 * i - 1], 0, -1)) do
+  local prev, t, m = drop(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[2])
+  table.insert(out, prev)
+  table.insert(out, t)
+  for _, fp in ipairs(m) do
     if not seen[fp] then
       seen[fp] = true
       n = n + redis.call('DEL', ARGV[3] .. string.sub(fp, 1, 16) .. '}:e:' .. fp)
@@ -346,11 +362,7 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 	drops := luapipe.New(c.rdb)
 	var cmds []*redis.Cmd
 	for _, part := range c.scriptParts(idl) {
-		keys := make([]string, 0, 2*len(part))
-		for _, id := range part {
-			keys = append(keys, c.keys.index(id), c.keys.tombstone(id))
-		}
-		cmds = append(cmds, drops.Run(ctx, indexDrop, keys, now, tombstoneTTL.Milliseconds()))
+		cmds = append(cmds, drops.Run(ctx, indexDrop, c.dropKeys(part), now, tombstoneTTL.Milliseconds()))
 	}
 	err := drops.Exec(ctx)
 	c.up(err)
@@ -407,11 +419,7 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 
 // redisDropAll is redisDrop in one script run (dropAll).
 func (c *Cache) redisDropAll(ctx context.Context, idl []string, now int64) (int, stamps, error) {
-	keys := make([]string, 0, 2*len(idl))
-	for _, id := range idl {
-		keys = append(keys, c.keys.index(id), c.keys.tombstone(id))
-	}
-	reply, err := dropAll.Run(ctx, c.rdb, keys, now, tombstoneTTL.Milliseconds(),
+	reply, err := dropAll.Run(ctx, c.rdb, c.dropKeys(idl), now, tombstoneTTL.Milliseconds(),
 		c.keys.entryPrefix(), c.keys.invalChannel(), c.notice(msgIDs, idl)).StringSlice()
 	c.up(err)
 	if err != nil {

@@ -170,17 +170,13 @@ return tomb(KEYS[1], KEYS[2], KEYS[3], ARGV[1])`),
 		// notice. The folds' key names are built here (as keysOf does), which only a single
 		// Redis allows: on a Cluster a script may touch only the keys it is given, in one
 		// slot.
-		forgetAll: redis.NewScript(tombLua + `
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+		forgetAll: redis.NewScript(tombLua + listedLua + `
 local seen = {}
-for i = 1, #KEYS do
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')) do
-    if not seen[m] and m ~= ARGV[2] then
-      seen[m] = true
-      local base = ARGV[1] .. m .. '}'
-      tomb(base .. ':result', base .. ':lock', base .. ':forgot', ARGV[3])
-    end
+for _, m in ipairs(listed()) do
+  if not seen[m] and m ~= ARGV[2] then
+    seen[m] = true
+    local base = ARGV[1] .. m .. '}'
+    tomb(base .. ':result', base .. ':lock', base .. ':forgot', ARGV[3])
   end
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -189,16 +185,9 @@ return 1`),
 		// one run on a single Redis, one per run on a Cluster (see tagParts).
 		index: redis.NewScript(listLua(1, 1, 2) + `
 return 1`),
-		// KEYS tag indexes. -> the fold keys, of any of them, whose replays may still exist
-		// (a key listed under several tags comes once per tag).
-		members: redis.NewScript(`
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local out = {}
-for i = 1, #KEYS do
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')) do out[#out + 1] = m end
-end
-return out`),
+		// KEYS tag indexes. -> listed() (see listedLua): a Forget's first step on a Cluster.
+		members: redis.NewScript(listedLua + `
+return listed()`),
 	}
 }
 
@@ -222,6 +211,20 @@ if #KEYS >= %[1]d then
   end
 end`, first, key, life)
 }
+
+// listedLua defines listed(), the fold keys of any of the tag indexes KEYS whose replays
+// may still exist (a key listed under several tags comes once per tag).
+const listedLua = `
+local function listed()
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local out = {}
+  for i = 1, #KEYS do
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')) do out[#out + 1] = m end
+  end
+  return out
+end
+`
 
 type keys struct{ lock, sent, result, forgot string }
 
@@ -615,6 +618,7 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 			firstErr = fmt.Errorf("dedupe: forgetting replays: %w", err)
 		}
 	}
+	notice := forgetNotice(f.origin, except, tags)
 	if f.oneScript {
 		// One command whatever the number of tags and keys (a search tag can list
 		// hundreds): the write's caller waits for this.
@@ -623,13 +627,13 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 			keys = parts[0]
 		}
 		err := f.scripts.forgetAll.Run(ctx, f.rdb, keys, f.foldPrefix(), except,
-			ms(f.cfg.CallTimeout), f.forgetChannel(), forgetNotice(f.origin, except, tags)).Err()
+			ms(f.cfg.CallTimeout), f.forgetChannel(), notice).Err()
 		note(err)
 		// Once the tombstones are in, forget locally again (as below).
 		f.forgetLocal(tags, except)
 		if err != nil {
 			// The notice may not have gone: other replicas still drop their copies.
-			note(f.rdb.Publish(ctx, f.forgetChannel(), forgetNotice(f.origin, except, tags)).Err())
+			note(f.rdb.Publish(ctx, f.forgetChannel(), notice).Err())
 		}
 		return firstErr
 	}
@@ -662,7 +666,7 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 	// now for the same reason: a replica that dropped its copy and looked in Redis before
 	// them would take the old answer again.
 	f.forgetLocal(tags, except)
-	note(f.rdb.Publish(ctx, f.forgetChannel(), forgetNotice(f.origin, except, tags)).Err())
+	note(f.rdb.Publish(ctx, f.forgetChannel(), notice).Err())
 	return firstErr
 }
 
