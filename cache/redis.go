@@ -24,9 +24,10 @@ func (k keyspace) entry(fp string) string {
 	if len(tag) > 16 {
 		tag = tag[:16]
 	}
-	return k.entryPrefix() + tag + "}:e:" + fp
+	return k.prefix + ":{c:" + tag + "}:e:" + fp
 }
 
+// entryPrefix is what entry puts before the fingerprint's slot, for dropAll.
 func (k keyspace) entryPrefix() string { return k.prefix + ":{c:" }
 
 func (k keyspace) index(id string) string     { return k.prefix + ":{x:" + id + "}:z" }
@@ -84,8 +85,8 @@ return existed`)
 // the retry to find. Nothing unlists them afterwards either: a member goes when it expires
 // (store trims by score), and unlisting after the delete could race with a store of the
 // same key that lists it again, leaving that fresh entry out of reach of invalidations. A
-// listed member whose entry is gone costs a DEL of nothing. One run takes every id on a
-// single Redis, one id on a Cluster.
+// listed member whose entry is gone costs a DEL of nothing. It runs on a Cluster, one id a
+// run; a single Redis runs dropAll instead.
 //
 //	KEYS: index, tombstone per id (dropKeys); ARGV: now (ms), tombstone ttl (ms)
 var indexDrop = redis.NewScript(dropLua + `
@@ -380,10 +381,9 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 			if len(reply) < 3 || i == len(idl) {
 				return 0, stamps{}, fmt.Errorf("cache: redis invalidate: a reply cut short or too long (%d values left, id %d of %d)", len(reply), i, len(idl))
 			}
-			prev, _ := strconv.ParseInt(reply[0], 10, 64)
-			left, _ := strconv.ParseInt(reply[1], 10, 64)
-			m, err := strconv.Atoi(reply[2])
-			if err != nil || m < 0 || 3+m > len(reply) {
+			prev, left, err := parseStamps(reply[0], reply[1])
+			m, merr := strconv.Atoi(reply[2])
+			if err != nil || merr != nil || m < 0 || 3+m > len(reply) {
 				return 0, stamps{}, fmt.Errorf("cache: redis invalidate: a malformed reply")
 			}
 			st.prev[idl[i]], st.own[idl[i]] = prev, left
@@ -436,14 +436,23 @@ func (c *Cache) redisDropAll(ctx context.Context, idl []string, now int64) (int,
 	}
 	st := newStamps(len(idl))
 	for i, id := range idl {
-		prev, err1 := strconv.ParseInt(reply[1+2*i], 10, 64)
-		left, err2 := strconv.ParseInt(reply[2+2*i], 10, 64)
-		if err1 != nil || err2 != nil {
+		prev, left, err := parseStamps(reply[1+2*i], reply[2+2*i])
+		if err != nil {
 			return 0, stamps{}, fmt.Errorf("cache: redis invalidate: a malformed reply")
 		}
 		st.prev[id], st.own[id] = prev, left
 	}
 	return n, st, nil
+}
+
+// parseStamps reads the tombstone an id had and the one it has now, as drop() returns them.
+func parseStamps(prev, left string) (int64, int64, error) {
+	p, err := strconv.ParseInt(prev, 10, 64)
+	if err != nil {
+		return 0, 0, err
+	}
+	l, err := strconv.ParseInt(left, 10, 64)
+	return p, l, err
 }
 
 // redisPurgeAll deletes every entry and index under the prefix, on every master of a

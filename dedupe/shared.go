@@ -17,8 +17,9 @@ import (
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
-// The shared protocol. Per fold key K, all in one hash slot ({fold:K}) so every script
-// works on Redis Cluster:
+// The shared protocol. Per fold key K, all in one hash slot ({fold:K}), so that on a Redis
+// Cluster every script touches one slot (on a single Redis, luapipe.OneScript, acquire also
+// lists K under its tag indexes and forgetAll tombstones every fold the indexes list):
 //
 //	<prefix>:{fold:K}:lock    "p:<token>" (a read), "w:<token>" (a write not sent yet) or
 //	                          "s:<token>" (a write sent), PX LeaseTTL, renewed by the
