@@ -30,7 +30,7 @@ func BenchmarkPeerMutexMapLookup(b *testing.B) {
 func BenchmarkDoReplayLocal(b *testing.B) {
 	f, _ := newFold(b, testConfig(), nil)
 	resp := &upstream.Response{Status: 200, Body: []byte(`{"contact":{"id":"c-1"}}`)}
-	fetch := func(context.Context) (*upstream.Response, error) { return resp, nil }
+	fetch := func(context.Context, *Attempt) (*upstream.Response, error) { return resp, nil }
 	ctx := context.Background()
 	f.Do(ctx, "fp-0123456789abcdef", Options{Key: &testKey}, fetch)
 	b.ReportAllocs()
@@ -47,7 +47,7 @@ func BenchmarkDoLeaderLocal(b *testing.B) {
 	cfg.LocalBytes = 1 << 20 // keep the store small: every key is new
 	f, _ := newFold(b, cfg, nil)
 	resp := &upstream.Response{Status: 200, Body: []byte(`{"contact":{"id":"c-1"}}`)}
-	fetch := func(context.Context) (*upstream.Response, error) { return resp, nil }
+	fetch := func(context.Context, *Attempt) (*upstream.Response, error) { return resp, nil }
 	ctx := context.Background()
 	keys := make([]string, 4096)
 	for i := range keys {

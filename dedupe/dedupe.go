@@ -67,10 +67,10 @@ type Options struct {
 	// read before the write, or a write already sent, whose order against the other is
 	// unknown — except the call the Forget comes from (Forget's except).
 	Tags []string
-	// SentByFetch says that fetch calls MarkSent itself right before the request leaves
-	// for upstream (after queueing for the rate limiter or a batch). When false, a write
-	// counts as sent from the moment fetch starts: safe, but a leader that dies while
-	// still queued then fails its waiters instead of letting one of them take over.
+	// SentByFetch says that fetch calls Attempt.MarkSent itself right before the request
+	// leaves for upstream (after queueing for the rate limiter or a batch). When false, a
+	// write counts as sent from the moment fetch starts: safe, but a leader that dies
+	// while still queued then fails its waiters instead of letting one of them take over.
 	SentByFetch bool
 	// Key seals what this call leaves in Redis (identity.Credential.EncKey): the fold key
 	// already includes the credential's hash, so every caller that can fold with this call
@@ -235,7 +235,7 @@ func New(cfg Config, rdb redis.UniversalClient, m *metrics.Metrics, log *slog.Lo
 type call struct {
 	key   string
 	opt   Options
-	fetch func(context.Context) (*upstream.Response, error)
+	fetch Fetch
 	start time.Time
 	wake  chan struct{} // pub/sub: a call of this key finished somewhere, look again
 	// looked is closed once the call has first looked in Redis (coordinate): a test seam,
@@ -246,9 +246,9 @@ type call struct {
 	// answer may predate the write and must not be replayed.
 	forgotten bool
 	// Guarded by Fold.mu: the callers on this replica still waiting for the call, and the
-	// mark of the current attempt at it (see sentMark.abandon).
+	// mark of the current attempt at it (see Attempt.abandon).
 	waiters int
-	sent    *sentMark
+	sent    *Attempt
 
 	done    chan struct{}
 	resp    *upstream.Response
@@ -268,7 +268,7 @@ type call struct {
 // The returned Response is shared by every caller and the replay store: nobody may modify
 // it. Errors other than ctx.Err() and fetch's own: *WaitError, *LeaderLostError,
 // *UnconfirmedError.
-func (f *Fold) Do(ctx context.Context, key string, o Options, fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, Outcome, error) {
+func (f *Fold) Do(ctx context.Context, key string, o Options, fetch Fetch) (*upstream.Response, Outcome, error) {
 	f.mu.Lock()
 	if e, ok := f.replay.get(key, f.now()); ok && f.replaysLocally(o) {
 		resp, err := e.resp, e.err
@@ -349,8 +349,8 @@ func (f *Fold) run(ctx context.Context, c *call) {
 
 // newMark starts the mark of an attempt at c. A call all of whose callers left before it
 // got here is abandoned at once.
-func (f *Fold) newMark(c *call) *sentMark {
-	s := &sentMark{}
+func (f *Fold) newMark(c *call) *Attempt {
+	s := &Attempt{}
 	f.mu.Lock()
 	c.sent = s
 	if c.opt.Write {
@@ -363,8 +363,8 @@ func (f *Fold) newMark(c *call) *sentMark {
 	return s
 }
 
-// fetch runs the caller's fetch on the detached context with the MarkSent hook attached.
-func (f *Fold) fetch(ctx context.Context, c *call, sent *sentMark) (resp *upstream.Response, err error) {
+// fetch runs the caller's fetch on the detached context, handing it the attempt sent.
+func (f *Fold) fetch(ctx context.Context, c *call, sent *Attempt) (resp *upstream.Response, err error) {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.CallTimeout)
 	defer cancel()
 	defer context.AfterFunc(f.stopped, cancel)() // Shutdown's deadline ends it too
@@ -380,11 +380,11 @@ func (f *Fold) fetch(ctx context.Context, c *call, sent *sentMark) (resp *upstre
 		}
 	}()
 	if c.opt.Write && !c.opt.SentByFetch {
-		if err := sent.set(); err != nil {
+		if err := sent.MarkSent(); err != nil {
 			return nil, err
 		}
 	}
-	resp, err = c.fetch(context.WithValue(ctx, sentKey{}, sent))
+	resp, err = c.fetch(ctx, sent)
 	if err == nil && resp == nil {
 		err = errors.New("dedupe: fetch returned neither a response nor an error")
 	}
@@ -401,7 +401,7 @@ const (
 )
 
 // keep decides what a finished call leaves for replay; see ReplayWriteServerErrors.
-func (f *Fold) keep(c *call, resp *upstream.Response, err error, sent *sentMark) keep {
+func (f *Fold) keep(c *call, resp *upstream.Response, err error, sent *Attempt) keep {
 	if f.window(c.opt) <= 0 {
 		return keepNothing
 	}

@@ -53,8 +53,8 @@ func newGHL(t *testing.T) *ghl {
 
 // create is a fetch that POSTs to the stand-in, marking the write sent right before it
 // leaves (as the proxy does with Options.SentByFetch).
-func (g *ghl) create(ctx context.Context) (*upstream.Response, error) {
-	if err := MarkSent(ctx); err != nil {
+func (g *ghl) create(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+	if err := at.MarkSent(); err != nil {
 		return nil, err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.srv.URL+"/contacts/", strings.NewReader(`{"email":"a@b.c"}`))
@@ -164,7 +164,7 @@ type result struct {
 	err  error
 }
 
-func goDo(ctx context.Context, f *Fold, key string, o Options, fetch func(context.Context) (*upstream.Response, error)) <-chan result {
+func goDo(ctx context.Context, f *Fold, key string, o Options, fetch func(context.Context, *Attempt) (*upstream.Response, error)) <-chan result {
 	ch := make(chan result, 1)
 	go func() {
 		r, out, err := f.Do(ctx, key, o, fetch)
@@ -287,7 +287,7 @@ func TestEmbeddedSharedReplayAndWindow(t *testing.T) {
 	f.now = clk.Now
 	var calls atomic.Int64
 	hold := make(chan struct{})
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		n := calls.Add(1)
 		<-hold
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, `{"n":%d}`, n)}, nil
@@ -323,7 +323,7 @@ func TestCallerHangingUpDoesNotCancelTheCall(t *testing.T) {
 	hold := make(chan struct{})
 	started := make(chan struct{})
 	var fetchErr atomic.Value
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		close(started)
 		<-hold
 		fetchErr.Store(fmt.Sprint(ctx.Err()))
@@ -366,7 +366,7 @@ func TestWaiterTimesOutOnItsOwn(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
 	started := make(chan struct{})
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		close(started)
 		<-hold
 		return &upstream.Response{Status: 200}, nil
@@ -409,12 +409,12 @@ func TestLeaderLost(t *testing.T) {
 
 			queued := make(chan struct{}) // the dead leader's fetch, before MarkSent
 			release := make(chan struct{})
-			deadFetch := func(ctx context.Context) (*upstream.Response, error) {
+			deadFetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 				if !tc.sent {
 					close(queued)
 					<-release // as if waiting for the rate limiter
 				}
-				return g.create(ctx)
+				return g.create(ctx, at)
 			}
 			if tc.sent {
 				g.gate = make(chan struct{})
@@ -496,7 +496,7 @@ func TestNeverReplayed(t *testing.T) {
 				a, _ := newFold(t, cfg, client)
 				b, _ := newFold(t, cfg, client)
 				var calls atomic.Int64
-				fetch := func(ctx context.Context) (*upstream.Response, error) {
+				fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 					calls.Add(1)
 					return tc.resp, tc.err
 				}
@@ -526,8 +526,8 @@ func TestSentWriteWithoutAnswerIsNotSentAgain(t *testing.T) {
 			}
 			f, _ := newFold(t, testConfig(), rdb)
 			var sends atomic.Int64
-			fetch := func(ctx context.Context) (*upstream.Response, error) {
-				if err := MarkSent(ctx); err != nil {
+			fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+				if err := at.MarkSent(); err != nil {
 					return nil, err
 				}
 				sends.Add(1)
@@ -554,7 +554,7 @@ func TestForgetDropsReplaysOnEveryReplica(t *testing.T) {
 		folds[i], _ = newFold(t, testConfig(), rdb)
 	}
 	var calls atomic.Int64
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "%d", calls.Add(1))}, nil
 	}
 	read := Options{Key: &testKey, Tags: []string{"scope:contact:1"}}
@@ -589,7 +589,7 @@ func TestForgetWhileReadInFlightIsNotReplayed(t *testing.T) {
 	b, _ := newFold(t, testConfig(), rdb)
 	hold, started := make(chan struct{}), make(chan struct{})
 	var calls atomic.Int64
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		n := calls.Add(1)
 		if n == 1 {
 			close(started)
@@ -638,7 +638,7 @@ func TestForgetOverSharedRecordWhileReadInFlight(t *testing.T) {
 	var calls atomic.Int64
 	holds := []chan struct{}{make(chan struct{}), make(chan struct{})}
 	starts := []chan struct{}{make(chan struct{}), make(chan struct{})}
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		n := calls.Add(1)
 		if n <= 2 {
 			close(starts[n-1])
@@ -690,7 +690,7 @@ func TestOwnForgetNoticeDoesNotSpoilLaterRead(t *testing.T) {
 	started, hold := make(chan struct{}), make(chan struct{})
 	release := sync.OnceFunc(func() { close(hold) })
 	t.Cleanup(release) // before the Folds' Close, which waits for the held fetch
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		if calls.Add(1) == 1 {
 			close(started)
 			<-hold
@@ -795,15 +795,15 @@ func TestFullRedisFoldsLocally(t *testing.T) {
 		t.Fatal(err)
 	}
 	tags := []string{"t1", "t2"}
-	read := func(ctx context.Context) (*upstream.Response, error) {
+	read := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: []byte("r")}, nil
 	}
 	if r, out, err := f.Do(context.Background(), "r", Options{Key: &testKey, Tags: tags}, read); err != nil || out != Leader || r.Status != 200 {
 		t.Fatalf("read on a full Redis: %v %v", out, err)
 	}
 	var sent atomic.Int64
-	write := func(ctx context.Context) (*upstream.Response, error) {
-		if err := MarkSent(ctx); err != nil {
+	write := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+		if err := at.MarkSent(); err != nil {
 			return nil, err
 		}
 		sent.Add(1)
@@ -841,7 +841,7 @@ func testReplayAndForgetTags(t *testing.T, rdb redis.UniversalClient, oneScript 
 		t.Fatalf("oneScript = %v on %T", a.oneScript, rdb)
 	}
 	var calls atomic.Int64
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		calls.Add(1)
 		return &upstream.Response{Status: 200, Body: []byte("x")}, nil
 	}
@@ -877,7 +877,7 @@ func TestRedisRestartDropsLocalReplays(t *testing.T) {
 	a, _ := newFold(t, testConfig(), rdb)
 	b, _ := newFold(t, testConfig(), rdb)
 	var calls atomic.Int64
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "%d", calls.Add(1))}, nil
 	}
 	a.Do(context.Background(), "k", Options{Key: &testKey}, fetch)

@@ -38,7 +38,7 @@ func TestReadAfterForgetDoesNotJoinCallFromBefore(t *testing.T) {
 			releaseAll := func() { release.Do(func() { close(holds[0]); close(holds[1]) }) }
 			t.Cleanup(releaseAll) // registered after newFold's: runs before the Folds close
 			var calls atomic.Int64
-			fetch := func(ctx context.Context) (*upstream.Response, error) {
+			fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 				n := calls.Add(1)
 				if n == 1 {
 					close(started)

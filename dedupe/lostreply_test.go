@@ -30,7 +30,7 @@ func TestForgetWithLostReplyIsRetried(t *testing.T) {
 	a, _ = newFold(t, testConfig(), rdbA)
 
 	var calls atomic.Int64
-	fetch := func(context.Context) (*upstream.Response, error) {
+	fetch := func(context.Context, *Attempt) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", calls.Add(1))}, nil
 	}
 	read := Options{Key: &testKey, Tags: []string{tag}}
@@ -68,7 +68,7 @@ func TestUnindexedReadIsNotReplayed(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	a, _ := newFold(t, testConfig(), rdb)
 	var calls atomic.Int64
-	fetch := func(context.Context) (*upstream.Response, error) {
+	fetch := func(context.Context, *Attempt) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", calls.Add(1))}, nil
 	}
 	read := Options{Key: &testKey, Tags: []string{tag}}

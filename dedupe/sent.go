@@ -5,11 +5,11 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
-type sentKey struct{}
-
-// The states of a sentMark.
+// The states of an Attempt.
 const (
 	markPending   int32 = iota // nothing has left for upstream yet
 	markSending                // mark is recording "sent" in Redis
@@ -18,11 +18,18 @@ const (
 	markAbandoned              // every caller left before it was sent: it never will be
 )
 
-// sentMark follows one leader's fetch: whether its request left for upstream, and whether
-// its answer may be replayed. With Redis, mark writes the "sent" state into the shared
-// marker before set returns.
-type sentMark struct {
-	mu    sync.Mutex // serialises set: the batcher may mark a merged write from its own goroutine
+// Fetch is the upstream call a fold shares. It runs at most once per attempt at the call,
+// on a context detached from every caller, and tells the fold through a what only it can
+// see: when its request leaves for upstream (MarkSent), and that its answer must not be
+// replayed (NoReplay).
+type Fetch func(ctx context.Context, a *Attempt) (*upstream.Response, error)
+
+// An Attempt follows one leader's fetch: whether its request left for upstream, and what
+// its answer may be used for. With Redis, mark writes the "sent" state into the shared
+// marker before MarkSent returns. The methods of a nil *Attempt do nothing, so that a
+// Fetch can be called outside Do.
+type Attempt struct {
+	mu    sync.Mutex // serialises MarkSent: the batcher may mark a merged write from its own goroutine
 	state atomic.Int32
 	err   error // of markFailed; written before the state
 	mark  func() error
@@ -32,7 +39,16 @@ type sentMark struct {
 	noReplay atomic.Bool
 }
 
-func (s *sentMark) set() error {
+// MarkSent must be called by a fetch right before its request leaves for upstream — after
+// any wait for a rate-limit token or a batch. It records that the request may now reach
+// upstream: for a write with Options.SentByFetch, in the shared marker, so that if this
+// replica dies no other replica sends it again; for every call, so that a call whose
+// callers have all gone is abandoned only while nothing was sent. If it returns an error
+// the fetch must fail without sending. Calling it more than once is harmless.
+func (s *Attempt) MarkSent() error {
+	if s == nil {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.state.CompareAndSwap(markPending, markSending) {
@@ -55,12 +71,12 @@ func (s *sentMark) set() error {
 	return nil
 }
 
-func (s *sentMark) sent() bool { return s.state.Load() == markSent }
+func (s *Attempt) sent() bool { return s.state.Load() == markSent }
 
 // abandon stops a fetch that has sent nothing yet, for a call no caller waits for any
 // more; it reports whether it did. It never blocks: a fetch that is recording "sent" at
 // that moment counts as sent.
-func (s *sentMark) abandon() bool {
+func (s *Attempt) abandon() bool {
 	if !s.state.CompareAndSwap(markPending, markAbandoned) {
 		return false
 	}
@@ -70,7 +86,7 @@ func (s *sentMark) abandon() bool {
 	return true
 }
 
-func (s *sentMark) abandoned() bool { return s.state.Load() == markAbandoned }
+func (s *Attempt) abandoned() bool { return s.state.Load() == markAbandoned }
 
 // ErrLeaseLost is returned by MarkSent when this replica no longer holds the call's
 // marker (its lease expired and another replica may have taken the call over): the
@@ -81,27 +97,12 @@ var ErrLeaseLost = errors.New("dedupe: lost the in-flight marker of this request
 // request was sent: it is not sent at all.
 var errAbandoned = errors.New("dedupe: every caller of this request left before it was sent; not sent")
 
-// MarkSent must be called by a fetch running under Do right before its request leaves for
-// upstream — after any wait for a rate-limit token or a batch. It records that the request
-// may now reach upstream: for a write with Options.SentByFetch, in the shared marker, so
-// that if this replica dies no other replica sends it again; for every call, so that a
-// call whose callers have all gone is abandoned only while nothing was sent. If it returns
-// an error the fetch must fail without sending. Calling it more than once, or outside Do,
-// is harmless.
-func MarkSent(ctx context.Context) error {
-	s, _ := ctx.Value(sentKey{}).(*sentMark)
-	if s == nil {
-		return nil
-	}
-	return s.set()
-}
-
-// NoReplay, called by a fetch running under Do, keeps its answer from being replayed to
-// later identical calls; callers of this call still share it. The proxy calls it for a
-// write that a later write of the same entity rode with in one merged call: the later one
-// is the entity's latest, and a retry of the earlier one is a new intent.
-func NoReplay(ctx context.Context) {
-	if s, _ := ctx.Value(sentKey{}).(*sentMark); s != nil {
+// NoReplay keeps the attempt's answer from being replayed to later identical calls;
+// callers of this call still share it. The proxy calls it for a write that a later write
+// of the same entity rode with in one merged call: the later one is the entity's latest,
+// and a retry of the earlier one is a new intent.
+func (s *Attempt) NoReplay() {
+	if s != nil {
 		s.noReplay.Store(true)
 	}
 }

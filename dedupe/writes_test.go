@@ -27,9 +27,9 @@ func stores(t *testing.T, f func(t *testing.T, a, b *Fold)) {
 
 // writeFetch is a write's fetch as the proxy makes it: marked sent, answered 200, and on
 // success the entity's tags forgotten everywhere but in the write's own call.
-func writeFetch(f *Fold, key string, tags []string, sent *atomic.Int64) func(context.Context) (*upstream.Response, error) {
-	return func(ctx context.Context) (*upstream.Response, error) {
-		if err := MarkSent(ctx); err != nil {
+func writeFetch(f *Fold, key string, tags []string, sent *atomic.Int64) func(context.Context, *Attempt) (*upstream.Response, error) {
+	return func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+		if err := at.MarkSent(); err != nil {
 			return nil, err
 		}
 		sent.Add(1)
@@ -80,15 +80,15 @@ func TestQueuedWriteIsNotSpoiled(t *testing.T) {
 				tags := []string{"s:contacts/c1"}
 				o := Options{Key: &testKey, Write: true, SentByFetch: true, Tags: tags}
 				reached, hold := make(chan struct{}), make(chan struct{})
-				fetch := func(ctx context.Context) (*upstream.Response, error) {
+				fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 					if c.sentFirst {
-						if err := MarkSent(ctx); err != nil {
+						if err := at.MarkSent(); err != nil {
 							return nil, err
 						}
 					}
 					close(reached)
 					<-hold
-					if err := MarkSent(ctx); err != nil {
+					if err := at.MarkSent(); err != nil {
 						return nil, err
 					}
 					return &upstream.Response{Status: 200}, nil
@@ -103,7 +103,7 @@ func TestQueuedWriteIsNotSpoiled(t *testing.T) {
 				if r := <-done; r.err != nil || r.out != Leader {
 					t.Fatalf("the write: %v %v", r.out, r.err)
 				}
-				_, out, _ := a.Do(context.Background(), "w", o, func(context.Context) (*upstream.Response, error) {
+				_, out, _ := a.Do(context.Background(), "w", o, func(context.Context, *Attempt) (*upstream.Response, error) {
 					return &upstream.Response{Status: 200}, nil
 				})
 				if got := out == Replay; got != c.replayed {
@@ -123,18 +123,18 @@ func TestAbandonedCallIsTakenOver(t *testing.T) {
 	o := Options{Key: &testKey, Write: true, SentByFetch: true}
 	queued := make(chan struct{})
 	markErr := make(chan error, 1)
-	aFetch := func(ctx context.Context) (*upstream.Response, error) {
+	aFetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		close(queued)
 		<-ctx.Done() // abandoned: the fetch's context ends
-		markErr <- MarkSent(ctx)
+		markErr <- at.MarkSent()
 		return nil, ctx.Err()
 	}
 	ctx, leave := context.WithCancel(context.Background())
 	first := goDo(ctx, a, "k", o, aFetch)
 	<-queued
 	var bSent atomic.Int64
-	second := goDo(context.Background(), b, "k", o, func(ctx context.Context) (*upstream.Response, error) {
-		if err := MarkSent(ctx); err != nil {
+	second := goDo(context.Background(), b, "k", o, func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+		if err := at.MarkSent(); err != nil {
 			return nil, err
 		}
 		bSent.Add(1)
@@ -160,7 +160,7 @@ func TestAbandonedCallIsNotJoined(t *testing.T) {
 	a, _ := newFold(t, testConfig(), nil)
 	queued, hold := make(chan struct{}), make(chan struct{})
 	ctx, leave := context.WithCancel(context.Background())
-	first := goDo(ctx, a, "k", Options{}, func(ctx context.Context) (*upstream.Response, error) {
+	first := goDo(ctx, a, "k", Options{}, func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
 		close(queued)
 		<-hold
 		return nil, ctx.Err()
@@ -168,7 +168,7 @@ func TestAbandonedCallIsNotJoined(t *testing.T) {
 	<-queued
 	leave()
 	<-first
-	r, out, err := a.Do(context.Background(), "k", Options{}, func(context.Context) (*upstream.Response, error) {
+	r, out, err := a.Do(context.Background(), "k", Options{}, func(context.Context, *Attempt) (*upstream.Response, error) {
 		return &upstream.Response{Status: 200}, nil
 	})
 	close(hold)
@@ -185,7 +185,9 @@ func TestTombstoneBeforeACallIsAdopted(t *testing.T) {
 	a, _ := newFold(t, testConfig(), rdb)
 	b, _ := newFold(t, testConfig(), rdb)
 	o := Options{Key: &testKey, Tags: []string{"s:contacts/c1"}}
-	fetch := func(context.Context) (*upstream.Response, error) { return &upstream.Response{Status: 200}, nil }
+	fetch := func(context.Context, *Attempt) (*upstream.Response, error) {
+		return &upstream.Response{Status: 200}, nil
+	}
 	ctx := context.Background()
 	a.Do(ctx, "r", o, fetch)
 	if err := b.Forget(ctx, o.Tags, ""); err != nil {
@@ -241,8 +243,8 @@ func TestMarkedButNotSentIsNotUnconfirmed(t *testing.T) {
 			unconfirmed bool
 		}{{"not-sent", fmt.Errorf("%w: no token", upstream.ErrNotSent), false}, {"broken", errors.New("connection reset"), true}} {
 			o := Options{Key: &testKey, Write: true, SentByFetch: true}
-			_, _, err := a.Do(context.Background(), c.key, o, func(ctx context.Context) (*upstream.Response, error) {
-				if err := MarkSent(ctx); err != nil {
+			_, _, err := a.Do(context.Background(), c.key, o, func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+				if err := at.MarkSent(); err != nil {
 					return nil, err
 				}
 				return nil, c.err
@@ -250,7 +252,7 @@ func TestMarkedButNotSentIsNotUnconfirmed(t *testing.T) {
 			if !errors.Is(err, c.err) {
 				t.Fatalf("%s: %v", c.key, err)
 			}
-			_, _, err = b.Do(context.Background(), c.key, o, func(context.Context) (*upstream.Response, error) {
+			_, _, err = b.Do(context.Background(), c.key, o, func(context.Context, *Attempt) (*upstream.Response, error) {
 				return &upstream.Response{Status: 201}, nil
 			})
 			var unconf *UnconfirmedError

@@ -56,7 +56,7 @@ func (h *Handler) sendBulkTags(ctx context.Context, r *http.Request, x *exchange
 	if bx.route != nil {
 		bx.label = bx.route.Template
 	}
-	resp, err := h.roundTrip(ctx, out, bx, body)
+	resp, err := h.roundTrip(ctx, nil, out, bx, body)
 	if err != nil {
 		return nil, err
 	}

@@ -132,7 +132,7 @@ func (h *Handler) tooLarge(w http.ResponseWriter, x *exchange) {
 
 // roundTrip makes one buffered upstream call for r with body, and reports it to the
 // metrics and the limiter. The call is bounded by UpstreamTimeout and by ctx.
-func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+func (h *Handler) roundTrip(ctx context.Context, a *dedupe.Attempt, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.UpstreamTimeout)
 	defer cancel()
 	out, err := http.NewRequestWithContext(ctx, r.Method, h.upstreamURL(r), bytes.NewReader(body))
@@ -152,7 +152,7 @@ func (h *Handler) roundTrip(ctx context.Context, r *http.Request, x *exchange, b
 	// other replica sends it again if this one dies; if that cannot be recorded, the write
 	// is not sent at all. For every call, this is also where it stops being abandonable:
 	// a call whose callers all left before this point is dropped unsent.
-	if err := dedupe.MarkSent(ctx); err != nil {
+	if err := a.MarkSent(); err != nil {
 		return nil, err
 	}
 	start := time.Now()

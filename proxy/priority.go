@@ -18,10 +18,11 @@ func WithPriority(ctx context.Context, p ratelimit.Priority) context.Context {
 	return context.WithValue(ctx, priorityKey{}, p)
 }
 
-// priorityOf is the priority of a request: p, or the lower one ctx carries.
-func priorityOf(ctx context.Context, p ratelimit.Priority) ratelimit.Priority {
-	if q, ok := ctx.Value(priorityKey{}).(ratelimit.Priority); ok && q > p {
+// priorityOf is the lane a request came in with: the one ctx carries, else Interactive.
+// ServeHTTP reads it once, into the exchange, which carries it from there.
+func priorityOf(ctx context.Context) ratelimit.Priority {
+	if q, ok := ctx.Value(priorityKey{}).(ratelimit.Priority); ok {
 		return q
 	}
-	return p
+	return ratelimit.Interactive
 }

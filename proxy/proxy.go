@@ -61,7 +61,7 @@ type Cache interface {
 
 // Fold shares identical calls and replays their answers (package dedupe).
 type Fold interface {
-	Do(ctx context.Context, key string, o dedupe.Options, fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, dedupe.Outcome, error)
+	Do(ctx context.Context, key string, o dedupe.Options, fetch dedupe.Fetch) (*upstream.Response, dedupe.Outcome, error)
 	Forget(ctx context.Context, tags []string, except string) error
 }
 
@@ -225,7 +225,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				ghlerror.Write(w, x.status, ghlerror.CauseMalformed, headerPriority+" is interactive or background; nothing was sent to GHL")
 				return
 			}
-			r = r.WithContext(WithPriority(r.Context(), p))
+			x.lane = max(x.lane, p) // it lowers the lane only
 		}
 		h.identify(r, x)
 		if x.cred.Anonymous {
@@ -261,6 +261,9 @@ type exchange struct {
 	policy  routes.Policy
 	cred    *identity.Credential
 	version string
+	// lane is the rate limiter's lane of the request (see WithPriority): a stage may
+	// lower it for a call it makes (a refresh goes in Background), never raise it.
+	lane    ratelimit.Priority
 	outcome string
 	status  int
 	// bodyJSON says the request body is one valid JSON document (readBody checks it once).
@@ -290,7 +293,7 @@ func (x *exchange) recorder(w http.ResponseWriter) http.ResponseWriter {
 // "Connection: Version" must not leave a Version in the key that GHL never saw.
 func (h *Handler) classify(r *http.Request) *exchange {
 	dropConnectionNamed(r.Header)
-	x := &exchange{start: time.Now(), label: routes.OtherTemplate}
+	x := &exchange{start: time.Now(), label: routes.OtherTemplate, lane: priorityOf(r.Context())}
 	x.route, x.params = h.cfg.Routes.Match(r.Method, r.URL.EscapedPath())
 	if x.route != nil {
 		x.label = x.route.Template
@@ -435,7 +438,7 @@ func (h *Handler) passLimited(w http.ResponseWriter, r *http.Request, x *exchang
 	defer release()
 	x.admitted = release // a long download does not hold the token's other calls
 	if h.cfg.Limiter != nil {
-		if err := h.wait(r.Context(), x, 1, ratelimit.Interactive); err != nil {
+		if err := h.wait(r.Context(), x, 1); err != nil {
 			h.writeError(w, r, x, err)
 			return
 		}
@@ -490,13 +493,13 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	if stale != nil && h.cfg.StaleIfBusy > 0 && time.Now().Before(stale.StaleIfError) {
 		busy = h.cfg.StaleIfBusy
 	}
-	fetchWithin := func(busy time.Duration) func(ctx context.Context) (*upstream.Response, error) {
-		return func(ctx context.Context) (*upstream.Response, error) {
+	fetchWithin := func(busy time.Duration) dedupe.Fetch {
+		return func(ctx context.Context, a *dedupe.Attempt) (*upstream.Response, error) {
 			vouched := x.cred.Verified()
 			if vouched && cacheable {
 				h.noteLocation(ctx, r, x, body)
 			}
-			resp, err := h.fetchRead(ctx, r, x, body, busy)
+			resp, err := h.fetchRead(ctx, a, r, x, body, busy)
 			if err == nil && cacheable && h.storable(resp) {
 				h.store(ctx, key, x, resp, tags)
 				if !vouched {
@@ -530,7 +533,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		// at most, then on its own.
 		resp, outcome, err = h.fold(r, x, key, cc, o, fetchWithin(0))
 		if isBusy(err) {
-			resp, err = fetchWithin(0)(r.Context())
+			resp, err = fetchWithin(0)(r.Context(), nil)
 			outcome = dedupe.Leader
 		}
 	}
@@ -577,7 +580,7 @@ func isBusy(err error) bool {
 // the limiter learned from that answer. Reads are safe to resend; writes never are. With a
 // busy bound, a first token further away than that is not waited for: errBusy, and
 // nothing was sent.
-func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, body []byte, busy time.Duration) (*upstream.Response, error) {
+func (h *Handler) fetchRead(ctx context.Context, a *dedupe.Attempt, r *http.Request, x *exchange, body []byte, busy time.Duration) (*upstream.Response, error) {
 	// A token whose claims GHL has not vouched for goes upstream one call at a time, on
 	// its own budget (identity.Credential.Admit).
 	release, err := x.cred.Admit(ctx)
@@ -588,7 +591,7 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 	x.admitted = release
 	for attempt := 0; ; attempt++ {
 		if attempt == 0 && busy > 0 && h.cfg.Limiter != nil {
-			err := h.wait(ratelimit.WithMaxWait(ctx, busy), x, 1, ratelimit.Interactive)
+			err := h.wait(ratelimit.WithMaxWait(ctx, busy), x, 1)
 			var rej *ratelimit.RejectedError
 			if errors.As(err, &rej) {
 				return nil, errBusy // refused up front: nothing reserved, nothing sent
@@ -596,10 +599,10 @@ func (h *Handler) fetchRead(ctx context.Context, r *http.Request, x *exchange, b
 			if err != nil {
 				return nil, err
 			}
-		} else if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
+		} else if err := h.wait(ctx, x, 1); err != nil {
 			return nil, err
 		}
-		resp, err := h.roundTrip(ctx, r, x, body)
+		resp, err := h.roundTrip(ctx, a, r, x, body)
 		if err == nil && resp.Status == http.StatusTooManyRequests && busy > 0 {
 			// With an entry at hand, the pause GHL just announced is not worth waiting out
 			// either: read serves the entry (GHL did nothing with a read it refused).
@@ -621,20 +624,20 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 	// answer, and the refresh must not take a token before any of the app's own requests.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	stop := context.AfterFunc(h.background, cancel)
-	ctx = WithPriority(ctx, priorityOf(ctx, ratelimit.Background))
 	// The server reuses r once the handler returns; the refresh works on its own copy.
 	out := r.Clone(ctx)
-	rx := &exchange{route: x.route, label: x.label, policy: x.policy, cred: x.cred, version: x.version}
+	rx := &exchange{route: x.route, label: x.label, policy: x.policy, cred: x.cred, version: x.version,
+		lane: max(x.lane, ratelimit.Background)}
 	h.refreshes.Add(1)
 	go func() {
 		defer h.refreshes.Add(-1)
 		defer h.refreshing.Delete(key)
 		defer cancel()
 		defer stop()
-		fetch := func(ctx context.Context) (*upstream.Response, error) {
+		fetch := func(ctx context.Context, a *dedupe.Attempt) (*upstream.Response, error) {
 			// A refresh's credential was answered before (its entry exists): note first.
 			h.noteLocation(ctx, out, rx, body)
-			resp, err := h.fetchRead(ctx, out, rx, body, 0)
+			resp, err := h.fetchRead(ctx, a, out, rx, body, 0)
 			if err == nil && h.storable(resp) {
 				h.store(ctx, key, rx, resp, tags)
 			}
@@ -646,7 +649,7 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 			_, _, _ = h.cfg.Fold.Do(ctx, "refresh:"+key, dedupe.Options{Key: &rx.cred.EncKey}, fetch)
 			return
 		}
-		_, _ = fetch(ctx)
+		_, _ = fetch(ctx, nil)
 	}()
 }
 
@@ -690,15 +693,15 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}
 	cc := parseCacheControl(r.Header.Get("Cache-Control"))
 	key := h.key(r, x, body)
-	fetch := func(ctx context.Context) (*upstream.Response, error) {
-		resp, err := h.sendWrite(ctx, r, x, body)
+	fetch := func(ctx context.Context, a *dedupe.Attempt) (*upstream.Response, error) {
+		resp, err := h.sendWrite(ctx, a, r, x, body)
 		if err != nil || resp.Status < 200 || resp.Status > 299 {
 			return resp, err
 		}
 		if info := x.batch.Load(); info != nil && info.Superseded {
 			// A later write of this entity rode in the same call: it is the latest, its
 			// invalidation covers this one's, and a retry of this one is a new intent.
-			dedupe.NoReplay(ctx)
+			a.NoReplay()
 			return resp, nil
 		}
 		inv := h.invalidate(ctx, x, key)
@@ -723,7 +726,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 
 // sendWrite sends a write through the batcher when there is one, else with a token of its
 // own. Never resent: GHL may have applied a write that timed out or was answered 429.
-func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
+func (h *Handler) sendWrite(ctx context.Context, a *dedupe.Attempt, r *http.Request, x *exchange, body []byte) (*upstream.Response, error) {
 	release, err := x.cred.Admit(ctx) // see fetchRead
 	if err != nil {
 		return nil, err
@@ -731,10 +734,10 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 	defer release()
 	x.admitted = release
 	send := func(ctx context.Context, b []byte) (*upstream.Response, error) {
-		return h.roundTrip(ctx, r, x, b)
+		return h.roundTrip(ctx, a, r, x, b)
 	}
 	if h.cfg.Batcher == nil {
-		if err := h.wait(ctx, x, 1, ratelimit.Interactive); err != nil {
+		if err := h.wait(ctx, x, 1); err != nil {
 			return nil, err
 		}
 		return send(ctx, body)
@@ -742,9 +745,8 @@ func (h *Handler) sendWrite(ctx context.Context, r *http.Request, x *exchange, b
 	// A merged or bulk call that carries this write is made by another write's send: the
 	// fold's marker of this one must say "sent" then too, or a retry after a timeout would
 	// be sent again instead of told it may have been applied.
-	mark := func() error { return dedupe.MarkSent(ctx) }
-	wr := batcher.Write{Scope: x.cred.LimitKey(), Body: body, Send: send, Sending: mark,
-		Background: priorityOf(ctx, ratelimit.Interactive) != ratelimit.Interactive}
+	wr := batcher.Write{Scope: x.cred.LimitKey(), Body: body, Send: send, Sending: a.MarkSent,
+		Background: x.lane != ratelimit.Interactive}
 	if x.route.Entity != "" {
 		if id := x.params.Get(x.route.Entity); id != "" {
 			// Order per entity within the scope: two tokens of one location writing the
@@ -817,10 +819,10 @@ func (h *Handler) scopedTags(x *exchange, tags []string) []string {
 // fold runs fetch through the Fold when this request may fold, else directly. A positive
 // o.Window caps the fold window: a cached read's answer must not be replayed past its TTL.
 func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl, o dedupe.Options,
-	fetch func(context.Context) (*upstream.Response, error)) (*upstream.Response, dedupe.Outcome, error) {
+	fetch dedupe.Fetch) (*upstream.Response, dedupe.Outcome, error) {
 	window, ok := h.foldWindow(r, x, cc)
 	if !ok {
-		resp, err := fetch(r.Context())
+		resp, err := fetch(r.Context(), nil)
 		return resp, dedupe.Leader, err
 	}
 	if o.Window > 0 && o.Window < window {
@@ -846,12 +848,12 @@ func (h *Handler) foldWindow(r *http.Request, x *exchange, cc cacheControl) (tim
 	return x.route.FoldWindow, true
 }
 
-// wait takes n tokens at priority p for x's scope.
-func (h *Handler) wait(ctx context.Context, x *exchange, n int, p ratelimit.Priority) error {
+// wait takes n tokens for x's scope in x's lane.
+func (h *Handler) wait(ctx context.Context, x *exchange, n int) error {
 	if h.cfg.Limiter == nil {
 		return nil
 	}
-	g, err := h.cfg.Limiter.Wait(ctx, x.cred.LimitKey(), n, priorityOf(ctx, p))
+	g, err := h.cfg.Limiter.Wait(ctx, x.cred.LimitKey(), n, x.lane)
 	if err != nil {
 		return err
 	}
