@@ -301,21 +301,28 @@ func (c *Cache) coherent(now int64) bool {
 // last stale window are misses; fresh or stale is for the caller to decide (Entry.Fresh). An
 // error means Redis failed; the caller treats it as a miss.
 func (c *Cache) Get(ctx context.Context, key string, cred *identity.Credential) (*Entry, error) {
-	return c.get(ctx, key, cred, true)
+	return c.get(ctx, key, cred, true, false)
+}
+
+// GetShared is Get past the in-process layer, when there is Redis: the entry another
+// replica just stored, which may replace one this replica holds. The fold's waiters use it
+// for the answer their leader on another replica stored (dedupe.Attempt.Cached).
+func (c *Cache) GetShared(ctx context.Context, key string, cred *identity.Credential) (*Entry, error) {
+	return c.get(ctx, key, cred, true, c.rdb != nil)
 }
 
 // Peek is Get without side effects, for /_ghlproxy/explain: it counts no hit or miss and
 // copies nothing from Redis into the in-process layer.
 func (c *Cache) Peek(ctx context.Context, key string, cred *identity.Credential) (*Entry, error) {
-	return c.get(ctx, key, cred, false)
+	return c.get(ctx, key, cred, false, false)
 }
 
-func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, serve bool) (*Entry, error) {
+func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, serve, shared bool) (*Entry, error) {
 	if cred == nil {
 		return nil, errNoCredential
 	}
 	count := func(n *atomic.Uint64) {
-		if serve {
+		if serve && !shared { // a fold waiter's load is not a request's hit or miss
 			n.Add(1)
 		}
 	}
@@ -323,7 +330,7 @@ func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, 
 	// sidecar 1,000 times a second (3% of a core) for no hit rate measurable in
 	// BenchmarkCacheHit or bench/run.sh.
 	now := c.now().UnixNano()
-	if c.coherent(now) {
+	if !shared && c.coherent(now) {
 		if e := c.local.get(key, cred.Hash, now); e != nil {
 			count(&c.localHits)
 			return e, nil

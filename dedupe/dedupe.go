@@ -4,7 +4,8 @@
 // writes safe.
 //
 // Within a replica, callers of one key share an in-process call (no Redis round trip per
-// waiter) and recent answers are replayed from a byte-bounded in-process store. Across
+// waiter) and recent answers are replayed from a byte-bounded in-process store — but for
+// answers the cache holds (Attempt.Cached), which the fold keeps no copy of. Across
 // replicas, Redis holds a lease-style marker for the call in flight, the stored answers and
 // the invalidation index; replicas learn that a call finished, or that a write made
 // replays wrong, through one pub/sub subscription per Fold.
@@ -72,6 +73,11 @@ type Options struct {
 	// write counts as sent from the moment fetch starts: safe, but a leader that dies
 	// while still queued then fails its waiters instead of letting one of them take over.
 	SentByFetch bool
+	// FromCache loads the answer of a call whose fetch said the cache holds it
+	// (Attempt.Cached), for a waiter on another replica; false when the cache no longer
+	// holds it (an invalidation dropped it), and the waiter then makes the call itself.
+	// nil: such a waiter always does.
+	FromCache func(ctx context.Context) (*upstream.Response, bool)
 	// Key seals what this call leaves in Redis (identity.Credential.EncKey): the fold key
 	// already includes the credential's hash, so every caller that can fold with this call
 	// holds the same key, and a reader of Redis sees no GHL data. Required with Redis: a
@@ -398,10 +404,14 @@ const (
 	keepNothing     keep = iota // shared with concurrent callers only
 	keepAnswer                  // replayed for the window
 	keepUnconfirmed             // a sent write without an answer: replays get *UnconfirmedError
+	keepCached                  // the cache holds the answer (Attempt.Cached): nothing kept here
 )
 
 // keep decides what a finished call leaves for replay; see ReplayWriteServerErrors.
 func (f *Fold) keep(c *call, resp *upstream.Response, err error, sent *Attempt) keep {
+	if err == nil && sent.cached.Load() {
+		return keepCached // the cache answers later calls, whatever the window
+	}
 	if f.window(c.opt) <= 0 {
 		return keepNothing
 	}

@@ -20,8 +20,8 @@ const (
 
 // Fetch is the upstream call a fold shares. It runs at most once per attempt at the call,
 // on a context detached from every caller, and tells the fold through a what only it can
-// see: when its request leaves for upstream (MarkSent), and that its answer must not be
-// replayed (NoReplay).
+// see: when its request leaves for upstream (MarkSent), that its answer must not be
+// replayed (NoReplay), or that the cache holds it (Cached).
 type Fetch func(ctx context.Context, a *Attempt) (*upstream.Response, error)
 
 // An Attempt follows one leader's fetch: whether its request left for upstream, and what
@@ -37,6 +37,8 @@ type Attempt struct {
 	cancel context.CancelFunc
 	// noReplay: the fetch said its answer is for the callers of this call only.
 	noReplay atomic.Bool
+	// cached: the fetch said the cache holds its answer.
+	cached atomic.Bool
 }
 
 // MarkSent must be called by a fetch right before its request leaves for upstream — after
@@ -104,5 +106,16 @@ var errAbandoned = errors.New("dedupe: every caller of this request left before 
 func (s *Attempt) NoReplay() {
 	if s != nil {
 		s.noReplay.Store(true)
+	}
+}
+
+// Cached says the cache now holds the attempt's answer, stored once the fetch had it, so
+// the fold keeps no copy of its own: callers of this call on this replica share it as
+// always, waiters on other replicas load it from the cache (Options.FromCache), and later
+// identical calls are the cache's to answer. The proxy calls it for a read the cache
+// stored; the fold's own records are for what the cache does not hold.
+func (s *Attempt) Cached() {
+	if s != nil {
+		s.cached.Store(true)
 	}
 }

@@ -26,7 +26,8 @@ import (
 //	                          leader while its fetch runs
 //	<prefix>:{fold:K}:sent    "<token>" once a write may have reached upstream, until the
 //	                          answer is stored (PX max(window, WaitBound), renewed)
-//	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord); or a
+//	<prefix>:{fold:K}:result  record: kind, token, payload (see encodeRecord; no payload
+//	                          when the cache holds the answer, recCached); or a
 //	                          tombstone "X", which a leader that begins after it adopts
 //	                          as "X<token>", so that only tombstones laid during its
 //	                          own call keep its answer from being replayed
@@ -55,6 +56,7 @@ const (
 	recError       = 'E' // fetch error, for the waiters of that call only
 	recUnconfirmed = 'U' // sent write without an answer: replays get *UnconfirmedError
 	recForgotten   = 'X' // tombstone left by Forget: an answer stored later is not replayed
+	recCached      = 'C' // the cache holds the answer (Attempt.Cached): for that call's waiters
 )
 
 const tokenLen = 16
@@ -339,8 +341,13 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 			case int64(1):
 				rec, _ := res[1].(string)
 				pttl, _ := res[2].(int64)
-				f.settle(c, rec, waitTok, before.Add(time.Duration(pttl)*time.Millisecond))
-				return
+				if f.settle(ctx, c, rec, waitTok, before.Add(time.Duration(pttl)*time.Millisecond)) {
+					return
+				}
+				// The answer it waited for was the cache's, and the cache no longer holds
+				// it: look again at once, as a caller that waits for nobody (this one leads).
+				waitTok = ""
+				continue
 			case int64(2):
 				l, _ := res[1].(string)
 				if len(l) > 2 {
@@ -381,15 +388,27 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 }
 
 // settle answers the call from a stored record: a replay, or the answer of the call it
-// waited for.
-func (f *Fold) settle(c *call, rec, waitTok string, expires time.Time) {
+// waited for. It returns false, having answered nobody, when that answer was the cache's
+// and the cache no longer holds it.
+func (f *Fold) settle(ctx context.Context, c *call, rec, waitTok string, expires time.Time) bool {
 	kind, recTok, payload, err := splitRecord(rec)
+	if err == nil && kind == recCached {
+		if c.opt.FromCache == nil {
+			return false
+		}
+		resp, ok := c.opt.FromCache(ctx)
+		if !ok {
+			return false
+		}
+		f.finish(c, resp, nil, Shared, keepNothing, time.Time{})
+		return true
+	}
 	if err == nil && c.opt.Key != nil {
 		payload, err = seal.Open(c.opt.Key, recordAD(c.key), payload)
 	}
 	if err != nil {
 		f.finish(c, nil, err, Shared, keepNothing, time.Time{})
-		return
+		return true
 	}
 	out := Replay
 	if waitTok != "" && recTok == waitTok {
@@ -400,7 +419,7 @@ func (f *Fold) settle(c *call, rec, waitTok string, expires time.Time) {
 		resp := new(upstream.Response)
 		if err := resp.UnmarshalBinary(payload); err != nil {
 			f.finish(c, nil, fmt.Errorf("dedupe: stored answer: %w", err), out, keepNothing, time.Time{})
-			return
+			return true
 		}
 		k := keepNothing
 		if kind == recAnswer {
@@ -410,12 +429,13 @@ func (f *Fold) settle(c *call, rec, waitTok string, expires time.Time) {
 	case recUnconfirmed:
 		if out == Shared {
 			f.finish(c, nil, &RemoteError{Msg: string(payload)}, out, keepNothing, time.Time{})
-			return
+			return true
 		}
 		f.finish(c, nil, &UnconfirmedError{Cause: string(payload)}, out, keepNothing, time.Time{})
 	default:
 		f.finish(c, nil, &RemoteError{Msg: string(payload)}, out, keepNothing, time.Time{})
 	}
+	return true
 }
 
 // leadLocal runs the call without Redis (degraded): shared by this replica's callers only,
@@ -510,7 +530,7 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys, listed boo
 		kp = keepNothing
 	}
 	ttl := window
-	if kp == keepNothing {
+	if kp == keepNothing || kp == keepCached {
 		ttl = f.shortTTL()
 	}
 	rec, encErr := encodeRecord(c, kp, tok, resp, err)
@@ -567,6 +587,9 @@ func encodeRecord(c *call, k keep, tok string, resp *upstream.Response, err erro
 	switch {
 	case k == keepUnconfirmed:
 		kind, payload = recUnconfirmed, []byte(err.Error())
+	case k == keepCached:
+		// No payload: the answer is the cache's, sealed and stored once, there.
+		return string(rune(recCached)) + tok, nil
 	case err != nil:
 		kind, payload = recError, []byte(err.Error())
 	default:

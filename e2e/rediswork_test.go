@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlproxy/ghlproxy/fakeghl"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
@@ -176,4 +179,53 @@ func sidecarCommand(l string) (string, bool) {
 		return "", false
 	}
 	return name, true
+}
+
+// A read's answer is stored once (issue 14, item 1): after a miss on one replica, one key in
+// Redis is as long as the answer — the cache's entry — and the fold's record of the call
+// holds no answer of its own, only the kind and the leader's token (dedupe's recCached),
+// which tells waiters on other replicas to take the answer from the cache.
+func TestReadAnswerStoredOnce(t *testing.T) {
+	rdb := redistest.Start(t)
+	_, up := startStandIn(t, unlimited())
+	rs := startCacheReplicas(t, 2, up.URL, rdb)
+	tok := fakeghl.Token("Location", "loc-once", "")
+	long := strings.Repeat("x", 4096) // the answer outweighs every other value
+	id := newContact(t, up.URL, tok, map[string]any{"firstName": long, "locationId": "loc-once"})
+	resp, _ := getContact(t, rs[0], tok, id)
+	if cs := cacheStatus(resp); !strings.Contains(cs, "stored") {
+		t.Fatalf("the miss: Cache-Status %q, want the answer stored", cs)
+	}
+	if resp, _ := getContact(t, rs[1], tok, id); !isHit(resp) {
+		t.Fatalf("the other replica: Cache-Status %q, want a hit", cacheStatus(resp))
+	}
+	ctx := context.Background()
+	cl := redis.NewClient(&redis.Options{Addr: rdb.Addr()})
+	defer cl.Close()
+	keys, err := cl.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var big, records []string
+	for _, k := range keys {
+		if cl.Type(ctx, k).Val() != "string" {
+			continue
+		}
+		v := cl.Get(ctx, k).Val()
+		if len(v) >= len(long) {
+			big = append(big, k)
+		}
+		if strings.Contains(k, "{fold:") && strings.HasSuffix(k, ":result") {
+			records = append(records, k)
+			if len(v) != 17 || v[0] != 'C' {
+				t.Errorf("fold record %s holds %d bytes (kind %q), want 17: the kind and a token", k, len(v), v[:1])
+			}
+		}
+	}
+	if len(big) != 1 || !strings.HasPrefix(big[0], "ghlproxy:{c:") {
+		t.Errorf("keys as long as the answer: %v, want the cache's entry alone", big)
+	}
+	if len(records) == 0 {
+		t.Error("no fold record of the read: the test would pass without the fold")
+	}
 }

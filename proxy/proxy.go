@@ -52,6 +52,8 @@ type Limiter interface {
 // Cache is the read and query cache (package cache).
 type Cache interface {
 	Get(ctx context.Context, key string, cred *identity.Credential) (*cache.Entry, error)
+	// GetShared is Get past the in-process copies: what another replica just stored.
+	GetShared(ctx context.Context, key string, cred *identity.Credential) (*cache.Entry, error)
 	Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy) error
 	// SetAfter stores a write's answer as a read's, past the write's own invalidation
 	// (write-through).
@@ -501,7 +503,9 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 			}
 			resp, err := h.fetchRead(ctx, a, r, x, body, busy)
 			if err == nil && cacheable && h.storable(resp) {
-				h.store(ctx, key, x, resp, tags)
+				if h.store(ctx, key, x, resp, tags) {
+					a.Cached() // one copy of the answer: the cache's
+				}
 				if !vouched {
 					h.noteLocation(ctx, r, x, body)
 				}
@@ -514,6 +518,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		// The cache keeps the answer for its TTL and then serves it stale or refreshes it;
 		// a replay outliving the TTL would stretch the TTL and pre-empt stale-if-error.
 		o.Window = x.route.TTL
+		o.FromCache = h.fromCache(key, x.cred)
 	}
 	resp, outcome, err := h.fold(r, x, key, cc, o, fetchWithin(busy))
 	if isBusy(err) {
@@ -638,15 +643,16 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 			// A refresh's credential was answered before (its entry exists): note first.
 			h.noteLocation(ctx, out, rx, body)
 			resp, err := h.fetchRead(ctx, a, out, rx, body, 0)
-			if err == nil && h.storable(resp) {
-				h.store(ctx, key, rx, resp, tags)
+			if err == nil && h.storable(resp) && h.store(ctx, key, rx, resp, tags) {
+				a.Cached()
 			}
 			return resp, err
 		}
 		if h.cfg.Fold != nil {
 			// The refresh's record in Redis is for the other replicas' refreshes of the
-			// same entry: sealed like every other.
-			_, _, _ = h.cfg.Fold.Do(ctx, "refresh:"+key, dedupe.Options{Key: &rx.cred.EncKey}, fetch)
+			// same entry: sealed like every other, or none when the cache took the answer.
+			o := dedupe.Options{Key: &rx.cred.EncKey, FromCache: h.fromCache(key, rx.cred)}
+			_, _, _ = h.cfg.Fold.Do(ctx, "refresh:"+key, o, fetch)
 			return
 		}
 		_, _ = fetch(ctx, nil)
@@ -658,15 +664,30 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 // background lane does not hold the shutdown for its grace period.
 func (h *Handler) StopBackground() { h.stopBackground() }
 
-func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) {
+// store puts a read's answer in the cache; it reports whether the cache took it.
+func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) bool {
 	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags)); {
 	case err == nil:
 		x.stored.Store(true)
+		return true
 	case errors.Is(err, cache.ErrInvalidated):
 		// Expected right after a write: GHL may have read this before the write landed.
 		h.cfg.Log.Debug("answer not cached: it may predate a write", "route", x.label)
 	default:
 		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
+	}
+	return false
+}
+
+// fromCache is how a fold waiter takes the answer its leader on another replica stored in
+// the cache (dedupe.Attempt.Cached): the entry in Redis, while it is fresh.
+func (h *Handler) fromCache(key string, cred *identity.Credential) func(context.Context) (*upstream.Response, bool) {
+	return func(ctx context.Context) (*upstream.Response, bool) {
+		e, err := h.cfg.Cache.GetShared(ctx, key, cred)
+		if err != nil || e == nil || !e.Fresh(time.Now()) {
+			return nil, false
+		}
+		return e.Resp, true
 	}
 }
 

@@ -1,0 +1,137 @@
+package dedupe
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ghlproxy/ghlproxy/internal/redistest"
+	"github.com/ghlproxy/ghlproxy/internal/upstream"
+)
+
+// held stands in for the cache a fetch stores its answer in: what FromCache finds.
+type held struct {
+	mu      sync.Mutex
+	resp    map[string]*upstream.Response
+	dropped bool // an invalidation emptied it: FromCache finds nothing
+	loads   atomic.Int64
+}
+
+func (h *held) fromCache(key string) func(context.Context) (*upstream.Response, bool) {
+	return func(context.Context) (*upstream.Response, bool) {
+		h.loads.Add(1)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		r, ok := h.resp[key]
+		return r, ok && !h.dropped
+	}
+}
+
+// An answer the cache took (Attempt.Cached) is stored once, by the cache: the fold's record
+// in Redis names the call and holds no answer, the fold keeps no copy in process, a waiter on
+// another replica takes the answer from the cache, and a later identical call is the cache's
+// to answer, not the fold's to replay. When the cache no longer holds it, the waiter makes
+// the call itself.
+func TestCachedAnswerIsStoredOnce(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := redisClient(t, s)
+	a, _ := newFold(t, testConfig(), rdb)
+	b, _ := newFold(t, testConfig(), rdb)
+	cache := &held{resp: map[string]*upstream.Response{}}
+	const key = "k"
+	var calls atomic.Int64
+	var hold chan struct{}
+	started := make(chan struct{}, 4)
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+		n := calls.Add(1)
+		started <- struct{}{}
+		<-hold
+		r := &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer %d", n)}
+		cache.mu.Lock()
+		cache.resp[key] = r
+		cache.mu.Unlock()
+		at.Cached()
+		return r, nil
+	}
+	o := Options{Key: &testKey, Tags: []string{"t1"}, FromCache: cache.fromCache(key)}
+
+	hold = make(chan struct{})
+	leader := goDo(context.Background(), a, key, o, fetch)
+	<-started
+	waiter := goDo(context.Background(), b, key, o, fetch)
+	waitFor(t, "the waiter", func() bool { return inFlight(b, key) })
+	waitLooked(t, b, key)
+	close(hold)
+	if r := <-leader; r.err != nil || r.out != Leader || string(r.resp.Body) != "answer 1" {
+		t.Fatalf("leader: %v %v", r.out, r.err)
+	}
+	if r := <-waiter; r.err != nil || r.out != Shared || string(r.resp.Body) != "answer 1" {
+		t.Fatalf("waiter on the other replica: %v %v, want the leader's answer, shared", r.out, r.err)
+	}
+	if n := cache.loads.Load(); n != 1 {
+		t.Fatalf("the waiter loaded from the cache %d times, want 1", n)
+	}
+	rec, err := s.Do("GET", "ghlproxy:{fold:"+key+"}:result")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec) != 1+tokenLen || rec[0] != recCached {
+		t.Fatalf("the fold's record is %q (%d bytes), want %q and the leader's token: no answer", rec, len(rec), string(rune(recCached)))
+	}
+	if localReplay(a, key) || localReplay(b, key) {
+		t.Fatal("a replica keeps a copy of an answer the cache holds")
+	}
+
+	// A later identical call is not replayed by the fold: the proxy looks in the cache
+	// first, and here, with no cache in front, the call goes upstream again.
+	hold = make(chan struct{})
+	close(hold)
+	if r, out, err := b.Do(context.Background(), key, o, fetch); err != nil || out != Leader || string(r.Body) != "answer 2" {
+		t.Fatalf("later call: %v %v, want a call of its own", out, err)
+	}
+	<-started
+
+	// The cache lost the answer (an invalidation) before the waiter loaded it: the waiter
+	// makes the call itself rather than fail or wait.
+	hold = make(chan struct{})
+	leader = goDo(context.Background(), a, key, o, fetch)
+	<-started
+	waiter = goDo(context.Background(), b, key, o, fetch)
+	waitFor(t, "the waiter", func() bool { return inFlight(b, key) })
+	waitLooked(t, b, key)
+	cache.mu.Lock()
+	cache.dropped = true
+	cache.mu.Unlock()
+	close(hold)
+	if r := <-leader; r.err != nil || r.out != Leader || string(r.resp.Body) != "answer 3" {
+		t.Fatalf("leader: %v %v", r.out, r.err)
+	}
+	if r := <-waiter; r.err != nil || r.out != Leader || string(r.resp.Body) != "answer 4" {
+		t.Fatalf("waiter whose answer the cache lost: %v %v, want a call of its own", r.out, r.err)
+	}
+}
+
+// Without Redis an answer the cache took is shared with the callers of its call and not kept
+// for replay either.
+func TestCachedAnswerEmbedded(t *testing.T) {
+	f, _ := newFold(t, testConfig(), nil)
+	var calls atomic.Int64
+	fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+		calls.Add(1)
+		at.Cached()
+		return &upstream.Response{Status: 200, Body: []byte("answer")}, nil
+	}
+	for i := range 2 {
+		if _, out, err := f.Do(context.Background(), "k", Options{}, fetch); err != nil || out != Leader {
+			t.Fatalf("call %d: %v %v", i, out, err)
+		}
+		if localReplay(f, "k") {
+			t.Fatalf("call %d: the fold keeps a copy of an answer the cache holds", i)
+		}
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d fetches, want 2: the fold replays nothing the cache holds", n)
+	}
+}
