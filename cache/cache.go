@@ -35,9 +35,9 @@
 // change together in one script, one run per id; entries are deleted one DEL per key in a
 // pipeline. On a single Redis (or Sentinel), where every key is on the one server, one run
 // does the work of every id (luapipe.OneScript): storing an entry and listing it is one
-// command, and so is an invalidation with its DELs and its notice (dropAll). The index is a ZSET so
-// that adding to it also trims members that have expired, and the index key's own TTL is the
-// longest of its members'.
+// command, and so is an invalidation with its DELs and its notice (dropAllBody), the fold's
+// part of it included. The index is a ZSET so that adding to it also trims members that
+// have expired, and the index key's own TTL is the longest of its members'.
 //
 // Writes race with reads in flight: a read that GHL answered before a write may be stored
 // after the write invalidated its tags. Set therefore refuses (ErrInvalidated) an answer
@@ -457,7 +457,12 @@ func (c *Cache) Invalidate(ctx context.Context, tags []string) error {
 
 // InvalidateOwn is Invalidate, returning what it did for SetAfter. On error the
 // Invalidation is empty: SetAfter then refuses every answer of the tags.
-func (c *Cache) InvalidateOwn(ctx context.Context, tags []string) (Invalidation, error) {
+//
+// On a single Redis, the steps of also that work on the cache's Redis (another stage's part
+// of the same invalidation: dedupe.Fold.ForgetPart) run in the cache's own script run,
+// after its step, and get their replies through their Done; other steps, and every step on
+// a Cluster or without Redis, are not run, and their Done is not called.
+func (c *Cache) InvalidateOwn(ctx context.Context, tags []string, also ...luapipe.Step) (Invalidation, error) {
 	if len(tags) == 0 {
 		return Invalidation{}, nil
 	}
@@ -465,7 +470,7 @@ func (c *Cache) InvalidateOwn(ctx context.Context, tags []string) (Invalidation,
 	for i, t := range tags {
 		idl[i] = tagID(kindTag, t)
 	}
-	_, st, err := c.dropIDs(ctx, idl)
+	_, st, err := c.dropIDs(ctx, idl, also...)
 	return Invalidation{st: st}, err
 }
 
@@ -496,12 +501,12 @@ func (c *Cache) Purge(ctx context.Context, sel Selector) (int, error) {
 	return n, err
 }
 
-func (c *Cache) dropIDs(ctx context.Context, idl []string) (int, stamps, error) {
+func (c *Cache) dropIDs(ctx context.Context, idl []string, also ...luapipe.Step) (int, stamps, error) {
 	if c.rdb == nil {
 		st := c.tombstone(idl)
 		return c.local.dropIDs(idl), st, nil
 	}
-	n, st, err := c.redisDrop(ctx, idl)
+	n, st, err := c.redisDrop(ctx, idl, also...)
 	// Drop locally even when Redis failed: this replica at least stops serving.
 	c.local.dropIDs(idl)
 	if err != nil {

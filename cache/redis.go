@@ -18,7 +18,7 @@ import (
 type keyspace struct{ prefix string }
 
 // entry names an entry by its fingerprint, in the slot of the fingerprint's first 16
-// characters. dropAll builds the same name in Lua.
+// characters. dropAllBody builds the same name in Lua.
 func (k keyspace) entry(fp string) string {
 	tag := fp
 	if len(tag) > 16 {
@@ -27,7 +27,7 @@ func (k keyspace) entry(fp string) string {
 	return k.prefix + ":{c:" + tag + "}:e:" + fp
 }
 
-// entryPrefix is what entry puts before the fingerprint's slot, for dropAll.
+// entryPrefix is what entry puts before the fingerprint's slot, for dropAllBody.
 func (k keyspace) entryPrefix() string { return k.prefix + ":{c:" }
 
 func (k keyspace) index(id string) string     { return k.prefix + ":{x:" + id + "}:z" }
@@ -86,7 +86,7 @@ return existed`)
 // (store trims by score), and unlisting after the delete could race with a store of the
 // same key that lists it again, leaving that fresh entry out of reach of invalidations. A
 // listed member whose entry is gone costs a DEL of nothing. It runs on a Cluster, one id a
-// run; a single Redis runs dropAll instead.
+// run; a single Redis runs dropAllBody instead.
 //
 //	KEYS: index, tombstone per id (dropKeys); ARGV: now (ms), tombstone ttl (ms)
 var indexDrop = redis.NewScript(dropLua + `
@@ -100,7 +100,7 @@ for i = 1, #KEYS / 2 do
 end
 return out`)
 
-// dropLua defines drop(index, tombstone, now ms, ttl ms), the step indexDrop and dropAll
+// dropLua defines drop(index, tombstone, now ms, ttl ms), the step indexDrop and dropAllBody
 // take per id: it raises the tombstone (see indexDrop) and returns the one found (0: none)
 // and the one left, as decimal strings, and the members listed.
 const dropLua = `
@@ -112,7 +112,7 @@ local function drop(z, inv, now, ttl)
 end
 `
 
-// dropKeys are the KEYS of indexDrop and dropAll for ids.
+// dropKeys are the KEYS of indexDrop and dropAllBody for ids.
 func (c *Cache) dropKeys(ids []string) []string {
 	keys := make([]string, 0, 2*len(ids))
 	for _, id := range ids {
@@ -121,20 +121,24 @@ func (c *Cache) dropKeys(ids []string) []string {
 	return keys
 }
 
-// dropAll is the whole of an invalidation in one run, on a single Redis (luapipe.OneScript):
-// indexDrop for every id, then a DEL of each entry listed, then the notice to the other
-// replicas. The entries' names are built here from their fingerprints (as keyspace.entry
-// does), which only a single Redis allows: on a Cluster a script may touch only the keys it
-// is given, in one slot. The order is redisDrop's: tombstones first, so that a store racing
+// dropAllBody is the whole of an invalidation in one run, on a single Redis
+// (luapipe.OneScript): indexDrop for every id, then a DEL of each entry listed, then the
+// notice to the other replicas. The entries' names are built here from their fingerprints
+// (as keyspace.entry does), which only a single Redis allows: on a Cluster a script may
+// touch only the keys it is given, in one slot. The order is redisDrop's: tombstones first, so that a store racing
 // with the write is refused or its entry deleted; the notice last, so that a replica that
 // drops its copy on it and looks in Redis finds nothing old. A notice Redis refuses fails the
 // run (where publish only logs): the caller retries the whole invalidation, which is safe to
 // repeat.
 //
+// It runs as a step (luapipe.Step) of a run that may carry other stages' steps of the same
+// invalidation (InvalidateOwn's also: the fold's Forget), so a write's invalidation is one
+// command.
+//
 //	KEYS: index, tombstone per id (dropKeys); ARGV: now (ms), tombstone ttl (ms), entry
 //	name prefix, channel, notice -> {entries deleted, then per id the tombstone found (0:
 //	none) and the one left}
-var dropAll = redis.NewScript(dropLua + `
+const dropAllBody = `
 local out, seen, n = {''}, {}, 0
 for i = 1, #KEYS / 2 do
   local prev, t, m = drop(KEYS[2 * i - 1], KEYS[2 * i], ARGV[1], ARGV[2])
@@ -149,7 +153,7 @@ for i = 1, #KEYS / 2 do
 end
 out[1] = tostring(n)
 redis.call('SPUBLISH', ARGV[4], ARGV[5])
-return out`)
+return out`
 
 func (c *Cache) timeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.cfg.RedisTimeout)
@@ -353,12 +357,14 @@ func (c *Cache) redoDrops(ctx context.Context) bool {
 
 // redisDrop invalidates ids: tombstones them, deletes the entries they list, and tells the
 // other replicas. It returns how many entries it deleted, and the tombstones found and left.
-func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error) {
+// redisDrop invalidates idl in Redis. On a single Redis the steps of also that work on the
+// same Redis run in the same script run, after the cache's; on a Cluster none of them does.
+func (c *Cache) redisDrop(ctx context.Context, idl []string, also ...luapipe.Step) (int, stamps, error) {
 	ctx, cancel := c.timeout(ctx)
 	defer cancel()
 	now := c.now().UnixMilli()
 	if c.oneScript {
-		return c.redisDropAll(ctx, idl, now)
+		return c.redisDropAll(ctx, idl, now, also)
 	}
 	drops := luapipe.New(c.rdb)
 	var cmds []*redis.Cmd
@@ -417,11 +423,26 @@ func (c *Cache) redisDrop(ctx context.Context, idl []string) (int, stamps, error
 	return n, st, nil
 }
 
-// redisDropAll is redisDrop in one script run (dropAll).
-func (c *Cache) redisDropAll(ctx context.Context, idl []string, now int64) (int, stamps, error) {
-	reply, err := dropAll.Run(ctx, c.rdb, c.dropKeys(idl), now, tombstoneTTL.Milliseconds(),
-		c.keys.entryPrefix(), c.keys.invalChannel(), c.notice(msgIDs, idl)).StringSlice()
+// redisDropAll is redisDrop in one script run (dropAllBody), with the steps of also that work
+// on this Redis.
+func (c *Cache) redisDropAll(ctx context.Context, idl []string, now int64, also []luapipe.Step) (int, stamps, error) {
+	var raw any
+	steps := []luapipe.Step{{
+		Name: "cache.dropAll", Defs: dropLua, Body: dropAllBody, Keys: c.dropKeys(idl),
+		Args: []any{now, tombstoneTTL.Milliseconds(), c.keys.entryPrefix(), c.keys.invalChannel(), c.notice(msgIDs, idl)},
+		Done: func(r any, _ error) { raw = r },
+	}}
+	for _, st := range also {
+		if st.Client == c.rdb {
+			steps = append(steps, st)
+		}
+	}
+	err := luapipe.Steps(ctx, c.rdb, steps...)
 	c.up(err)
+	var reply []string
+	if err == nil {
+		reply, err = replyStrings(raw)
+	}
 	if err != nil {
 		// Nothing is unlisted, whatever part ran: the caller's retry of the ids finds the
 		// members again.
@@ -517,4 +538,19 @@ func (c *Cache) redisPurgeAll(ctx context.Context) (int, error) {
 	}
 	c.publish(ctx, msgAll, nil)
 	return n, nil
+}
+
+// replyStrings is a script's reply of strings.
+func replyStrings(v any) ([]string, error) {
+	vs, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("cache: a script replied %T, not an array", v)
+	}
+	out := make([]string, len(vs))
+	for i, x := range vs {
+		if out[i], ok = x.(string); !ok {
+			return nil, fmt.Errorf("cache: a script replied %T in an array of strings", x)
+		}
+	}
+	return out, nil
 }

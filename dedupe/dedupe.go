@@ -513,18 +513,43 @@ func intersects(a, b []string) bool {
 // until Redis does, and this replica folds calls carrying those tags within itself
 // meanwhile.
 func (f *Fold) Forget(ctx context.Context, tags []string, except string) error {
+	_, finish := f.ForgetPart(tags, except)
+	return finish(ctx)
+}
+
+// ForgetPart is Forget, with its work in Redis offered as a step of a script run another
+// stage makes for the same invalidation (cache.Cache.InvalidateOwn's also), so that on a
+// single Redis both are one command. It forgets on this replica at once; finish completes
+// the Forget and returns Forget's error: with the step's outcome when the step ran, else
+// (the other stage did not run it: a Cluster, no Redis, another Redis) by doing the work
+// in Redis on its own. Call finish once, after the other stage's run.
+func (f *Fold) ForgetPart(tags []string, except string) (step luapipe.Step, finish func(context.Context) error) {
 	if len(tags) == 0 {
-		return nil
+		return step, func(context.Context) error { return nil }
 	}
 	f.forgetLocal(tags, except)
 	if f.rdb == nil {
-		return nil
+		return step, func(context.Context) error { return nil }
 	}
-	err := f.forgetShared(ctx, tags, except)
-	if err != nil {
-		f.retryForget(tags, except)
+	notice := forgetNotice(f.origin, except, tags)
+	ran := false
+	var runErr error
+	if f.oneScript {
+		step = f.forgetStep(tags, except, notice)
+		step.Done = func(_ any, err error) { ran, runErr = true, err }
 	}
-	return err
+	return step, func(ctx context.Context) error {
+		var err error
+		if ran {
+			err = f.forgot(ctx, tags, except, notice, runErr)
+		} else {
+			err = f.forgetShared(ctx, tags, except)
+		}
+		if err != nil {
+			f.retryForget(tags, except)
+		}
+		return err
+	}
 }
 
 // retryForget hands tags whose Forget failed to forgetLoop. A replay stored before the

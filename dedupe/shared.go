@@ -19,7 +19,7 @@ import (
 
 // The shared protocol. Per fold key K, all in one hash slot ({fold:K}), so that on a Redis
 // Cluster every script touches one slot (on a single Redis, luapipe.OneScript, acquire also
-// lists K under its tag indexes and forgetAll tombstones every fold the indexes list):
+// lists K under its tag indexes and forgetAllBody tombstones every fold the indexes list):
 //
 //	<prefix>:{fold:K}:lock    "p:<token>" (a read), "w:<token>" (a write not sent yet) or
 //	                          "s:<token>" (a write sent), PX LeaseTTL, renewed by the
@@ -62,7 +62,7 @@ const (
 const tokenLen = 16
 
 type scripts struct {
-	acquire, markSent, renew, finish, release, tomb, index, members, forgetAll *redis.Script
+	acquire, markSent, renew, finish, release, tomb, index, members *redis.Script
 }
 
 // tombLua defines tomb(result, lock, forgot, ttl ms), which names the leader in flight, if
@@ -167,30 +167,13 @@ return 1`),
 		// KEYS result, lock, forgot; ARGV ttl ms (see tombLua).
 		tomb: redis.NewScript(tombLua + `
 return tomb(KEYS[1], KEYS[2], KEYS[3], ARGV[1])`),
-		// KEYS tag indexes; ARGV fold key prefix, the key spared, ttl ms, channel, notice. A
-		// whole Forget in one run, on a single Redis (luapipe.OneScript): a tombstone for
-		// every fold the indexes list (the members script, then tomb for each), then the
-		// notice. The folds' key names are built here (as keysOf does), which only a single
-		// Redis allows: on a Cluster a script may touch only the keys it is given, in one
-		// slot.
-		forgetAll: redis.NewScript(tombLua + listedLua + `
-local seen = {}
-for _, m in ipairs(listed()) do
-  if not seen[m] and m ~= ARGV[2] then
-    seen[m] = true
-    local base = ARGV[1] .. m .. '}'
-    tomb(base .. ':result', base .. ':lock', base .. ':forgot', ARGV[3])
-  end
-end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1`),
 		// KEYS tag indexes; ARGV fold key, life ms (see listLua). All of a call's tags in
 		// one run on a single Redis, one per run on a Cluster (see tagParts).
 		index: redis.NewScript(listLua(1, 1, 2) + `
 return 1`),
 		// KEYS tag indexes. -> listed() (see listedLua): a Forget's first step on a Cluster.
 		members: redis.NewScript(listedLua + `
-return listed()`),
+return listed(KEYS)`),
 	}
 }
 
@@ -215,23 +198,43 @@ if #KEYS >= %[1]d then
 end`, first, key, life)
 }
 
-// listedLua defines listed(), the fold keys of any of the tag indexes KEYS whose replays
-// may still exist (a key listed under several tags comes once per tag).
+// listedLua defines listed(keys), the fold keys of any of the tag indexes keys whose
+// replays may still exist (a key listed under several tags comes once per tag).
 const listedLua = `
-local function listed()
+local function listed(keys)
   local t = redis.call('TIME')
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
   local out = {}
-  for i = 1, #KEYS do
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')) do out[#out + 1] = m end
+  for i = 1, #keys do
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', keys[i], now, '+inf')) do out[#out + 1] = m end
   end
   return out
 end
 `
 
+// forgetAllBody is a whole Forget in one run, on a single Redis (luapipe.OneScript): a
+// tombstone for every fold the tag indexes list (listed, then tomb for each), then the
+// notice. The folds' key names are built here (as keysOf does), which only a single Redis
+// allows: on a Cluster a script may touch only the keys it is given, in one slot. It runs as
+// a step (luapipe.Step, see forgetStep), alone or after the cache's step of the same
+// invalidation (ForgetPart).
+//
+//	KEYS tag indexes; ARGV fold key prefix, the key spared, ttl ms, channel, notice
+const forgetAllBody = `
+local seen = {}
+for _, m in ipairs(listed(KEYS)) do
+  if not seen[m] and m ~= ARGV[2] then
+    seen[m] = true
+    local base = ARGV[1] .. m .. '}'
+    tomb(base .. ':result', base .. ':lock', base .. ':forgot', ARGV[3])
+  end
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1`
+
 type keys struct{ lock, sent, result, forgot string }
 
-// keysOf names the keys of fold key key; forgetAll builds the same names in Lua from
+// keysOf names the keys of fold key key; forgetAllBody builds the same names in Lua from
 // foldPrefix.
 func (f *Fold) keysOf(key string) keys {
 	base := f.foldPrefix() + key + "}"
@@ -646,20 +649,7 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 	if f.oneScript {
 		// One command whatever the number of tags and keys (a search tag can list
 		// hundreds): the write's caller waits for this.
-		var keys []string // no tags: the notice alone
-		if parts := f.tagParts(tags); len(parts) > 0 {
-			keys = parts[0]
-		}
-		err := f.scripts.forgetAll.Run(ctx, f.rdb, keys, f.foldPrefix(), except,
-			ms(f.cfg.CallTimeout), f.forgetChannel(), notice).Err()
-		note(err)
-		// Once the tombstones are in, forget locally again (as below).
-		f.forgetLocal(tags, except)
-		if err != nil {
-			// The notice may not have gone: other replicas still drop their copies.
-			note(f.rdb.Publish(ctx, f.forgetChannel(), notice).Err())
-		}
-		return firstErr
+		return f.forgot(ctx, tags, except, notice, luapipe.Steps(ctx, f.rdb, f.forgetStep(tags, except, notice)))
 	}
 	// On a Cluster, two round trips and the PUBLISH whatever the number of tags and keys.
 	pipe := luapipe.New(f.rdb)
@@ -692,6 +682,31 @@ func (f *Fold) forgetShared(ctx context.Context, tags []string, except string) e
 	f.forgetLocal(tags, except)
 	note(f.rdb.Publish(ctx, f.forgetChannel(), notice).Err())
 	return firstErr
+}
+
+// forgetStep is the work of a Forget in Redis on a single Redis, as a step of a script run
+// (forgetAllBody).
+func (f *Fold) forgetStep(tags []string, except, notice string) luapipe.Step {
+	var keys []string // no tags: the notice alone
+	if parts := f.tagParts(tags); len(parts) > 0 {
+		keys = parts[0]
+	}
+	return luapipe.Step{Name: "dedupe.forgetAll", Defs: tombLua + listedLua, Body: forgetAllBody, Keys: keys,
+		Args: []any{f.foldPrefix(), except, ms(f.cfg.CallTimeout), f.forgetChannel(), notice}, Client: f.rdb}
+}
+
+// forgot ends a Forget on a single Redis whose step ran with the outcome err.
+func (f *Fold) forgot(ctx context.Context, tags []string, except, notice string, err error) error {
+	// Once the tombstones are in, forget locally again (see forgetShared's Cluster path).
+	f.forgetLocal(tags, except)
+	if err == nil {
+		return nil
+	}
+	// The notice may not have gone: other replicas still drop their copies.
+	if perr := f.rdb.Publish(ctx, f.forgetChannel(), notice).Err(); perr != nil {
+		f.log.Debug("redis: publishing a fold invalidation Redis did not confirm", "err", perr)
+	}
+	return fmt.Errorf("dedupe: forgetting replays: %w", err)
 }
 
 // A Forget notice is "@<origin>", then "!<except>" when the Forget spares a call, then the

@@ -35,6 +35,7 @@ import (
 	"github.com/ghlproxy/ghlproxy/internal/fingerprint"
 	"github.com/ghlproxy/ghlproxy/internal/ghlerror"
 	"github.com/ghlproxy/ghlproxy/internal/identity"
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
 	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
 	"github.com/ghlproxy/ghlproxy/ratelimit"
@@ -58,13 +59,17 @@ type Cache interface {
 	// SetAfter stores a write's answer as a read's, past the write's own invalidation
 	// (write-through).
 	SetAfter(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy, inv cache.Invalidation) error
-	InvalidateOwn(ctx context.Context, tags []string) (cache.Invalidation, error)
+	// InvalidateOwn drops what tags name; on a single Redis it runs the steps of also in
+	// its own script run (the fold's part of the same invalidation).
+	InvalidateOwn(ctx context.Context, tags []string, also ...luapipe.Step) (cache.Invalidation, error)
 }
 
 // Fold shares identical calls and replays their answers (package dedupe).
 type Fold interface {
 	Do(ctx context.Context, key string, o dedupe.Options, fetch dedupe.Fetch) (*upstream.Response, dedupe.Outcome, error)
-	Forget(ctx context.Context, tags []string, except string) error
+	// ForgetPart drops the replays tags name: its step in Redis goes with the cache's
+	// invalidation, and finish completes it (running the step itself when the cache did not).
+	ForgetPart(tags []string, except string) (step luapipe.Step, finish func(context.Context) error)
 }
 
 // Batcher groups writes behind one rate-limit grant (package batcher).
@@ -815,16 +820,23 @@ func (h *Handler) drop(ctx context.Context, tags []string, except, source string
 		return nil, nil
 	}
 	h.cfg.Metrics.Invalidations.WithLabelValues(source).Inc()
+	// One invalidation for both stages: on a single Redis the fold's part runs in the
+	// cache's script run, one command.
+	var also []luapipe.Step
+	finish := func(context.Context) error { return nil }
+	if h.cfg.Fold != nil {
+		var step luapipe.Step
+		step, finish = h.cfg.Fold.ForgetPart(tags, except)
+		also = append(also, step)
+	}
 	var errs []error
 	var inv *cache.Invalidation
 	if h.cfg.Cache != nil {
-		i, err := h.cfg.Cache.InvalidateOwn(ctx, tags)
+		i, err := h.cfg.Cache.InvalidateOwn(ctx, tags, also...)
 		inv = &i
 		errs = append(errs, err)
 	}
-	if h.cfg.Fold != nil {
-		errs = append(errs, h.cfg.Fold.Forget(ctx, tags, except))
-	}
+	errs = append(errs, finish(ctx))
 	return inv, errors.Join(errs...)
 }
 

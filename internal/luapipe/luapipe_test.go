@@ -2,6 +2,7 @@ package luapipe
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -95,5 +96,70 @@ func TestRunsBySHAAndLoadsOnNoScript(t *testing.T) {
 	}
 	if got := n.take(); len(got) != 1 {
 		t.Errorf("a failing run was sent %v, want once", got)
+	}
+}
+
+// Steps runs the steps of several stages in one command, each on its own KEYS and ARGV as
+// if it ran alone, and hands each its reply; an error in a step fails the run, and every
+// step's Done gets the error.
+func TestStepsShareOneRun(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := context.Background()
+	n := &names{}
+	rdb.AddHook(n)
+	var got [2]any
+	var errs [2]error
+	set := Step{
+		Name: "test.set", Defs: "local function join(a, b) return a .. '=' .. b end",
+		Body: "redis.call('SET', KEYS[1], ARGV[1]); return {join(KEYS[1], ARGV[1]), #KEYS, #ARGV}",
+		Keys: []string{"k1"}, Args: []any{"v1"},
+		Done: func(r any, err error) { got[0], errs[0] = r, err },
+	}
+	get := Step{
+		Name: "test.get",
+		Body: "return {redis.call('GET', KEYS[2]) or 'none', KEYS[1], ARGV[1], ARGV[2], #KEYS, #ARGV}",
+		Keys: []string{"k1", "k2"}, Args: []any{"a", "b"},
+		Done: func(r any, err error) { got[1], errs[1] = r, err },
+	}
+	if err := rdb.Set(ctx, "k2", "two", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 {
+		n.take()
+		if err := Steps(ctx, rdb, set, get); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		// One command a run: EVALSHA, and the script's text once, the first time.
+		wantCmds := []string{"evalsha"}
+		if round == 0 {
+			wantCmds = []string{"evalsha", "eval"}
+		}
+		if c := n.take(); !slices.Equal(c, wantCmds) {
+			t.Errorf("round %d sent %v, want %v", round, c, wantCmds)
+		}
+		if errs[0] != nil || errs[1] != nil {
+			t.Fatalf("round %d: Done got %v", round, errs)
+		}
+		want := [2]string{"[k1=v1 1 1]", "[two k1 a b 2 2]"}
+		for i := range got {
+			if s := fmt.Sprint(got[i]); s != want[i] {
+				t.Errorf("round %d, step %d replied %s, want %s", round, i, s, want[i])
+			}
+		}
+		if v := rdb.Get(ctx, "k1").Val(); v != "v1" {
+			t.Errorf("round %d: the first step's write: %q", round, v)
+		}
+	}
+
+	fail := Step{Name: "test.fail", Body: "return redis.call('INCR', KEYS[1])", Keys: []string{"k1"},
+		Done: func(r any, err error) { got[1], errs[1] = r, err }}
+	errs = [2]error{}
+	if err := Steps(ctx, rdb, set, fail); err == nil {
+		t.Fatal("a step's error did not fail the run")
+	}
+	if errs[0] == nil || errs[1] == nil {
+		t.Fatalf("after a failed run, Done got %v: want the error in both", errs)
 	}
 }
