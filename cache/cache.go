@@ -166,6 +166,10 @@ type Stats struct {
 // tags (see Config.RaceWindow); nothing was stored. It is not a failure of the store.
 var ErrInvalidated = errors.New("cache: answer predates an invalidation of its tags; not stored")
 
+// ErrExpired is returned by Set and SetAfter when the policy leaves the answer no time to
+// live; nothing was stored. It is not a failure of the store either.
+var ErrExpired = errors.New("cache: the answer has no time left to live; not stored")
+
 var errNoCredential = errors.New("cache: get needs a credential")
 
 // Cache is the store. It is safe for concurrent use.
@@ -358,13 +362,16 @@ func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, 
 	return &rec.entry, nil
 }
 
-// Set stores resp under key for cred with policy p. It stores nothing, without error, when
-// the policy leaves the answer no time to live. It returns ErrInvalidated when the answer
+// Set stores resp under key for cred with policy p. It stores nothing and returns ErrExpired
+// when the policy leaves the answer no time to live, and ErrInvalidated when the answer
 // predates an invalidation of its tags.
 func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy) error {
 	rec, now, read, err := c.record(key, cred, resp, p)
-	if rec == nil || err != nil {
+	if err != nil {
 		return err
+	}
+	if rec == nil {
+		return ErrExpired
 	}
 	return c.set(ctx, key, cred, rec, now, read.Add(-c.cfg.RaceWindow).UnixMilli(), nil)
 }
@@ -377,8 +384,11 @@ func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, 
 // drop, as for Set.
 func (c *Cache) SetAfter(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy, inv Invalidation) error {
 	rec, now, read, err := c.record(key, cred, resp, p)
-	if rec == nil || err != nil {
+	if err != nil {
 		return err
+	}
+	if rec == nil {
+		return ErrExpired
 	}
 	fetched := read.Add(-c.cfg.RaceWindow).UnixMilli()
 	for _, id := range rec.ids {

@@ -678,6 +678,7 @@ func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upst
 	case errors.Is(err, cache.ErrInvalidated):
 		// Expected right after a write: GHL may have read this before the write landed.
 		h.cfg.Log.Debug("answer not cached: it may predate a write", "route", x.label)
+	case errors.Is(err, cache.ErrExpired):
 	default:
 		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
 	}

@@ -48,6 +48,7 @@ func (h *Handler) writeThrough(ctx context.Context, r *http.Request, x *exchange
 		return true
 	case errors.Is(err, cache.ErrInvalidated):
 		h.cfg.Log.Debug("write-through not stored: the record was invalidated meanwhile", "route", x.label)
+	case errors.Is(err, cache.ErrExpired):
 	default:
 		h.cfg.Log.Warn("write-through store failed", "route", x.label, "err", err)
 	}

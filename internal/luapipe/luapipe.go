@@ -97,7 +97,8 @@ type Step struct {
 	Defs string
 	// Body is the step as the body of a Lua function of its own KEYS and ARGV, which hide
 	// the run's: it reads its keys and arguments as if it ran alone, and what it returns is
-	// its reply. A function of Defs that reads KEYS must take them as a parameter.
+	// its reply (nothing, or nil, reaches Done as nil). A function of Defs that reads KEYS
+	// must take them as a parameter.
 	Body string
 	Keys []string
 	Args []any
@@ -169,7 +170,9 @@ end
 local out, k, a = {}, 0, %d
 for i, f in ipairs({%s}) do
   local nk, na = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  out[i] = f(part(KEYS, k, nk), part(ARGV, a, na))
+  local r = f(part(KEYS, k, nk), part(ARGV, a, na))
+  if r == nil then r = false end -- a hole would cut the replies short
+  out[i] = r
   k, a = k + nk, a + na
 end
 return out`, 2*len(steps), strings.Join(fns, ", "))

@@ -153,6 +153,17 @@ func TestStepsShareOneRun(t *testing.T) {
 		}
 	}
 
+	// A step that returns nothing still has its place in the replies.
+	quiet := Step{Name: "test.quiet", Body: "redis.call('SET', KEYS[1], ARGV[1])", Keys: []string{"k3"}, Args: []any{"q"},
+		Done: func(r any, err error) { got[0], errs[0] = r, err }}
+	got[1] = nil
+	if err := Steps(ctx, rdb, quiet, get); err != nil {
+		t.Fatalf("a step that returns nothing: %v", err)
+	}
+	if errs[0] != nil || got[0] != nil || fmt.Sprint(got[1]) != "[two k1 a b 2 2]" {
+		t.Fatalf("a step that returns nothing, then another: %v %v, %v", got[0], errs[0], got[1])
+	}
+
 	fail := Step{Name: "test.fail", Body: "return redis.call('INCR', KEYS[1])", Keys: []string{"k1"},
 		Done: func(r any, err error) { got[1], errs[1] = r, err }}
 	errs = [2]error{}
