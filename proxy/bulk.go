@@ -51,7 +51,8 @@ func (h *Handler) sendBulkTags(ctx context.Context, r *http.Request, x *exchange
 	out.Method = http.MethodPost
 	out.URL.Path, out.URL.RawPath, out.URL.RawQuery = routes.BulkTagsPath+op, "", ""
 	out.Header.Set("Content-Type", "application/json")
-	bx := &exchange{label: routes.BulkTagsPath + "{type}", policy: x.policy, cred: x.cred, version: x.version}
+	bx := x.derive()
+	bx.label = routes.BulkTagsPath + "{type}"
 	bx.route, bx.params = h.cfg.Routes.Match(out.Method, out.URL.EscapedPath())
 	if bx.route != nil {
 		bx.label = bx.route.Template

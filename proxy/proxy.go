@@ -283,12 +283,28 @@ type exchange struct {
 	// upstream answer is in; nil when there is none to release. Set and called on the
 	// goroutine that makes the call.
 	admitted func()
-	// queued is the rate-limit wait of the call this request led, in µs. Atomic because a
-	// detached fold leader may still set it after its own caller gave up.
-	queued atomic.Int64
-	batch  atomic.Pointer[batcher.Info]
-	// stored says the answer this request led went into the cache.
-	stored atomic.Bool
+
+	// What the upstream call left for the request that led it: the rate-limit wait, the
+	// batch it went in, whether its answer went into the cache. An upstream call works on
+	// an exchange of its own (derive), on the goroutine that makes it (the fold detaches
+	// it from every caller); the request takes these from it only once the call is over,
+	// and only when it led the call (took): nothing writes into a request's exchange from
+	// another goroutine.
+	queued time.Duration
+	batch  *batcher.Info
+	stored bool
+}
+
+// derive is the exchange of a call made for x: x's request, route, credential and lane,
+// with nothing of x's own progress. Every exchange but the first (classify's) is built here.
+func (x *exchange) derive() *exchange {
+	return &exchange{start: x.start, route: x.route, params: x.params, label: x.label, policy: x.policy,
+		cred: x.cred, version: x.version, lane: x.lane, bodyJSON: x.bodyJSON}
+}
+
+// took takes what the call fx, which this request led and which is over, left for it.
+func (x *exchange) took(fx *exchange) {
+	x.queued, x.batch, x.stored = fx.queued, fx.batch, fx.stored
 }
 
 func (x *exchange) recorder(w http.ResponseWriter) http.ResponseWriter {
@@ -392,7 +408,7 @@ func (h *Handler) observe(x *exchange) {
 	ser.duration.Observe(d.Seconds())
 	if h.cfg.Log.Enabled(context.Background(), slog.LevelDebug) {
 		h.cfg.Log.Debug("request", "route", x.label, "status", x.status, "outcome", x.outcome,
-			"duration", d, "queue", time.Duration(x.queued.Load())*time.Microsecond)
+			"duration", d, "queue", x.queued)
 	}
 }
 
@@ -449,8 +465,8 @@ func (h *Handler) passLimited(w http.ResponseWriter, r *http.Request, x *exchang
 			h.writeError(w, r, x, err)
 			return
 		}
-		if q := x.queued.Load(); q >= 1000 {
-			w.Header().Set(headerQueueMs, queueMs(time.Duration(q)*time.Microsecond))
+		if x.queued >= time.Millisecond {
+			w.Header().Set(headerQueueMs, queueMs(x.queued))
 		}
 	}
 	h.streamThrough(w, r, x)
@@ -500,19 +516,19 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	if stale != nil && h.cfg.StaleIfBusy > 0 && time.Now().Before(stale.StaleIfError) {
 		busy = h.cfg.StaleIfBusy
 	}
-	fetchWithin := func(busy time.Duration) dedupe.Fetch {
-		return func(ctx context.Context, a *dedupe.Attempt) (*upstream.Response, error) {
-			vouched := x.cred.Verified()
+	fetchWithin := func(busy time.Duration) fetchFunc {
+		return func(ctx context.Context, a *dedupe.Attempt, fx *exchange) (*upstream.Response, error) {
+			vouched := fx.cred.Verified()
 			if vouched && cacheable {
-				h.noteLocation(ctx, r, x, body)
+				h.noteLocation(ctx, r, fx, body)
 			}
-			resp, err := h.fetchRead(ctx, a, r, x, body, busy)
+			resp, err := h.fetchRead(ctx, a, r, fx, body, busy)
 			if err == nil && cacheable && h.storable(resp) {
-				if h.store(ctx, key, x, resp, tags) {
+				if h.store(ctx, key, fx, resp, tags) {
 					a.Cached() // one copy of the answer: the cache's
 				}
 				if !vouched {
-					h.noteLocation(ctx, r, x, body)
+					h.noteLocation(ctx, r, fx, body)
 				}
 			}
 			return resp, err
@@ -543,7 +559,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 		// at most, then on its own.
 		resp, outcome, err = h.fold(r, x, key, cc, o, fetchWithin(0))
 		if isBusy(err) {
-			resp, err = fetchWithin(0)(r.Context(), nil)
+			resp, err = h.call(r, x, fetchWithin(0))
 			outcome = dedupe.Leader
 		}
 	}
@@ -567,7 +583,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 	default:
 		status = "ghlproxy; fwd=miss"
 	}
-	if x.stored.Load() {
+	if x.stored {
 		status += "; stored"
 	}
 	h.writeFolded(w, r, x, resp, outcome, status)
@@ -636,8 +652,8 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 	stop := context.AfterFunc(h.background, cancel)
 	// The server reuses r once the handler returns; the refresh works on its own copy.
 	out := r.Clone(ctx)
-	rx := &exchange{route: x.route, label: x.label, policy: x.policy, cred: x.cred, version: x.version,
-		lane: max(x.lane, ratelimit.Background)}
+	rx := x.derive()
+	rx.lane = max(x.lane, ratelimit.Background)
 	h.refreshes.Add(1)
 	go func() {
 		defer h.refreshes.Add(-1)
@@ -673,7 +689,7 @@ func (h *Handler) StopBackground() { h.stopBackground() }
 func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) bool {
 	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags)); {
 	case err == nil:
-		x.stored.Store(true)
+		x.stored = true
 		return true
 	case errors.Is(err, cache.ErrInvalidated):
 		// Expected right after a write: GHL may have read this before the write landed.
@@ -720,20 +736,20 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}
 	cc := parseCacheControl(r.Header.Get("Cache-Control"))
 	key := h.key(r, x, body)
-	fetch := func(ctx context.Context, a *dedupe.Attempt) (*upstream.Response, error) {
-		resp, err := h.sendWrite(ctx, a, r, x, body)
+	fetch := func(ctx context.Context, a *dedupe.Attempt, fx *exchange) (*upstream.Response, error) {
+		resp, err := h.sendWrite(ctx, a, r, fx, body)
 		if err != nil || resp.Status < 200 || resp.Status > 299 {
 			return resp, err
 		}
-		if info := x.batch.Load(); info != nil && info.Superseded {
+		if fx.batch != nil && fx.batch.Superseded {
 			// A later write of this entity rode in the same call: it is the latest, its
 			// invalidation covers this one's, and a retry of this one is a new intent.
 			a.NoReplay()
 			return resp, nil
 		}
-		inv := h.invalidate(ctx, x, key)
-		if inv != nil && h.writeThrough(ctx, r, x, resp, *inv) {
-			x.stored.Store(true)
+		inv := h.invalidate(ctx, fx, key)
+		if inv != nil && h.writeThrough(ctx, r, fx, resp, *inv) {
+			fx.stored = true
 		}
 		return resp, nil
 	}
@@ -745,7 +761,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, x *exchange) {
 		h.writeError(w, r, x, err)
 		return
 	}
-	if outcome == dedupe.Leader && x.batch.Load() != nil {
+	if outcome == dedupe.Leader && x.batch != nil {
 		x.outcome = metrics.OutcomeBatched
 	}
 	h.writeFolded(w, r, x, resp, outcome, "")
@@ -787,7 +803,7 @@ func (h *Handler) sendWrite(ctx context.Context, a *dedupe.Attempt, r *http.Requ
 	}
 	resp, info, err := h.cfg.Batcher.Submit(ctx, wr)
 	if err == nil && info.Size > 0 {
-		x.batch.Store(&info)
+		x.batch = &info
 	}
 	return resp, err
 }
@@ -850,13 +866,18 @@ func (h *Handler) scopedTags(x *exchange, tags []string) []string {
 	return out
 }
 
-// fold runs fetch through the Fold when this request may fold, else directly. A positive
-// o.Window caps the fold window: a cached read's answer must not be replayed past its TTL.
+// fetchFunc is a request's upstream call: it works on fx, an exchange of its own (derive),
+// and a, the fold's attempt (nil when the call is not folded).
+type fetchFunc func(ctx context.Context, a *dedupe.Attempt, fx *exchange) (*upstream.Response, error)
+
+// fold runs fetch through the Fold when this request may fold, else directly (call). A
+// positive o.Window caps the fold window: a cached read's answer must not be replayed past
+// its TTL. When this request led the call, x takes what the call left for it.
 func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl, o dedupe.Options,
-	fetch dedupe.Fetch) (*upstream.Response, dedupe.Outcome, error) {
+	fetch fetchFunc) (*upstream.Response, dedupe.Outcome, error) {
 	window, ok := h.foldWindow(r, x, cc)
 	if !ok {
-		resp, err := fetch(r.Context(), nil)
+		resp, err := h.call(r, x, fetch)
 		return resp, dedupe.Leader, err
 	}
 	if o.Window > 0 && o.Window < window {
@@ -867,7 +888,26 @@ func (h *Handler) fold(r *http.Request, x *exchange, key string, cc cacheControl
 	if window <= 0 {
 		o.Window = -1 // dedupe.window 0: share concurrent calls only, replay nothing
 	}
-	return h.cfg.Fold.Do(r.Context(), key, o, fetch)
+	// Written by the call's goroutine, read here only once Do has returned this request as
+	// the leader: the fold's call is over then (Do answers its leader after the fetch).
+	var led *exchange
+	resp, out, err := h.cfg.Fold.Do(r.Context(), key, o, func(ctx context.Context, a *dedupe.Attempt) (*upstream.Response, error) {
+		fx := x.derive()
+		led = fx
+		return fetch(ctx, a, fx)
+	})
+	if out == dedupe.Leader && led != nil {
+		x.took(led)
+	}
+	return resp, out, err
+}
+
+// call makes x's upstream call without the fold, on this goroutine.
+func (h *Handler) call(r *http.Request, x *exchange, fetch fetchFunc) (*upstream.Response, error) {
+	fx := x.derive()
+	resp, err := fetch(r.Context(), nil, fx)
+	x.took(fx)
+	return resp, err
 }
 
 func (h *Handler) foldWindow(r *http.Request, x *exchange, cc cacheControl) (time.Duration, bool) {
@@ -891,7 +931,7 @@ func (h *Handler) wait(ctx context.Context, x *exchange, n int) error {
 	if err != nil {
 		return err
 	}
-	x.queued.Store(g.Waited.Microseconds())
+	x.queued = g.Waited
 	return nil
 }
 

@@ -34,11 +34,11 @@ func (h *Handler) writeFolded(w http.ResponseWriter, r *http.Request, x *exchang
 		x.outcome = metrics.OutcomeReplay
 		w.Header().Set("X-Ghlproxy-Dedupe", "replay")
 	default:
-		if q := x.queued.Load(); q >= 1000 {
-			w.Header().Set(headerQueueMs, queueMs(time.Duration(q)*time.Microsecond))
+		if x.queued >= time.Millisecond {
+			w.Header().Set(headerQueueMs, queueMs(x.queued))
 		}
-		if info := x.batch.Load(); info != nil {
-			w.Header().Set("X-Ghlproxy-Batch", batchHeader(info))
+		if x.batch != nil {
+			w.Header().Set("X-Ghlproxy-Batch", batchHeader(x.batch))
 		}
 	}
 	var stored time.Time

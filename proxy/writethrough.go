@@ -35,7 +35,8 @@ func (h *Handler) writeThrough(ctx context.Context, r *http.Request, x *exchange
 	if route == nil || route.Template != wt.Read || route.TTL <= 0 {
 		return false
 	}
-	rx := &exchange{route: route, params: params, label: route.Template, policy: route.Policy, cred: x.cred, version: x.version}
+	rx := x.derive()
+	rx.route, rx.params, rx.label, rx.policy, rx.bodyJSON = route, params, route.Template, route.Policy, false
 	key := keyOf(http.MethodGet, path, "", rx, nil, false) // a GET of the record: no query, no body
 	hdr := resp.Header.Clone()
 	hdr.Del("Content-Length")
