@@ -365,7 +365,12 @@ func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, 
 // Set stores resp under key for cred with policy p. It stores nothing and returns ErrExpired
 // when the policy leaves the answer no time to live, and ErrInvalidated when the answer
 // predates an invalidation of its tags.
-func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy) error {
+//
+// On a single Redis, the steps of also that work on the cache's Redis (another stage's part
+// of storing this answer: dedupe.Attempt.FinishStep) run in the cache's own script run,
+// after the store, whether it stored or refused; other steps, and every step on a Cluster
+// or without Redis, are not run, and their Done is not called.
+func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy, also ...luapipe.Step) error {
 	rec, now, read, err := c.record(key, cred, resp, p)
 	if err != nil {
 		return err
@@ -373,7 +378,7 @@ func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, 
 	if rec == nil {
 		return ErrExpired
 	}
-	return c.set(ctx, key, cred, rec, now, read.Add(-c.cfg.RaceWindow).UnixMilli(), nil)
+	return c.set(ctx, key, cred, rec, now, read.Add(-c.cfg.RaceWindow).UnixMilli(), nil, also)
 }
 
 // SetAfter is Set for the answer of a write, stored as the answer of a read of the same
@@ -396,7 +401,7 @@ func (c *Cache) SetAfter(ctx context.Context, key string, cred *identity.Credent
 			return ErrInvalidated
 		}
 	}
-	return c.set(ctx, key, cred, rec, now, fetched, inv.st.own)
+	return c.set(ctx, key, cred, rec, now, fetched, inv.st.own, nil)
 }
 
 // Invalidation is what one InvalidateOwn did, for SetAfter.
@@ -443,13 +448,13 @@ func (c *Cache) record(key string, cred *identity.Credential, resp *upstream.Res
 	return rec, now, read, nil
 }
 
-func (c *Cache) set(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64) error {
+func (c *Cache) set(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64, also []luapipe.Step) error {
 	epoch := c.local.epoch.Load()
 	if c.rdb == nil {
 		if c.tombstoned(rec.ids, fetched, own) {
 			return ErrInvalidated
 		}
-	} else if err := c.redisSet(ctx, key, cred, rec, now, fetched, own); err != nil {
+	} else if err := c.redisSet(ctx, key, cred, rec, now, fetched, own, also); err != nil {
 		return err
 	}
 	if !c.local.insert(key, cred.Hash, rec, epoch) && c.rdb == nil {

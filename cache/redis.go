@@ -50,10 +50,13 @@ func (k keyspace) pingChannel(replica string) string {
 // alone (ARGV[1] set, no pairs), then one per id (ARGV[1] empty, KEYS the id's pair) —
 // see redisSet for that order.
 //
+// On a single Redis it runs as a step (luapipe.Step) of a run that may carry another
+// stage's step for the same answer (Set's also: the fold's finish of the call).
+//
 //	KEYS: [entry,] then index, tombstone per id; ARGV: sealed value ('' without the entry),
 //	entry ttl (ms), fingerprint, expiry (ms), fetched (ms), now (ms), index ttl (ms), then
 //	own tombstone per id (0: none)
-var store = redis.NewScript(`
+const storeBody = `
 local e = 0
 if ARGV[1] ~= '' then e = 1 end
 local n = (#KEYS - e) / 2
@@ -75,7 +78,9 @@ for i = 1, n do
   redis.call('ZADD', z, ARGV[4], ARGV[3])
   if redis.call('PTTL', z) < tonumber(ARGV[7]) then redis.call('PEXPIRE', z, ARGV[7]) end
 end
-return existed`)
+return existed`
+
+var store = redis.NewScript(storeBody)
 
 // indexDrop marks ids invalidated now and hands back, per id, the tombstone it found (0:
 // none), the one it left, how many members follow, and the members. Tombstones only grow,
@@ -191,7 +196,10 @@ func (c *Cache) redisGet(ctx context.Context, key string) ([]byte, error) {
 // entry is written first and listed second: Invalidate deletes what an index lists, so an
 // entry must exist before it is listed or a concurrent Invalidate could delete nothing and
 // leave it behind.
-func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64) error {
+// redisSet stores rec in Redis. On a single Redis the steps of also that work on the same
+// Redis run in the same script run, after the store, whether it stored or refused; on a
+// Cluster none of them does.
+func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64, also []luapipe.Step) error {
 	v, err := seal(&cred.EncKey, key, rec)
 	if err != nil {
 		return fmt.Errorf("cache: seal: %w", err)
@@ -215,12 +223,12 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		}
 		return keys, args
 	}
-	run := func(value []byte, ids []string) *redis.Cmd {
-		keys, args := storeRun(value, ids)
-		return store.Run(ctx, c.rdb, keys, args...)
-	}
 	if c.oneScript {
-		existed, err := run(v, rec.ids).Int()
+		keys, args := storeRun(v, rec.ids)
+		existed := int64(0)
+		step := luapipe.Step{Name: "cache.store", Body: storeBody, Keys: keys, Args: args,
+			Done: func(r any, _ error) { existed, _ = r.(int64) }}
+		err := luapipe.Steps(ctx, c.rdb, append([]luapipe.Step{step}, c.onThisRedis(also)...)...)
 		c.up(err)
 		switch {
 		case err != nil:
@@ -235,7 +243,8 @@ func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credent
 		return nil
 	}
 
-	existed, err := run(v, nil).Int()
+	keys, args := storeRun(v, nil)
+	existed, err := store.Run(ctx, c.rdb, keys, args...).Int()
 	c.up(err)
 	if err != nil {
 		// A reply that timed out does not mean the SET did not happen: an entry no index
@@ -432,12 +441,7 @@ func (c *Cache) redisDropAll(ctx context.Context, idl []string, now int64, also 
 		Args: []any{now, tombstoneTTL.Milliseconds(), c.keys.entryPrefix(), c.keys.invalChannel(), c.notice(msgIDs, idl)},
 		Done: func(r any, _ error) { raw = r },
 	}}
-	for _, st := range also {
-		if st.Client == c.rdb {
-			steps = append(steps, st)
-		}
-	}
-	err := luapipe.Steps(ctx, c.rdb, steps...)
+	err := luapipe.Steps(ctx, c.rdb, append(steps, c.onThisRedis(also)...)...)
 	c.up(err)
 	var reply []string
 	if err == nil {
@@ -553,4 +557,16 @@ func replyStrings(v any) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// onThisRedis are the steps of also that work on the cache's own Redis: another stage's
+// part of the same work, which may go in the cache's script run.
+func (c *Cache) onThisRedis(also []luapipe.Step) []luapipe.Step {
+	var out []luapipe.Step
+	for _, st := range also {
+		if st.Client != nil && st.Client == c.rdb {
+			out = append(out, st)
+		}
+	}
+	return out
 }

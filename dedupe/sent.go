@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
@@ -39,6 +40,10 @@ type Attempt struct {
 	noReplay atomic.Bool
 	// cached: the fetch said the cache holds its answer.
 	cached atomic.Bool
+	// finishStep, set by a leader through Redis on a single Redis, builds FinishStep's
+	// step; finished: that step ran, and the call is over in Redis.
+	finishStep func() luapipe.Step
+	finished   atomic.Bool
 }
 
 // MarkSent must be called by a fetch right before its request leaves for upstream — after
@@ -118,4 +123,19 @@ func (s *Attempt) Cached() {
 	if s != nil {
 		s.cached.Store(true)
 	}
+}
+
+// FinishStep is the fold's finish of a read's call in Redis, as a step for the cache's run
+// that stores the answer (cache.Cache.Set's also), so that on a single Redis storing and
+// finishing are one command: it leaves the answerless record (see Cached), gives up the
+// call's marker and tells the waiters on other replicas, who then read the cache's entry —
+// or, when the cache refused the answer, find none and make the call themselves. Once it
+// has run, the fold sends nothing more for the call. The zero Step (a write, a Cluster, no
+// Redis, a call folded within this replica) is run by nobody, and the fold finishes the
+// call itself. The caller must still call Cached when the cache took the answer.
+func (s *Attempt) FinishStep() luapipe.Step {
+	if s == nil || s.finishStep == nil {
+		return luapipe.Step{}
+	}
+	return s.finishStep()
 }

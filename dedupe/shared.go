@@ -212,6 +212,17 @@ local function listed(keys)
 end
 `
 
+// finishCachedBody is the finish script for an answer the cache holds, as a step of the
+// cache's store run (Attempt.FinishStep): the answerless record for the waiters, the marker
+// given up, the notice.
+//
+//	KEYS lock, result; ARGV token, record, ttl ms, channel, fold key
+const finishCachedBody = `
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[1]) == 'p:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1`
+
 // forgetAllBody is a whole Forget in one run, on a single Redis (luapipe.OneScript): a
 // tombstone for every fold the tag indexes list (listed, then tomb for each), then the
 // notice. The folds' key names are built here (as keysOf does), which only a single Redis
@@ -479,8 +490,22 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys, listed boo
 	}
 
 	stop, stopped := make(chan struct{}), make(chan struct{})
-	go f.renew(ctx, tok, k, window, stop, stopped)
 	sent := f.newMark(c)
+	go f.renew(ctx, tok, k, window, sent, stop, stopped)
+	if !c.opt.Write && f.oneScript {
+		sent.finishStep = func() luapipe.Step {
+			if f.killedNow() {
+				return luapipe.Step{}
+			}
+			return luapipe.Step{Name: "dedupe.finishCached", Body: finishCachedBody, Keys: []string{k.lock, k.result},
+				Args:   []any{tok, string(rune(recCached)) + tok, ms(f.shortTTL()), f.doneChannel(), c.key},
+				Client: f.rdb, Done: func(_ any, err error) {
+					if err == nil {
+						sent.finished.Store(true)
+					}
+				}}
+		}
+	}
 	if c.opt.Write {
 		sent.mark = func() error {
 			if f.killedNow() {
@@ -505,6 +530,16 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys, listed boo
 	}
 	if errors.Is(err, ErrLeaseLost) && !sent.sent() {
 		return false
+	}
+	if sent.finished.Load() {
+		// The cache's store finished the call in Redis (Attempt.FinishStep): the waiters
+		// elsewhere read the cache's entry, and nothing is kept here.
+		kp := keepNothing
+		if err == nil && sent.cached.Load() {
+			kp = keepCached
+		}
+		f.finish(c, resp, err, Leader, kp, time.Time{})
+		return true
 	}
 	if sent.abandoned() {
 		// Every caller here left before anything was sent: give the marker up for the
@@ -558,7 +593,7 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys, listed boo
 }
 
 // renew keeps the marker alive while the leader's fetch runs.
-func (f *Fold) renew(ctx context.Context, tok string, k keys, window time.Duration, stop <-chan struct{}, stopped chan<- struct{}) {
+func (f *Fold) renew(ctx context.Context, tok string, k keys, window time.Duration, sent *Attempt, stop <-chan struct{}, stopped chan<- struct{}) {
 	defer close(stopped)
 	t := time.NewTicker(f.cfg.LeaseTTL / 3)
 	defer t.Stop()
@@ -575,7 +610,9 @@ func (f *Fold) renew(ctx context.Context, tok string, k keys, window time.Durati
 		case err != nil:
 			f.log.Warn("redis: renewing the marker of a folded request", "err", err)
 		case n == 0:
-			f.log.Warn("lost the marker of a folded request: another replica may take it over", "lease", f.cfg.LeaseTTL)
+			if !sent.finished.Load() { // else the cache's store gave it up, finishing the call
+				f.log.Warn("lost the marker of a folded request: another replica may take it over", "lease", f.cfg.LeaseTTL)
+			}
 			return
 		}
 	}

@@ -55,7 +55,9 @@ type Cache interface {
 	Get(ctx context.Context, key string, cred *identity.Credential) (*cache.Entry, error)
 	// GetShared is Get past the in-process copies: what another replica just stored.
 	GetShared(ctx context.Context, key string, cred *identity.Credential) (*cache.Entry, error)
-	Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy) error
+	// Set stores a read's answer; on a single Redis it runs the steps of also in its own
+	// script run (the fold's finish of the call).
+	Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy, also ...luapipe.Step) error
 	// SetAfter stores a write's answer as a read's, past the write's own invalidation
 	// (write-through).
 	SetAfter(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p cache.Policy, inv cache.Invalidation) error
@@ -524,7 +526,8 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 			}
 			resp, err := h.fetchRead(ctx, a, r, fx, body, busy)
 			if err == nil && cacheable && h.storable(resp) {
-				if h.store(ctx, key, fx, resp, tags) {
+				// Stored with the fold's finish of the call, in one command on a single Redis.
+				if h.store(ctx, key, fx, resp, tags, a.FinishStep()) {
 					a.Cached() // one copy of the answer: the cache's
 				}
 				if !vouched {
@@ -664,7 +667,7 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 			// A refresh's credential was answered before (its entry exists): note first.
 			h.noteLocation(ctx, out, rx, body)
 			resp, err := h.fetchRead(ctx, a, out, rx, body, 0)
-			if err == nil && h.storable(resp) && h.store(ctx, key, rx, resp, tags) {
+			if err == nil && h.storable(resp) && h.store(ctx, key, rx, resp, tags, a.FinishStep()) {
 				a.Cached()
 			}
 			return resp, err
@@ -685,9 +688,10 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 // background lane does not hold the shutdown for its grace period.
 func (h *Handler) StopBackground() { h.stopBackground() }
 
-// store puts a read's answer in the cache; it reports whether the cache took it.
-func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string) bool {
-	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags)); {
+// store puts a read's answer in the cache, with the steps of also (see Cache.Set); it
+// reports whether the cache took it.
+func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string, also ...luapipe.Step) bool {
+	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags), also...); {
 	case err == nil:
 		x.stored = true
 		return true
