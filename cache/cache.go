@@ -368,8 +368,9 @@ func (c *Cache) get(ctx context.Context, key string, cred *identity.Credential, 
 //
 // On a single Redis, the steps of also that work on the cache's Redis (another stage's part
 // of storing this answer: dedupe.Attempt.FinishStep) run in the cache's own script run,
-// after the store, whether it stored or refused; other steps, and every step on a Cluster
-// or without Redis, are not run, and their Done is not called.
+// after the store, whether it stored or refused; other steps, every step on a Cluster or
+// without Redis, and every step when the answer has no time to live (ErrExpired, nothing
+// sent to Redis) are not run, and their Done is not called.
 func (c *Cache) Set(ctx context.Context, key string, cred *identity.Credential, resp *upstream.Response, p Policy, also ...luapipe.Step) error {
 	rec, now, read, err := c.record(key, cred, resp, p)
 	if err != nil {

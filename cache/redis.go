@@ -195,10 +195,9 @@ func (c *Cache) redisGet(ctx context.Context, key string) ([]byte, error) {
 // redisSet stores the entry and lists it under its ids (see store). On a Cluster the
 // entry is written first and listed second: Invalidate deletes what an index lists, so an
 // entry must exist before it is listed or a concurrent Invalidate could delete nothing and
-// leave it behind.
-// redisSet stores rec in Redis. On a single Redis the steps of also that work on the same
-// Redis run in the same script run, after the store, whether it stored or refused; on a
-// Cluster none of them does.
+// leave it behind. On a single Redis the steps of also that work on the same Redis run in
+// the same script run, after the store, whether it stored or refused; on a Cluster none of
+// them does.
 func (c *Cache) redisSet(ctx context.Context, key string, cred *identity.Credential, rec *record, now time.Time, fetched int64, own map[string]int64, also []luapipe.Step) error {
 	v, err := seal(&cred.EncKey, key, rec)
 	if err != nil {

@@ -3,10 +3,14 @@ package dedupe
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlproxy/ghlproxy/internal/luapipe"
 	"github.com/ghlproxy/ghlproxy/internal/redistest"
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
@@ -133,5 +137,108 @@ func TestCachedAnswerEmbedded(t *testing.T) {
 	}
 	if n := calls.Load(); n != 2 {
 		t.Fatalf("%d fetches, want 2: the fold replays nothing the cache holds", n)
+	}
+}
+
+// finishes counts the fold finishes a client sends: scripts run on a call's :result key
+// (the lease renewals a leader sends meanwhile run on its lock alone), a script Redis does
+// not have cached twice (EVALSHA, then EVAL).
+type finishes struct{ n atomic.Int64 }
+
+func (s *finishes) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (s *finishes) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			for _, a := range cmd.Args() {
+				if k, ok := a.(string); ok && strings.HasSuffix(k, ":result") {
+					s.n.Add(1)
+					break
+				}
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (s *finishes) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// The cache's store runs the fold's finish of a read as a step of its own run
+// (Attempt.FinishStep): the waiter on another replica gets the leader's answer from the
+// cache, and the leader sends no finish of its own. When that run fails (its reply may have
+// been lost after it ran), the leader finishes the call itself and its answer is shared with
+// the waiters but never replayed.
+func TestFinishStepInTheStoresRun(t *testing.T) {
+	s := redistest.Start(t)
+	rdbA, rdbB := redisClient(t, s), redisClient(t, s)
+	fin := &finishes{}
+	rdbA.(*redis.Client).AddHook(fin)
+	a, _ := newFold(t, testConfig(), rdbA)
+	b, _ := newFold(t, testConfig(), rdbB)
+	cache := &held{resp: map[string]*upstream.Response{}}
+	const key = "k"
+	o := Options{Key: &testKey, Tags: []string{"t1"}, FromCache: cache.fromCache(key)}
+	for _, failed := range []bool{false, true} {
+		hold, started := make(chan struct{}), make(chan struct{})
+		var finishesAtStore int64
+		fetch := func(ctx context.Context, at *Attempt) (*upstream.Response, error) {
+			close(started)
+			<-hold
+			r := &upstream.Response{Status: 200, Body: fmt.Appendf(nil, "answer failed=%v", failed)}
+			// The cache's store: its step, then the fold's finish, in one run.
+			body := "redis.call('SET', KEYS[1], ARGV[1]); return 1"
+			if failed {
+				body = "return redis.call('INCR', 'not-a-number')" // fails the whole run
+			}
+			storeStep := luapipe.Step{Name: fmt.Sprint("test.store.", failed), Body: body, Keys: []string{"entry"}, Args: []any{"stored"}}
+			finish := at.FinishStep()
+			if finish.Client != rdbA {
+				t.Errorf("FinishStep names client %v, want the leader's", finish.Client)
+			}
+			// The entry is in before the finish's notice, as the store's own step puts it.
+			cache.mu.Lock()
+			cache.resp[key] = r
+			cache.mu.Unlock()
+			if err := luapipe.Steps(ctx, rdbA, storeStep, finish); err == nil {
+				at.Cached()
+			} else {
+				cache.mu.Lock()
+				delete(cache.resp, key) // the run stored nothing
+				cache.mu.Unlock()
+			}
+			finishesAtStore = fin.n.Load()
+			return r, nil
+		}
+		if _, err := s.Do("FLUSHALL"); err != nil {
+			t.Fatal(err)
+		}
+		_ = rdbA.Set(context.Background(), "not-a-number", "x", 0).Err()
+		leader := goDo(context.Background(), a, key, o, fetch)
+		<-started
+		waiter := goDo(context.Background(), b, key, o, fetch)
+		waitFor(t, "the waiter", func() bool { return inFlight(b, key) })
+		waitLooked(t, b, key)
+		close(hold)
+		want := fmt.Sprintf("answer failed=%v", failed)
+		if r := <-leader; r.err != nil || r.out != Leader || string(r.resp.Body) != want {
+			t.Fatalf("failed=%v: leader %v %v", failed, r.out, r.err)
+		}
+		if r := <-waiter; r.err != nil || r.out != Shared || string(r.resp.Body) != want {
+			t.Fatalf("failed=%v: waiter %v %v, want the leader's answer, shared", failed, r.out, r.err)
+		}
+		rec, err := s.Do("GET", "ghlproxy:{fold:"+key+"}:result")
+		if err != nil {
+			t.Fatal(err)
+		}
+		more := fin.n.Load() - finishesAtStore
+		switch {
+		case !failed && (more != 0 || len(rec) != 1+tokenLen || rec[0] != recCached):
+			t.Fatalf("finished in the store's run: %d finishes after it, record %q", more, rec)
+		case failed && (more == 0 || len(rec) == 0 || rec[0] != recShared):
+			t.Fatalf("the store's run failed: %d finishes after it, record kind %q; want the leader's own, for the waiters only", more, rec[:min(1, len(rec))])
+		}
+		if localReplay(a, key) || localReplay(b, key) {
+			t.Fatalf("failed=%v: a replica keeps a replay", failed)
+		}
 	}
 }

@@ -502,7 +502,13 @@ func (f *Fold) lead(ctx context.Context, c *call, tok string, k keys, listed boo
 				Client: f.rdb, Done: func(_ any, err error) {
 					if err == nil {
 						sent.finished.Store(true)
+						return
 					}
+					// The run may have happened (a lost reply): the marker may be gone
+					// already, so a Forget from now on would leave this call no note of
+					// its own, and its answer, fetched before that write, must not be
+					// replayed. The fold's own finish shares it with the waiters only.
+					sent.noReplay.Store(true)
 				}}
 		}
 	}
