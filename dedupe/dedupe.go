@@ -9,6 +9,12 @@
 // replicas, Redis holds a lease-style marker for the call in flight, the stored answers and
 // the invalidation index; replicas learn that a call finished, or that a write made
 // replays wrong, through one pub/sub subscription per Fold.
+//
+// Names: the package is named for its configuration (dedupe.*) and its header
+// (X-Ghlproxy-Dedupe: shared or replay), which users and the chart depend on; what it builds
+// is a Fold, the README's word for what it does (folding identical requests), as in
+// X-Ghlproxy-No-Fold. One concept, the config's name for the package, the README's for the
+// type.
 package dedupe
 
 import (

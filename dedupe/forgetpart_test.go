@@ -84,3 +84,29 @@ func TestForgetPartRunsInAnotherStagesRun(t *testing.T) {
 		t.Fatalf("the other stage's step did not run: %q", v)
 	}
 }
+
+// A Forget that Redis refuses (full, under noeviction) still reaches the other replicas'
+// in-process replays through its notice, and the write's caller gets the error.
+func TestRefusedForgetStillNotifies(t *testing.T) {
+	s := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	a, _ := newFold(t, testConfig(), redisClient(t, s))
+	b, _ := newFold(t, testConfig(), redisClient(t, s))
+	fetch := func(context.Context, *Attempt) (*upstream.Response, error) {
+		return &upstream.Response{Status: 200, Body: []byte("answer")}, nil
+	}
+	read := Options{Key: &testKey, Tags: []string{"t1"}}
+	ctx := context.Background()
+	if _, out, err := a.Do(ctx, "r", read, fetch); err != nil || out != Leader {
+		t.Fatalf("read: %v %v", out, err)
+	}
+	if !localReplay(a, "r") {
+		t.Fatal("no replay in process to forget: the test would pass without the notice")
+	}
+	if _, err := s.Do("CONFIG", "SET", "maxmemory", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Forget(ctx, read.Tags, ""); err == nil {
+		t.Fatal("a full Redis took the Forget: the test proves nothing")
+	}
+	waitFor(t, "the other replica to drop its replay", func() bool { return !localReplay(a, "r") })
+}

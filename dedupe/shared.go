@@ -745,9 +745,16 @@ func (f *Fold) forgot(ctx context.Context, tags []string, except, notice string,
 	if err == nil {
 		return nil
 	}
-	// The notice may not have gone: other replicas still drop their copies.
-	if perr := f.rdb.Publish(ctx, f.forgetChannel(), notice).Err(); perr != nil {
-		f.log.Debug("redis: publishing a fold invalidation Redis did not confirm", "err", perr)
+	// When Redis answered but refused (full, under noeviction), tell the other replicas
+	// now: it still takes a notice, and their in-process copies are what they would replay
+	// without looking in Redis. An unreachable Redis would not take it either, and the
+	// write's caller waits for this (the cache's rule too, Cache.dropIDs); the retry
+	// (forgetLoop) notifies once Redis takes the Forget.
+	var refused redis.Error
+	if errors.As(err, &refused) {
+		if perr := f.rdb.Publish(ctx, f.forgetChannel(), notice).Err(); perr != nil {
+			f.log.Debug("redis: publishing a fold invalidation Redis refused", "err", perr)
+		}
 	}
 	return fmt.Errorf("dedupe: forgetting replays: %w", err)
 }
