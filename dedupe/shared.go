@@ -312,9 +312,10 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 	}
 	// On a single Redis the new leader's tag indexes go in with its lock (see lead).
 	keys, life := []string{k.lock, k.sent, k.result, k.forgot}, int64(0)
+	listed := false // the acquire that makes this call the leader lists it under its tags
 	if window := f.window(c.opt); f.oneScript && window > 0 && len(c.opt.Tags) > 0 {
 		keys = append(keys, f.tagParts(c.opt.Tags)[0]...)
-		life = ms(window + f.cfg.CallTimeout)
+		life, listed = ms(window+f.cfg.CallTimeout), true
 	}
 	deadline := time.Now().Add(f.cfg.WaitBound)
 	waitTok := ""           // token of the leader this call is waiting for
@@ -345,7 +346,7 @@ func (f *Fold) coordinate(ctx context.Context, c *call) {
 				if waitTok != "" {
 					f.log.Info("took over an identical request whose replica stopped", "key", c.key, "write", c.opt.Write)
 				}
-				if f.lead(ctx, c, tok, k, len(keys) > 4, before) {
+				if f.lead(ctx, c, tok, k, listed, before) {
 					return
 				}
 				// The marker expired before the write was sent (this replica stalled) and
