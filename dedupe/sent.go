@@ -106,8 +106,9 @@ var errAbandoned = errors.New("dedupe: every caller of this request left before 
 
 // NoReplay keeps the attempt's answer from being replayed to later identical calls;
 // callers of this call still share it. The proxy calls it for a write that a later write
-// of the same entity rode with in one merged call: the later one is the entity's latest,
-// and a retry of the earlier one is a new intent.
+// of the same entity rode with in one merged call (the later one is the entity's latest,
+// and a retry of the earlier one is a new intent), and for a read whose answer the cache
+// refused as one GHL may have read before a write.
 func (s *Attempt) NoReplay() {
 	if s != nil {
 		s.noReplay.Store(true)

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -238,9 +239,9 @@ func TestReadAnswerStoredOnce(t *testing.T) {
 	}
 }
 
-// A miss stores its answer and finishes the fold's call in one command (the cache's store
-// runs the fold's finish as a step, dedupe.Attempt.FinishStep), and a waiter on another
-// replica still shares the call: it reads the answer the leader stored, and GHL gets one
+// With the fold's finish of a miss in the cache's store run (dedupe.Attempt.FinishStep; that
+// it is one command, TestRedisCommandsPerRequest counts), a waiter on another replica still
+// shares the call: it reads the answer the leader stored in the cache, and GHL gets one
 // request.
 func TestMissSharedAcrossReplicasWithOneStore(t *testing.T) {
 	rdb := redistest.Start(t)
@@ -259,14 +260,12 @@ func TestMissSharedAcrossReplicasWithOneStore(t *testing.T) {
 		})
 	}())
 	t.Cleanup(gate.Close)
-	t.Cleanup(func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
 	rs := startCacheReplicas(t, 2, gate.URL, rdb)
+	// Registered after the replicas, so it runs before they stop: a test that fails early
+	// does not leave them waiting on the gate.
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(open)
 	tok := fakeghl.Token("Location", "loc-shared", "")
 	id := newContact(t, up.URL, tok, map[string]any{"firstName": "Shared", "locationId": "loc-shared"})
 	mon := monitor(t, rdb.Addr())
@@ -297,7 +296,7 @@ func TestMissSharedAcrossReplicasWithOneStore(t *testing.T) {
 			t.Fatal("the waiter never looked for the leader's call in Redis")
 		}
 	}
-	close(release)
+	open()
 	a, b := <-leader, <-waiter
 	for name, x := range map[string]answer{"leader": a, "waiter": b} {
 		if x.Err != nil || x.Status != http.StatusOK {
@@ -310,5 +309,16 @@ func TestMissSharedAcrossReplicasWithOneStore(t *testing.T) {
 	}
 	if n := arrived.Load(); n != 1 {
 		t.Fatalf("GHL got %d reads of the contact, want 1", n)
+	}
+	// The fold's record is the answerless one: what the waiter shared came from the
+	// cache's entry, not from a copy of the answer in the fold's record.
+	cl := redis.NewClient(&redis.Options{Addr: rdb.Addr()})
+	defer cl.Close()
+	keys, err := cl.Keys(context.Background(), "ghlproxy:{fold:*}:result").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("fold records: %v %v, want the one call's", keys, err)
+	}
+	if v := cl.Get(context.Background(), keys[0]).Val(); len(v) != 17 || v[0] != 'C' {
+		t.Fatalf("the fold's record holds %d bytes (kind %q), want 17: the kind and the token", len(v), v[:min(1, len(v))])
 	}
 }

@@ -527,9 +527,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 			resp, err := h.fetchRead(ctx, a, r, fx, body, busy)
 			if err == nil && cacheable && h.storable(resp) {
 				// Stored with the fold's finish of the call, in one command on a single Redis.
-				if h.store(ctx, key, fx, resp, tags, a.FinishStep()) {
-					a.Cached() // one copy of the answer: the cache's
-				}
+				h.stored(a, h.store(ctx, key, fx, resp, tags, a.FinishStep()))
 				if !vouched {
 					h.noteLocation(ctx, r, fx, body)
 				}
@@ -667,8 +665,8 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 			// A refresh's credential was answered before (its entry exists): note first.
 			h.noteLocation(ctx, out, rx, body)
 			resp, err := h.fetchRead(ctx, a, out, rx, body, 0)
-			if err == nil && h.storable(resp) && h.store(ctx, key, rx, resp, tags, a.FinishStep()) {
-				a.Cached()
+			if err == nil && h.storable(resp) {
+				h.stored(a, h.store(ctx, key, rx, resp, tags, a.FinishStep()))
 			}
 			return resp, err
 		}
@@ -689,12 +687,12 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 func (h *Handler) StopBackground() { h.stopBackground() }
 
 // store puts a read's answer in the cache, with the steps of also (see Cache.Set); it
-// reports whether the cache took it.
-func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string, also ...luapipe.Step) bool {
-	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags), also...); {
+// returns the cache's error, nil when the cache took the answer.
+func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string, also ...luapipe.Step) error {
+	err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags), also...)
+	switch {
 	case err == nil:
 		x.stored = true
-		return true
 	case errors.Is(err, cache.ErrInvalidated):
 		// Expected right after a write: GHL may have read this before the write landed.
 		h.cfg.Log.Debug("answer not cached: it may predate a write", "route", x.label)
@@ -702,7 +700,19 @@ func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upst
 	default:
 		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
 	}
-	return false
+	return err
+}
+
+// stored tells the fold what the cache did with the answer of attempt a: took it (the
+// fold keeps no copy), or refused it as one GHL may have read before a write (the fold
+// must not replay it either: a read begun after that write would get it for the window).
+func (h *Handler) stored(a *dedupe.Attempt, err error) {
+	switch {
+	case err == nil:
+		a.Cached() // one copy of the answer: the cache's
+	case errors.Is(err, cache.ErrInvalidated):
+		a.NoReplay()
+	}
 }
 
 // fromCache is how a fold waiter takes the answer its leader on another replica stored in
