@@ -176,6 +176,7 @@ func TestFoldNeverMixes(t *testing.T) {
 	r := startReplica(t, testConfig(t, up.URL))
 	tokA := fakeghl.Token("Location", "loc-mix", "app-a")
 	tokB := "pit-mix-b"
+	tokR := fakeghl.Token("Location", "loc-mix-read", "app-a")
 	client := &http.Client{}
 	defer client.CloseIdleConnections()
 	hdr := func(token, version string) http.Header {
@@ -204,8 +205,11 @@ func TestFoldNeverMixes(t *testing.T) {
 		// Controls: the same request, and the same query with distinct keys reordered.
 		{"control: identical write", req{"POST", "/contacts/", create("same@example.com", "S"), hdr(tokA, "2021-07-28")},
 			req{"POST", "/contacts/", create("same@example.com", "S"), hdr(tokA, "2021-07-28")}, 1},
-		{"control: distinct keys reordered", req{"GET", "/contacts/?locationId=loc-mix&query=q2&limit=5", "", hdr(tokA, "2021-07-28")},
-			req{"GET", "/contacts/?limit=5&query=q2&locationId=loc-mix", "", hdr(tokA, "2021-07-28")}, 1},
+		// Of a location no write above touched: an answer read less than the cache's race
+		// window after a write of its scope is neither cached nor replayed (GHL may have
+		// read it before the write), and the second read would go upstream for that reason.
+		{"control: distinct keys reordered", req{"GET", "/contacts/?locationId=loc-mix-read&query=q2&limit=5", "", hdr(tokR, "2021-07-28")},
+			req{"GET", "/contacts/?limit=5&query=q2&locationId=loc-mix-read", "", hdr(tokR, "2021-07-28")}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(up.Log.arrivals())
