@@ -15,6 +15,19 @@ import (
 	"github.com/ghlproxy/ghlproxy/internal/upstream"
 )
 
+// leaderThenWaiter starts a call of key on a and, once its fetch has begun (started), the
+// same call on b; it returns when b's call has found a's marker in Redis, so that the fetch
+// decides when both answer.
+func leaderThenWaiter(t *testing.T, a, b *Fold, key string, o Options, fetch Fetch, started <-chan struct{}) (leader, waiter <-chan result) {
+	t.Helper()
+	leader = goDo(context.Background(), a, key, o, fetch)
+	<-started
+	waiter = goDo(context.Background(), b, key, o, fetch)
+	waitFor(t, "the waiter", func() bool { return inFlight(b, key) })
+	waitLooked(t, b, key)
+	return leader, waiter
+}
+
 // held stands in for the cache a fetch stores its answer in: what FromCache finds.
 type held struct {
 	mu      sync.Mutex
@@ -62,11 +75,7 @@ func TestCachedAnswerIsStoredOnce(t *testing.T) {
 	o := Options{Key: &testKey, Tags: []string{"t1"}, FromCache: cache.fromCache(key)}
 
 	hold = make(chan struct{})
-	leader := goDo(context.Background(), a, key, o, fetch)
-	<-started
-	waiter := goDo(context.Background(), b, key, o, fetch)
-	waitFor(t, "the waiter", func() bool { return inFlight(b, key) })
-	waitLooked(t, b, key)
+	leader, waiter := leaderThenWaiter(t, a, b, key, o, fetch, started)
 	close(hold)
 	if r := <-leader; r.err != nil || r.out != Leader || string(r.resp.Body) != "answer 1" {
 		t.Fatalf("leader: %v %v", r.out, r.err)
@@ -100,11 +109,7 @@ func TestCachedAnswerIsStoredOnce(t *testing.T) {
 	// The cache lost the answer (an invalidation) before the waiter loaded it: the waiter
 	// makes the call itself rather than fail or wait.
 	hold = make(chan struct{})
-	leader = goDo(context.Background(), a, key, o, fetch)
-	<-started
-	waiter = goDo(context.Background(), b, key, o, fetch)
-	waitFor(t, "the waiter", func() bool { return inFlight(b, key) })
-	waitLooked(t, b, key)
+	leader, waiter = leaderThenWaiter(t, a, b, key, o, fetch, started)
 	cache.mu.Lock()
 	cache.dropped = true
 	cache.mu.Unlock()
@@ -213,11 +218,7 @@ func TestFinishStepInTheStoresRun(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = rdbA.Set(context.Background(), "not-a-number", "x", 0).Err()
-		leader := goDo(context.Background(), a, key, o, fetch)
-		<-started
-		waiter := goDo(context.Background(), b, key, o, fetch)
-		waitFor(t, "the waiter", func() bool { return inFlight(b, key) })
-		waitLooked(t, b, key)
+		leader, waiter := leaderThenWaiter(t, a, b, key, o, fetch, started)
 		close(hold)
 		want := fmt.Sprintf("answer failed=%v", failed)
 		if r := <-leader; r.err != nil || r.out != Leader || string(r.resp.Body) != want {

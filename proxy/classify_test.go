@@ -53,11 +53,7 @@ func TestConnectionNamedHeadersLeaveTheKey(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"version":"` + r.Header.Get("Version") + `"}`))
 	})
-	c, err := cache.New(cache.Config{}, nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := embeddedCache(t, cache.Config{}, nil)
 	px, _ := newProxy(t, up.URL, func(cfg *Config) { cfg.Cache = c })
 	hdr := map[string]string{"Authorization": "Bearer pit-conn", "Version": "2021-07-28", "Connection": "Version"}
 	resp, body := do(t, "GET", px.URL+"/contacts/c1", "", hdr)

@@ -51,11 +51,7 @@ func BenchmarkCacheHit(b *testing.B) {
 
 	b.Run("ghlproxy", func(b *testing.B) {
 		m := metrics.New()
-		c, err := cache.New(cache.Config{}, nil, m, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = c.Close() })
+		c := embeddedCache(b, cache.Config{}, m)
 		_, h := newProxyTB(b, up.URL, func(cfg *Config) { cfg.Metrics = m; cfg.Cache = c })
 		for _, r := range reqs { // warm
 			w := newSink()

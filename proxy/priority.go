@@ -19,7 +19,7 @@ func WithPriority(ctx context.Context, p ratelimit.Priority) context.Context {
 }
 
 // priorityOf is the lane a request came in with: the one ctx carries, else Interactive.
-// ServeHTTP reads it once, into the exchange, which carries it from there.
+// classify reads it once, into the exchange, which carries it from there.
 func priorityOf(ctx context.Context) ratelimit.Priority {
 	if q, ok := ctx.Value(priorityKey{}).(ratelimit.Priority); ok {
 		return q

@@ -526,8 +526,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, x *exchange) {
 			}
 			resp, err := h.fetchRead(ctx, a, r, fx, body, busy)
 			if err == nil && cacheable && h.storable(resp) {
-				// Stored with the fold's finish of the call, in one command on a single Redis.
-				h.stored(a, h.store(ctx, key, fx, resp, tags, a.FinishStep()))
+				h.store(ctx, a, key, fx, resp, tags)
 				if !vouched {
 					h.noteLocation(ctx, r, fx, body)
 				}
@@ -666,7 +665,7 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 			h.noteLocation(ctx, out, rx, body)
 			resp, err := h.fetchRead(ctx, a, out, rx, body, 0)
 			if err == nil && h.storable(resp) {
-				h.stored(a, h.store(ctx, key, rx, resp, tags, a.FinishStep()))
+				h.store(ctx, a, key, rx, resp, tags)
 			}
 			return resp, err
 		}
@@ -686,32 +685,23 @@ func (h *Handler) refresh(r *http.Request, x *exchange, key string, body []byte,
 // background lane does not hold the shutdown for its grace period.
 func (h *Handler) StopBackground() { h.stopBackground() }
 
-// store puts a read's answer in the cache, with the steps of also (see Cache.Set); it
-// returns the cache's error, nil when the cache took the answer.
-func (h *Handler) store(ctx context.Context, key string, x *exchange, resp *upstream.Response, tags []string, also ...luapipe.Step) error {
-	err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags), also...)
-	switch {
+// store puts the answer of a read's attempt a in the cache — with the fold's finish of the
+// call, one command on a single Redis (Attempt.FinishStep) — and tells the fold what the
+// cache did: took it (the fold keeps no copy), or refused it as one GHL may have read
+// before a write (the fold must not replay it either: a read begun after that write would
+// get it for the window).
+func (h *Handler) store(ctx context.Context, a *dedupe.Attempt, key string, x *exchange, resp *upstream.Response, tags []string) {
+	switch err := h.cfg.Cache.Set(ctx, key, x.cred, resp, h.policy(x, resp.Status, tags), a.FinishStep()); {
 	case err == nil:
 		x.stored = true
+		a.Cached() // one copy of the answer: the cache's
 	case errors.Is(err, cache.ErrInvalidated):
 		// Expected right after a write: GHL may have read this before the write landed.
 		h.cfg.Log.Debug("answer not cached: it may predate a write", "route", x.label)
+		a.NoReplay()
 	case errors.Is(err, cache.ErrExpired):
 	default:
 		h.cfg.Log.Warn("cache store failed", "route", x.label, "err", err)
-	}
-	return err
-}
-
-// stored tells the fold what the cache did with the answer of attempt a: took it (the
-// fold keeps no copy), or refused it as one GHL may have read before a write (the fold
-// must not replay it either: a read begun after that write would get it for the window).
-func (h *Handler) stored(a *dedupe.Attempt, err error) {
-	switch {
-	case err == nil:
-		a.Cached() // one copy of the answer: the cache's
-	case errors.Is(err, cache.ErrInvalidated):
-		a.NoReplay()
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ghlproxy/ghlproxy/cache"
 	"github.com/ghlproxy/ghlproxy/internal/identity"
 	"github.com/ghlproxy/ghlproxy/internal/metrics"
 	"github.com/ghlproxy/ghlproxy/routes"
@@ -320,4 +321,16 @@ func TestPassThroughStreamsAnswersOfUnknownLength(t *testing.T) {
 	if err != nil || string(rest) != "{\"part\":2}\n" {
 		t.Fatalf("rest: %q, %v", rest, err)
 	}
+}
+
+// embeddedCache is a cache on the embedded store (no Redis), closed with the test; m may be
+// nil.
+func embeddedCache(t testing.TB, cfg cache.Config, m *metrics.Metrics) *cache.Cache {
+	t.Helper()
+	c, err := cache.New(cfg, nil, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }

@@ -20,11 +20,7 @@ func TestRefusedAnswerIsNotReplayed(t *testing.T) {
 		_, _ = w.Write([]byte(`{"contact":{"id":"c1"}}`))
 	})
 	// A race window of an hour: every read after the write is refused, however slow.
-	c, err := cache.New(cache.Config{RaceWindow: time.Hour}, nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := embeddedCache(t, cache.Config{RaceWindow: time.Hour}, nil)
 	f, err := dedupe.New(dedupe.Config{}, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
