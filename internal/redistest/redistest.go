@@ -28,7 +28,9 @@ type Server struct {
 	t    testing.TB
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	args []string
+	// exited is closed when cmd has exited (its Wait returned).
+	exited chan struct{}
+	args   []string
 }
 
 // Addr is host:port of the server.
@@ -61,52 +63,67 @@ func Start(t testing.TB, extra ...string) *Server {
 }
 
 // startWith runs redis-server with the arguments args makes for a fresh port and directory.
+// A port another process took between freePort and the bind (or a Cluster node's bus port,
+// 10,000 higher, that is taken) makes redis-server exit: it is tried again on another port.
 func startWith(t testing.TB, args func(s *Server) []string) *Server {
 	t.Helper()
 	bin := binary(t)
-	s := &Server{Port: freePort(t), dir: t.TempDir(), t: t}
-	s.args = args(s)
-	s.start(bin)
+	s := &Server{dir: t.TempDir(), t: t}
 	t.Cleanup(s.Stop)
-	return s
+	var err error
+	for range 3 {
+		s.Port = freePort(t)
+		s.args = args(s)
+		if err = s.start(bin); err == nil {
+			return s
+		}
+		s.Stop()
+	}
+	t.Fatal(err)
+	return nil
 }
 
-func (s *Server) start(bin string) {
-	s.t.Helper()
+func (s *Server) start(bin string) error {
 	cmd := exec.Command(bin, s.args...)
 	cmd.Dir = s.dir
 	logf, err := os.Create(filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano())))
 	if err != nil {
-		s.t.Fatal(err)
+		return err
 	}
+	defer logf.Close() // the process has its own descriptor
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start redis-server: %v", err)
+		return fmt.Errorf("start redis-server: %w", err)
 	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
 	s.mu.Lock()
-	s.cmd = cmd
+	s.cmd, s.exited = cmd, exited
 	s.mu.Unlock()
-	if err := waitPing(s.Addr(), 10*time.Second); err != nil {
-		s.t.Fatalf("redis-server on %s did not answer PING: %v", s.Addr(), err)
+	if err := waitPing(s.Addr(), 10*time.Second, exited); err != nil {
+		return fmt.Errorf("redis-server on %s did not answer PING (its log: %s): %w", s.Addr(), logf.Name(), err)
 	}
+	return nil
 }
 
 // Stop kills the server; it is safe to call more than once.
 func (s *Server) Stop() {
 	s.mu.Lock()
-	cmd := s.cmd
+	cmd, exited := s.cmd, s.exited
 	s.cmd = nil
 	s.mu.Unlock()
 	if cmd != nil && cmd.Process != nil {
 		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		<-exited
 	}
 }
 
 // Restart starts the server again on the same port (after Stop), empty.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.start(binary(s.t))
+	if err := s.start(binary(s.t)); err != nil {
+		s.t.Fatal(err)
+	}
 }
 
 // Do sends one command with the inline protocol and returns the first reply line; enough
@@ -163,9 +180,10 @@ func ioReadFull(r *bufio.Reader, buf []byte) (int, error) {
 	return n, nil
 }
 
-// waitPing retries PING until the server answers. Polling is right here: the process gives
-// no other signal that it is listening.
-func waitPing(addr string, within time.Duration) error {
+// waitPing retries PING until the server answers, or until exited is closed (the process
+// ended: a port taken, say). Polling is right here: the process gives no other signal that
+// it is listening.
+func waitPing(addr string, within time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(within)
 	var err error
 	for time.Now().Before(deadline) {
@@ -173,13 +191,17 @@ func waitPing(addr string, within time.Duration) error {
 		if r, err = do(addr, "PING"); err == nil && r == "PONG" {
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-exited:
+			return fmt.Errorf("redis-server exited: %w", err)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	return err
 }
 
 // freePort asks the kernel for a free port. Another process could take it before redis
-// binds it; tests that fail that way fail loudly at waitPing, not silently.
+// binds it; startWith then tries another.
 func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
